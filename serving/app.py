@@ -1,0 +1,55 @@
+"""The Ray Serve application builder: platform config in, Serve application out.
+
+Usable wherever Ray Serve takes an import path, for example a Serve config file::
+
+    applications:
+      - name: fabriek
+        import_path: serving.app:build_app
+        args: {config_path: /etc/fabriek/platform.yaml}   # or {config: {...inline...}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve.deployment import Application
+
+from serving.config import PlatformConfig, load_config
+from serving.engines import build_engine_deployments
+from serving.ingress import OpenAIIngress
+
+APP_NAME = "fabriek"
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Build the fabriek Serve application from ``args``.
+
+    Args:
+        args: ``{"config_path": PATH}`` or ``{"config": {...}}``; neither means the
+            default local CPU config shipped with fabriek.
+
+    Raises:
+        ConfigError: the config is invalid.
+        ModelPrepareError: a built-in model is not prepared.
+    """
+    args = dict(args or {})
+    unknown = set(args) - {"config", "config_path"}
+    if unknown or ("config" in args and "config_path" in args):
+        raise ValueError(f"build_app takes `config` or `config_path`, got {sorted(args)}")
+    config = load_config(args.get("config", args.get("config_path")))
+    return build_app_from_config(config)
+
+
+def build_app_from_config(config: PlatformConfig) -> Application:
+    """Bind the ingress to one engine deployment per model."""
+    engines = build_engine_deployments(config)
+    # Until pools are routed per tenant, each model is served by its first pool.
+    handles: dict[str, Application] = {}
+    cards: dict[str, dict] = {}
+    for engine in engines:
+        if engine.model_id not in handles:
+            handles[engine.model_id] = engine.app
+            cards[engine.model_id] = {"max_model_len": engine.engine_args.get("max_model_len")}
+    ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress", **config.ingress.deployment)
+    return ingress.bind(handles, cards, config.http.max_request_bytes)

@@ -1,0 +1,73 @@
+"""The ``fabriek`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from serving.config import load_config, with_overrides
+    from serving.launcher import serve_locally
+
+    config = with_overrides(load_config(args.config), http_port=args.http_port,
+                            dashboard_port=args.dashboard_port)
+    return serve_locally(config)
+
+
+def _models_prepare(args: argparse.Namespace) -> int:
+    from serving.default_model import prepare_default_model
+
+    prepare_default_model(force=args.force)
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from serving.config import load_config
+
+    config = load_config(args.config)
+    print(f"{args.config or 'default config'}: valid "
+          f"({len(config.models)} model(s), {len(config.pools)} pool(s))")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fabriek`` command."""
+    parser = argparse.ArgumentParser(prog="fabriek", description="fabriek, the AI facility's serving platform")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the platform on this machine")
+    serve.add_argument("--config", type=Path, default=None,
+                       help="platform config YAML (default: the shipped local CPU config)")
+    serve.add_argument("--http-port", type=int, default=None, help="HTTP API port (default: from config, 8000)")
+    serve.add_argument("--dashboard-port", type=int, default=None, help="Ray dashboard port (default: 8265)")
+    serve.set_defaults(run=_serve)
+
+    models = commands.add_parser("models", help="manage model weights").add_subparsers(dest="action", required=True)
+    prepare = models.add_parser("prepare", help="fetch and convert the default model (idempotent)")
+    prepare.add_argument("--force", action="store_true", help="rebuild even if a verified copy exists")
+    prepare.set_defaults(run=_models_prepare)
+
+    config = commands.add_parser("config", help="platform config").add_subparsers(dest="action", required=True)
+    check = config.add_parser("check", help="validate a platform config")
+    check.add_argument("config", type=Path, nargs="?", default=None)
+    check.set_defaults(run=_config_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fabriek`` console script."""
+    from serving.config import ConfigError
+    from serving.default_model import ModelPrepareError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ConfigError, ModelPrepareError) as err:
+        print(f"fabriek: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

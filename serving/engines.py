@@ -1,0 +1,79 @@
+"""From the platform config to Ray Serve LLM engine deployments, one per pool and model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.serve.deployment import Application
+from ray.serve.llm import LLMConfig, build_llm_deployment
+
+from serving.config import BUILTIN_SCHEME, OBJECT_STORE_SCHEMES, ModelSpec, PlatformConfig, PoolSpec
+from serving.default_model import DEFAULT_MODEL_NAME, ModelPrepareError, default_model_dir, verify_model_dir
+from serving.llm_server import FabriekLLMServer
+
+# Engine replicas never reach a model hub: weights come from the config's source.
+_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@dataclass(frozen=True)
+class EngineDeployment:
+    """One engine deployment: a model served by a pool."""
+
+    pool: str
+    model_id: str
+    engine_args: dict[str, Any]
+    app: Application
+
+
+def resolve_model_source(model: ModelSpec) -> str | dict[str, str]:
+    """Turn a config `source` into what Ray's ModelLoadingConfig takes.
+
+    Raises:
+        ModelPrepareError: a fabriek:// model is not prepared or fails its integrity check.
+    """
+    source = model.source
+    if source.startswith(BUILTIN_SCHEME):
+        name = source.removeprefix(BUILTIN_SCHEME)
+        if name != DEFAULT_MODEL_NAME:
+            raise ModelPrepareError(f"models[{model.id}].source: unknown built-in model {name!r}; "
+                                    f"the only one is {DEFAULT_MODEL_NAME!r}")
+        path = default_model_dir()
+        verify_model_dir(path)
+        return str(path)
+    if source.startswith(OBJECT_STORE_SCHEMES):
+        return {"bucket_uri": source}
+    return str(Path(source).expanduser().resolve())
+
+
+def engine_args_for(pool: PoolSpec, model: ModelSpec) -> dict[str, Any]:
+    """vLLM engine arguments of `model` on `pool`; the pool's override the model's."""
+    return {**model.engine_args, **pool.engine_args}
+
+
+def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[str, str]) -> LLMConfig:
+    """Build the Ray Serve LLM config of `model` on `pool`."""
+    engine_kwargs = engine_args_for(pool, model)
+    return LLMConfig(
+        model_loading_config={"model_id": model.id, "model_source": model_source},
+        engine_kwargs=engine_kwargs,
+        accelerator_config={"kind": pool.accelerator},
+        deployment_config=dict(pool.deployment),
+        runtime_env={"env_vars": dict(_OFFLINE_ENV)},
+        # Engine stats feed the Prometheus metrics on the Ray metrics endpoint.
+        log_engine_metrics=True,
+    )
+
+
+def build_engine_deployments(config: PlatformConfig) -> list[EngineDeployment]:
+    """One ``FabriekLLMServer`` deployment per (pool, model), named ``pool--model``."""
+    sources = {m.id: resolve_model_source(m) for m in config.models}
+    deployments = []
+    for pool in config.pools:
+        for model_id in pool.models:
+            llm_config = llm_config_for(pool, config.model(model_id), sources[model_id])
+            app = build_llm_deployment(llm_config, name_prefix=f"{pool.name}--",
+                                       deployment_cls=FabriekLLMServer)
+            deployments.append(EngineDeployment(pool.name, model_id, llm_config.engine_kwargs, app))
+    return deployments

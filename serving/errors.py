@@ -1,0 +1,66 @@
+"""OpenAI-shaped error responses: what every failure of the HTTP API looks like.
+
+The body is vLLM's ``ErrorResponse`` (``{"error": {"message", "type", "param", "code"}}``),
+which the official ``openai`` client turns into its typed exceptions by status code.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
+
+# Error `type` names as OpenAI's API and client use them.
+_TYPE_BY_STATUS = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    408: "TimeoutError",
+    413: "RequestTooLargeError",
+    429: "RateLimitError",
+    503: "ServiceUnavailableError",
+}
+
+
+class APIError(Exception):
+    """An error the API reports to the client with an HTTP status."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 retry_after_s: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.retry_after_s = retry_after_s
+
+
+def error_response(status: int, message: str, *, param: str | None = None,
+                   retry_after_s: int | None = None) -> JSONResponse:
+    """An OpenAI-shaped JSON error with the given HTTP status."""
+    error_type = _TYPE_BY_STATUS.get(status) or (
+        "InternalServerError" if status >= 500 else HTTPStatus(status).phrase.replace(" ", ""))
+    body = ErrorResponse(error=ErrorInfo(message=message, type=error_type, param=param, code=status))
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error the app raises, expected or not, OpenAI-shaped."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, err: APIError) -> JSONResponse:
+        return error_response(err.status, err.message, param=err.param,
+                              retry_after_s=err.retry_after_s)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        return error_response(err.status_code, str(err.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, err: Exception) -> JSONResponse:
+        return error_response(500, f"internal error ({type(err).__name__})")
+

@@ -1,0 +1,111 @@
+"""``fabriek serve``: a single-machine Ray head with the dashboard and the fabriek app."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from serving.config import BUILTIN_SCHEME, PlatformConfig
+
+# Where Ray keeps (and, in token mode, creates) the cluster's auth token.
+RAY_TOKEN_PATH = Path.home() / ".ray" / "auth_token"
+
+# Start-up on a 2-core CPU machine takes about a minute; a GPU node with a large model
+# can take many more to load weights.
+READY_TIMEOUT_S = 1800
+
+
+def _say(message: str) -> None:
+    print(f"fabriek: {message}", flush=True)
+
+
+def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 (signal handler signature)
+    raise KeyboardInterrupt
+
+
+def serve_locally(config: PlatformConfig) -> int:
+    """Start Ray, deploy the app, print ``fabriek ready`` and block until Ctrl-C or SIGTERM.
+
+    Returns:
+        The process exit code: 0 after a clean shutdown, 1 if start-up failed.
+    """
+    # SIGTERM (systemd, Kubernetes, a test harness) takes the same clean path as Ctrl-C.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    if any(m.source.startswith(BUILTIN_SCHEME) for m in config.models):
+        from serving.default_model import prepare_default_model
+
+        prepare_default_model()
+
+    import ray
+    from ray import serve
+
+    from serving.app import APP_NAME, build_app_from_config
+
+    http, local = config.http, config.local
+    api_url = f"http://{http.host}:{http.port}"
+    exit_code = 0
+    try:
+        _say("starting a local Ray head")
+        context = ray.init(num_cpus=local.num_cpus, include_dashboard=True,
+                           dashboard_host=local.dashboard_host, dashboard_port=local.dashboard_port,
+                           namespace="fabriek", log_to_driver=True)
+        # ray.init installs its own SIGTERM handler (dump and die); put ours back.
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        serve.start(http_options={"host": http.host, "port": http.port})
+        _say(f"API base URL:  {api_url}/v1")
+        _say(f"Ray dashboard: http://{context.dashboard_url or 'disabled'}")
+        if RAY_TOKEN_PATH.is_file():
+            # Ray 2.60 protects a local cluster with a token by default (it can run code).
+            _say(f"dashboard token: in {RAY_TOKEN_PATH} (paste it at the dashboard's login)")
+        _say("deploying the engines (about a minute for the default model on a CPU)")
+        serve.run(build_app_from_config(config), name=APP_NAME, route_prefix="/")
+        _wait_until_healthy(f"{api_url}/health", READY_TIMEOUT_S)
+        _say("ready")
+        print("fabriek ready", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        _say("shutting down")
+    except Exception as err:  # start-up failed: report it, then clean up below
+        _say(f"start-up failed: {type(err).__name__}: {err}")
+        exit_code = 1
+    finally:
+        # Ignore further signals while tearing down, so a second Ctrl-C cannot leave
+        # engine processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _shutdown()
+    _say("stopped")
+    return exit_code
+
+
+def _shutdown() -> None:
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def _wait_until_healthy(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not report healthy within {timeout_s:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit("use the `fabriek serve` command")

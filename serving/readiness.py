@@ -1,0 +1,78 @@
+"""Which engine deployments can take requests right now, probed in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Mapping
+
+from ray.serve.handle import DeploymentHandle
+
+logger = logging.getLogger("fabriek.readiness")
+
+
+class EngineReadiness:
+    """Tracks per-model readiness by calling ``check_health`` on each engine deployment.
+
+    A request for a model that is not ready is refused at once with 503 instead of
+    queueing behind an engine that is still loading or has died.
+
+    Args:
+        engines: model id -> handle of the engine deployment serving it.
+        probe_timeout_s: how long one health probe may take.
+        ready_interval_s / not_ready_interval_s: probe period while all models are
+            ready / while any is not (short, so start-up is noticed quickly).
+    """
+
+    def __init__(self, engines: Mapping[str, DeploymentHandle], *, probe_timeout_s: float = 10.0,
+                 ready_interval_s: float = 5.0, not_ready_interval_s: float = 0.5):
+        self._engines = dict(engines)
+        self._ready: set[str] = set()
+        self._probe_timeout_s = probe_timeout_s
+        self._ready_interval_s = ready_interval_s
+        self._not_ready_interval_s = not_ready_interval_s
+        self._task: asyncio.Task | None = None
+
+    def is_ready(self, model_id: str) -> bool:
+        """Whether the last probe of this model's engine succeeded."""
+        return model_id in self._ready
+
+    def status(self) -> dict[str, str]:
+        """model id -> "ready" | "not ready", for the health endpoint."""
+        return {m: "ready" if m in self._ready else "not ready" for m in self._engines}
+
+    def start(self) -> None:
+        """Start probing in the background (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._probe_forever())
+
+    async def stop(self) -> None:
+        """Stop probing."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def probe_once(self) -> None:
+        """Probe every engine concurrently and update the ready set."""
+        results = await asyncio.gather(*(self._probe(m, h) for m, h in self._engines.items()))
+        for model_id, ok in zip(self._engines, results):
+            if ok and model_id not in self._ready:
+                logger.info("engine for model %s is ready", model_id)
+                self._ready.add(model_id)
+            elif not ok and model_id in self._ready:
+                logger.warning("engine for model %s stopped answering health probes", model_id)
+                self._ready.discard(model_id)
+
+    async def _probe(self, model_id: str, handle: DeploymentHandle) -> bool:
+        try:
+            await asyncio.wait_for(handle.check_health.remote(), self._probe_timeout_s)
+            return True
+        except Exception as err:  # any failure means "not ready"; the reason is logged
+            logger.debug("health probe of %s failed: %r", model_id, err)
+            return False
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await self.probe_once()
+            all_ready = len(self._ready) == len(self._engines)
+            await asyncio.sleep(self._ready_interval_s if all_ready else self._not_ready_interval_s)

@@ -1,0 +1,51 @@
+"""From platform config to Ray Serve LLM configs (no engine is started here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.config import load_config
+from serving.default_model import ModelPrepareError
+from serving.engines import engine_args_for, llm_config_for, resolve_model_source
+
+CONFIG = load_config({
+    "models": [
+        {"id": "m", "source": "/models/m", "engine_args": {"dtype": "bfloat16", "max_num_seqs": 4}},
+        {"id": "s3m", "source": "s3://bucket/m"},
+    ],
+    "pools": [{"name": "gov", "accelerator": "cpu", "models": ["m", "s3m"],
+               "engine_args": {"max_num_seqs": 16}, "deployment": {"num_replicas": 2}}],
+})
+
+
+def test_pool_engine_args_override_model_args():
+    assert engine_args_for(CONFIG.pools[0], CONFIG.model("m")) == {"dtype": "bfloat16", "max_num_seqs": 16}
+
+
+def test_llm_config_carries_id_source_args_and_offline_env():
+    llm_config = llm_config_for(CONFIG.pools[0], CONFIG.model("m"), "/models/m")
+    assert llm_config.model_id == "m"
+    assert llm_config.model_loading_config.model_source == "/models/m"
+    assert llm_config.engine_kwargs["max_num_seqs"] == 16
+    assert llm_config.accelerator_config.kind == "cpu"
+    assert llm_config.deployment_config["num_replicas"] == 2
+    assert llm_config.runtime_env["env_vars"]["HF_HUB_OFFLINE"] == "1"
+
+
+def test_object_store_source_becomes_a_cloud_mirror():
+    assert resolve_model_source(CONFIG.model("s3m")) == {"bucket_uri": "s3://bucket/m"}
+
+
+def test_unprepared_builtin_model_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("FABRIEK_HOME", str(tmp_path))
+    config = load_config({"models": [{"id": "d", "source": "fabriek://smollm2-135m-instruct"}],
+                          "pools": [{"name": "p", "accelerator": "cpu", "models": ["d"]}]})
+    with pytest.raises(ModelPrepareError, match="fabriek models prepare"):
+        resolve_model_source(config.model("d"))
+
+
+def test_unknown_builtin_model_is_refused():
+    config = load_config({"models": [{"id": "d", "source": "fabriek://gpt-nl"}],
+                          "pools": [{"name": "p", "accelerator": "cpu", "models": ["d"]}]})
+    with pytest.raises(ModelPrepareError, match="unknown built-in model 'gpt-nl'"):
+        resolve_model_source(config.model("d"))

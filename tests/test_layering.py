@@ -1,0 +1,40 @@
+"""Imports go one way: serving -> routers/kernels; routers stays pure; nothing imports serving."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Top-level modules each package may not import.
+FORBIDDEN = {
+    "routers": {"serving", "kernels", "ray", "vllm", "torch", "triton", "fastapi", "starlette",
+                "httpx", "grpc", "requests", "aiohttp"},
+    "kernels": {"serving", "routers", "ray", "fastapi", "starlette"},
+}
+
+
+def imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_imports_only_what_it_may(package):
+    violations = {str(path.relative_to(ROOT)): sorted(imported_roots(path) & FORBIDDEN[package])
+                  for path in (ROOT / package).rglob("*.py")}
+    assert not {k: v for k, v in violations.items() if v}
+
+
+def test_kernels_imports_vllm_only_in_its_plugin():
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "kernels").rglob("*.py")
+                 if "vllm" in imported_roots(p) and p.name != "vllm_backend.py"]
+    assert not offenders
