@@ -1,0 +1,238 @@
+"""fabriek against vLLM's own OpenAI server: same model, same engine arguments, same run.
+
+Starts each server in turn on this machine, drives both with the same streaming client
+and reports, as ratios to vLLM:
+  * TTFT p50/p99 at concurrency 1 (sequential streamed chat requests),
+  * output tokens/s at concurrency 16 (closed loop, ``ignore_eos`` so every request
+    generates exactly ``--max-tokens-c16`` tokens on both servers).
+
+Usage (after `make install`; takes ~6 minutes on a 2-core CPU machine):
+    .venv/bin/python loadtests/bench_vs_vllm.py [--config PATH] [--out results/bench_vs_vllm.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from serving.config import load_config  # noqa: E402
+from serving.engines import engine_args_for, resolve_model_source  # noqa: E402
+
+PROMPTS = [
+    "What is the capital of the Netherlands?",
+    "Explain in one paragraph why dikes matter in the Netherlands.",
+    "Write a short poem about cycling in the rain.",
+    "List three facts about windmills.",
+    "Summarize the plot of a detective story set in Amsterdam.",
+    "How does a heat pump work?",
+    "Give advice for someone learning Dutch.",
+    "What should a citizen know about applying for a passport?",
+]
+
+
+@dataclass
+class PhaseResult:
+    server: str
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    ttft_mean_ms: float
+    c1_requests: int
+    c16_output_tokens_per_s: float
+    c16_requests: int
+    c16_output_tokens: int
+    c16_wall_s: float
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def engine_flags(engine_args: dict) -> list[str]:
+    """vLLM CLI flags for engine arguments given as AsyncEngineArgs fields."""
+    flags = []
+    for key, value in engine_args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is False:
+            flags.append("--no-" + key.replace("_", "-"))
+        elif isinstance(value, (dict, list)):
+            flags += [flag, json.dumps(value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=REPO)
+
+
+def stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=120)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 900) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if process.poll() is not None:
+            sys.exit(f"server exited during start-up; see {log}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"server not ready after {timeout_s} s; see {log}")
+
+
+async def one_request(client: httpx.AsyncClient, base: str, model: str, prompt: str,
+                      max_tokens: int) -> tuple[float, int]:
+    """Stream one chat completion; return (TTFT seconds, completion tokens)."""
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    ttft = None
+    tokens = 0
+    async with client.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if ttft is None and event.get("choices") and event["choices"][0]["delta"].get("content"):
+                ttft = time.perf_counter() - started
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+    return ttft, tokens
+
+
+async def measure(base: str, model: str, args: argparse.Namespace, name: str) -> PhaseResult:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        for prompt in PROMPTS[:4]:  # warm-up: first requests pay for lazy initialization
+            await one_request(client, base, model, prompt, 8)
+        ttfts = []
+        for i in range(args.requests_c1):
+            ttft, _ = await one_request(client, base, model, PROMPTS[i % len(PROMPTS)], args.max_tokens_c1)
+            ttfts.append(ttft * 1000)
+        queue = list(range(args.requests_c16))
+        totals = []
+
+        async def worker():
+            while queue:
+                i = queue.pop()
+                _, tokens = await one_request(client, base, model, PROMPTS[i % len(PROMPTS)],
+                                              args.max_tokens_c16)
+                totals.append(tokens)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(16)))
+        wall = time.perf_counter() - started
+    ttfts.sort()
+    return PhaseResult(
+        server=name, ttft_p50_ms=statistics.median(ttfts),
+        ttft_p99_ms=ttfts[min(len(ttfts) - 1, round(0.99 * (len(ttfts) - 1)))],
+        ttft_mean_ms=statistics.fmean(ttfts), c1_requests=len(ttfts),
+        c16_output_tokens_per_s=sum(totals) / wall, c16_requests=len(totals),
+        c16_output_tokens=sum(totals), c16_wall_s=wall)
+
+
+def run_vllm(model_dir: str, model_id: str, engine_args: dict, args, logs: Path) -> PhaseResult:
+    port = free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+           "--served-model-name", model_id, "--host", "127.0.0.1", "--port", str(port),
+           *engine_flags(engine_args)]
+    log = logs / "vllm.log"
+    process = start(cmd, log)
+    try:
+        ready_s = wait_ready(f"http://127.0.0.1:{port}/v1/models", process, log)
+        print(f"vLLM ready in {ready_s:.0f} s", flush=True)
+        return asyncio.run(measure(f"http://127.0.0.1:{port}", model_id, args, "vllm"))
+    finally:
+        stop(process)
+
+
+def run_fabriek(model_id: str, args, logs: Path) -> PhaseResult:
+    port, dashboard = free_port(), free_port()
+    cmd = [sys.executable, "-m", "serving.cli", "serve", "--http-port", str(port),
+           "--dashboard-port", str(dashboard)]
+    if args.config:
+        cmd += ["--config", str(args.config)]
+    log = logs / "fabriek.log"
+    process = start(cmd, log)
+    try:
+        ready_s = wait_ready(f"http://127.0.0.1:{port}/health", process, log)
+        print(f"fabriek ready in {ready_s:.0f} s", flush=True)
+        return asyncio.run(measure(f"http://127.0.0.1:{port}", model_id, args, "fabriek"))
+    finally:
+        stop(process)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=None, help="platform config (default: shipped CPU config)")
+    parser.add_argument("--requests-c1", type=int, default=100)
+    parser.add_argument("--max-tokens-c1", type=int, default=8)
+    parser.add_argument("--requests-c16", type=int, default=96)
+    parser.add_argument("--max-tokens-c16", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "bench_vs_vllm.json")
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    pool = config.pools[0]
+    model = config.model(pool.models[0])
+    model_dir = resolve_model_source(model)
+    engine_args = engine_args_for(pool, model)
+    logs = args.out.parent
+    logs.mkdir(parents=True, exist_ok=True)
+
+    vllm = run_vllm(model_dir, model.id, engine_args, args, logs)
+    fabriek = run_fabriek(model.id, args, logs)
+    report = {
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "model": model.id, "engine_args": engine_args,
+        "vllm": asdict(vllm), "fabriek": asdict(fabriek),
+        "ratios": {
+            "ttft_p50_delta_ms": fabriek.ttft_p50_ms - vllm.ttft_p50_ms,
+            "ttft_p50_ratio": fabriek.ttft_p50_ms / vllm.ttft_p50_ms,
+            "ttft_p99_ratio": fabriek.ttft_p99_ms / vllm.ttft_p99_ms,
+            "throughput_c16_ratio": fabriek.c16_output_tokens_per_s / vllm.c16_output_tokens_per_s,
+        },
+    }
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\n| server | TTFT p50 (ms) | TTFT p99 (ms) | output tok/s @16 |\n|---|---|---|---|")
+    for r in (vllm, fabriek):
+        print(f"| {r.server} | {r.ttft_p50_ms:.1f} | {r.ttft_p99_ms:.1f} | {r.c16_output_tokens_per_s:.1f} |")
+    ratios = report["ratios"]
+    print(f"\nTTFT p50: {ratios['ttft_p50_delta_ms']:+.1f} ms ({ratios['ttft_p50_ratio']:.3f}x); "
+          f"p99 {ratios['ttft_p99_ratio']:.3f}x; throughput@16: {ratios['throughput_c16_ratio']:.3f}x")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
