@@ -6,16 +6,22 @@ and reports, as ratios to vLLM:
   * output tokens/s at concurrency 16 (closed loop, ``ignore_eos`` so every request
     generates exactly ``--max-tokens-c16`` tokens on both servers).
 
-Usage (after `make install`; takes ~6 minutes on a 2-core CPU machine):
+Usage (after `make install`; takes ~7 minutes on a 2-core CPU machine):
     .venv/bin/python loadtests/bench_vs_vllm.py [--config PATH] [--out results/bench_vs_vllm.json]
 """
 
 from __future__ import annotations
 
+import os
+
+# Servers start with the environment this script was started with: importing vLLM and
+# torch below changes it (LD_LIBRARY_PATH from OpenCV, torch and vLLM settings).
+CLEAN_ENV = dict(os.environ)
+
 import argparse
 import asyncio
+import gc
 import json
-import os
 import platform
 import signal
 import socket
@@ -57,6 +63,7 @@ class PhaseResult:
     c16_requests: int
     c16_output_tokens: int
     c16_wall_s: float
+    ttfts_ms: list[float]  # in the order they were measured (concurrency 1)
 
 
 def free_port() -> int:
@@ -83,7 +90,7 @@ def engine_flags(engine_args: dict) -> list[str]:
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=REPO)
+                            start_new_session=True, cwd=REPO, env=CLEAN_ENV)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -132,10 +139,17 @@ async def one_request(client: httpx.AsyncClient, base: str, model: str, prompt: 
 
 
 async def measure(base: str, model: str, args: argparse.Namespace, name: str) -> PhaseResult:
+    # This process imported vLLM and torch (for the config and model path): a full garbage
+    # collection of that heap stalls the client for ~250 ms and shows up as server TTFT.
+    gc.collect()
+    gc.freeze()
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-        for prompt in PROMPTS[:4]:  # warm-up: first requests pay for lazy initialization
-            await one_request(client, base, model, prompt, 8)
+        # Steady state, not start-up: let background start-up work finish, and let the
+        # first requests pay for lazy initialization.
+        await asyncio.sleep(args.settle_s)
+        for i in range(20):
+            await one_request(client, base, model, PROMPTS[i % len(PROMPTS)], 8)
         ttfts = []
         for i in range(args.requests_c1):
             ttft, _ = await one_request(client, base, model, PROMPTS[i % len(PROMPTS)], args.max_tokens_c1)
@@ -153,13 +167,14 @@ async def measure(base: str, model: str, args: argparse.Namespace, name: str) ->
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(16)))
         wall = time.perf_counter() - started
+    in_order = list(ttfts)
     ttfts.sort()
     return PhaseResult(
         server=name, ttft_p50_ms=statistics.median(ttfts),
         ttft_p99_ms=ttfts[min(len(ttfts) - 1, round(0.99 * (len(ttfts) - 1)))],
         ttft_mean_ms=statistics.fmean(ttfts), c1_requests=len(ttfts),
         c16_output_tokens_per_s=sum(totals) / wall, c16_requests=len(totals),
-        c16_output_tokens=sum(totals), c16_wall_s=wall)
+        c16_output_tokens=sum(totals), c16_wall_s=wall, ttfts_ms=in_order)
 
 
 def run_vllm(model_dir: str, model_id: str, engine_args: dict, args, logs: Path) -> PhaseResult:
@@ -193,6 +208,21 @@ def run_fabriek(model_id: str, args, logs: Path) -> PhaseResult:
         stop(process)
 
 
+def run_ray_stock(model_id: str, args, logs: Path) -> PhaseResult:
+    port = free_port()
+    cmd = [sys.executable, str(REPO / "loadtests" / "stock_ray_serve_llm.py"), "--http-port", str(port)]
+    if args.config:
+        cmd += ["--config", str(args.config)]
+    log = logs / "ray-stock.log"
+    process = start(cmd, log)
+    try:
+        ready_s = wait_ready(f"http://127.0.0.1:{port}/v1/models", process, log)
+        print(f"stock Ray Serve LLM ready in {ready_s:.0f} s", flush=True)
+        return asyncio.run(measure(f"http://127.0.0.1:{port}", model_id, args, "ray-stock"))
+    finally:
+        stop(process)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=None, help="platform config (default: shipped CPU config)")
@@ -200,7 +230,11 @@ def main() -> None:
     parser.add_argument("--max-tokens-c1", type=int, default=8)
     parser.add_argument("--requests-c16", type=int, default=96)
     parser.add_argument("--max-tokens-c16", type=int, default=128)
+    parser.add_argument("--settle-s", type=float, default=20.0,
+                        help="idle time after a server is ready, before warm-up and measurement")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench_vs_vllm.json")
+    parser.add_argument("--only", choices=["vllm", "fabriek", "ray-stock"], default=None,
+                        help="measure one server (for iterating); ratios need both")
     args = parser.parse_args()
 
     config = load_config(args.config)
@@ -211,6 +245,15 @@ def main() -> None:
     logs = args.out.parent
     logs.mkdir(parents=True, exist_ok=True)
 
+    if args.only:
+        runners = {"vllm": lambda: run_vllm(model_dir, model.id, engine_args, args, logs),
+                   "fabriek": lambda: run_fabriek(model.id, args, logs),
+                   "ray-stock": lambda: run_ray_stock(model.id, args, logs)}
+        result = runners[args.only]()
+        args.out.write_text(json.dumps(asdict(result), indent=2))
+        print(f"{result.server}: TTFT p50 {result.ttft_p50_ms:.1f} ms, p99 {result.ttft_p99_ms:.1f} ms, "
+              f"mean {result.ttft_mean_ms:.1f} ms; {result.c16_output_tokens_per_s:.1f} tok/s @16")
+        return
     vllm = run_vllm(model_dir, model.id, engine_args, args, logs)
     fabriek = run_fabriek(model.id, args, logs)
     report = {

@@ -32,6 +32,14 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_ray_env(args: argparse.Namespace) -> int:
+    from serving.config import load_config
+
+    for name, value in load_config(args.config).serve.ray_env().items():
+        print(f"export {name}={value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fabriek`` command."""
     parser = argparse.ArgumentParser(prog="fabriek", description="fabriek, the AI facility's serving platform")
@@ -53,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = config.add_parser("check", help="validate a platform config")
     check.add_argument("config", type=Path, nargs="?", default=None)
     check.set_defaults(run=_config_check)
+    ray_env = config.add_parser("ray-env", help="print the environment a Ray cluster needs for this config "
+                                                "(for `ray start` before `serve deploy`)")
+    ray_env.add_argument("config", type=Path, nargs="?", default=None)
+    ray_env.set_defaults(run=_config_ray_env)
     return parser
 
 

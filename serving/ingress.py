@@ -20,6 +20,7 @@ from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionReq
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse, ModelCard, ModelList
+from vllm.utils.gc_utils import freeze_gc_heap
 
 # Ray's workaround for a pydantic bug that leaves unpicklable iterators in chat
 # messages; it must run before a request crosses to another actor.
@@ -67,6 +68,9 @@ class OpenAIIngress:
         app.add_api_route("/v1/models", self.models, methods=["GET"], response_model=ModelList)
         app.add_api_route("/health", self.health, methods=["GET"])
         self._readiness.start()
+        # As the engine replica does (serving.llm_server): keep full collections off the
+        # import-time heap, which would otherwise stall every stream passing through.
+        freeze_gc_heap()
         return app
 
     async def chat(self, request: Request) -> Response:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import signal
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -48,13 +48,17 @@ def serve_locally(config: PlatformConfig) -> int:
     http, local = config.http, config.local
     api_url = f"http://{http.host}:{http.port}"
     exit_code = 0
+    node_id = None
     try:
         _say("starting a local Ray head")
+        # Ray's processes read these at start; they inherit the driver's environment.
+        os.environ.update(config.serve.ray_env())
         context = ray.init(num_cpus=local.num_cpus, include_dashboard=True,
                            dashboard_host=local.dashboard_host, dashboard_port=local.dashboard_port,
                            namespace="fabriek", log_to_driver=True)
         # ray.init installs its own SIGTERM handler (dump and die); put ours back.
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        node_id = ray.get_runtime_context().get_node_id()
         serve.start(http_options={"host": http.host, "port": http.port})
         _say(f"API base URL:  {api_url}/v1")
         _say(f"Ray dashboard: http://{context.dashboard_url or 'disabled'}")
@@ -64,7 +68,6 @@ def serve_locally(config: PlatformConfig) -> int:
         _say("deploying the engines (about a minute for the default model on a CPU)")
         serve.run(build_app_from_config(config), name=APP_NAME, route_prefix="/")
         _wait_until_healthy(f"{api_url}/health", READY_TIMEOUT_S)
-        _say("ready")
         print("fabriek ready", flush=True)
         while True:
             time.sleep(3600)
@@ -79,6 +82,8 @@ def serve_locally(config: PlatformConfig) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _shutdown()
+        if node_id is not None:
+            _stop_orphaned_haproxy(node_id)
     _say("stopped")
     return exit_code
 
@@ -94,6 +99,25 @@ def _shutdown() -> None:
             ray.shutdown()
 
 
+def _stop_orphaned_haproxy(node_id: str) -> None:
+    """Stop this node's HAProxy if Ray left it behind.
+
+    Ray's HAProxy runs in a process group of its own; when every Ray process is signalled
+    at once (a `kill` of the whole group), its manager dies before stopping it. Its config
+    lives under a directory named after the Ray node, which identifies ours.
+    """
+    import psutil
+
+    marker = f"haproxy-serve/{node_id}/"
+    leftovers = [p for p in psutil.process_iter(["cmdline"])
+                 if any(marker in part for part in p.info["cmdline"] or [])]
+    for process in leftovers:
+        process.terminate()
+    _, alive = psutil.wait_procs(leftovers, timeout=5)
+    for process in alive:
+        process.kill()
+
+
 def _wait_until_healthy(url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -106,6 +130,3 @@ def _wait_until_healthy(url: str, timeout_s: float) -> None:
         time.sleep(0.5)
     raise TimeoutError(f"{url} did not report healthy within {timeout_s:.0f} s")
 
-
-if __name__ == "__main__":
-    sys.exit("use the `fabriek serve` command")

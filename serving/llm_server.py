@@ -1,62 +1,75 @@
-"""fabriek's engine deployment: Ray Serve LLM's ``LLMServer`` with eager stream batching.
+"""fabriek's engine deployment: Ray Serve LLM's ``LLMServer`` with first-token-first batching.
 
 Ray's ``LLMServer`` groups streamed chunks into batches every
 ``stream_batching_interval_ms`` (50 ms by default) to cut the number of messages that
-cross from the engine replica to the ingress. The first batch also waits for that
-interval, so every streamed request pays up to 50 ms of time-to-first-token, which is
-most of the +48 ms that Ray Serve LLM is reported to add over bare vLLM. Turning
-batching off instead sends one message per token, which costs throughput under load.
+cross from the engine replica to the ingress. Its first batch also waits for that
+interval, so every streamed request pays up to 50 ms of time-to-first-token: most of the
++48 ms that Ray Serve LLM is reported to add over bare vLLM. Turning batching off
+instead sends one message per token, which costs throughput under load (each message
+is pickled, sent and unpickled by two Python processes on the way to the client).
 
-``EagerBatcher`` keeps the batching without the wait: it sends whatever chunks are ready
-as soon as the consumer asks for more. An idle stream sends each token at once (lowest
-latency); a busy replica, whose consumer lags, sends larger batches (fewer messages).
+``FirstChunkBatcher`` sends the first chunk the moment it exists, then batches the rest
+every interval: time-to-first-token of no batching, message count of batching.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 from typing import AsyncGenerator, AsyncIterator, Generic, TypeVar
 
 from ray.serve.llm import LLMServer
+from vllm.utils.gc_utils import freeze_gc_heap
 
 T = TypeVar("T")
 
-_DONE = object()
 
+class FirstChunkBatcher(Generic[T]):
+    """Re-chunk an async stream: the first item at once, then lists every interval.
 
-class EagerBatcher(Generic[T]):
-    """Re-chunk an async stream into lists of every item ready at each pull.
+    After an interval in which nothing arrived, the next item is again sent at once,
+    so a slow stream is never held back; an interval of 0 sends everything eagerly.
 
     Args:
-        source: the stream to read; it is read by a background task so that items
-            pile up while the consumer is busy.
+        source: the stream to read; a background task reads it so that items pile up
+            while a batch interval runs.
+        interval_s: time between batches after the first one.
     """
 
-    def __init__(self, source: AsyncIterator[T]):
+    def __init__(self, source: AsyncIterator[T], interval_s: float):
         self._source = source
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._interval_s = interval_s
+        self._items: collections.deque[T] = collections.deque()
+        self._arrived = asyncio.Event()  # set when items arrived or the source ended
+        self._finished = asyncio.Event()
 
     async def _pump(self) -> None:
         try:
             async for item in self._source:
-                self._queue.put_nowait(item)
+                self._items.append(item)
+                self._arrived.set()
         finally:
-            self._queue.put_nowait(_DONE)
+            self._finished.set()
+            self._arrived.set()
 
     async def stream(self) -> AsyncGenerator[list[T], None]:
         """Yield non-empty lists of items; raise what the source raised."""
         pump = asyncio.create_task(self._pump())
         try:
-            finished = False
-            while not finished:
-                batch = [await self._queue.get()]
-                while not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                if batch[-1] is _DONE:
-                    batch.pop()
-                    finished = True
-                if batch:
+            while True:
+                await self._arrived.wait()
+                self._arrived.clear()
+                if self._items:
+                    batch = list(self._items)
+                    self._items.clear()
                     yield batch
+                if self._finished.is_set() and not self._items:
+                    break
+                if self._interval_s > 0:
+                    # Wakes early when the source ends, so the last batch is not delayed.
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._finished.wait(), self._interval_s)
             await pump  # re-raises the source's exception, if any
         finally:
             # A cancelled request (client gone) must stop the engine stream too.
@@ -65,7 +78,16 @@ class EagerBatcher(Generic[T]):
 
 
 class FabriekLLMServer(LLMServer):
-    """``LLMServer`` whose streamed responses are batched eagerly (see module doc)."""
+    """``LLMServer`` whose streams send their first chunk at once (see module doc)."""
+
+    async def start(self) -> None:
+        """Start the engine, then freeze the start-up heap out of the garbage collector."""
+        await super().start()
+        # vLLM's own API server does this after start-up; Ray's replica does not. Without
+        # it a full collection walks torch's and vLLM's millions of start-up objects and
+        # stalls streams for ~300 ms (the TTFT p99 outliers in docs/benchmarks.md).
+        freeze_gc_heap()
 
     def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
-        return EagerBatcher(generator).stream()
+        # Ray's setting (experimental_configs.stream_batching_interval_ms, 50 ms default).
+        return FirstChunkBatcher(generator, self._get_batch_interval_ms() / 1000).stream()

@@ -54,14 +54,24 @@ def _collect_output(server: FabriekServer, ready: threading.Event) -> None:
 
 
 @pytest.fixture(scope="session")
-def fabriek_server() -> FabriekServer:
-    """`fabriek serve` with the shipped CPU config, started once per session."""
+def fabriek_server(tmp_path_factory) -> FabriekServer:
+    """`fabriek serve` with the shipped CPU config, started once per session.
+
+    Every port is a free one, so the suite runs beside a `make serve` on the same machine.
+    """
+    import yaml
+
+    from serving.config import DEFAULT_CONFIG_PATH
     from serving.default_model import prepare_default_model
 
     prepare_default_model(show_progress=False)
+    config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    config["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
+    config_path = tmp_path_factory.mktemp("config") / "platform.yaml"
+    config_path.write_text(yaml.safe_dump(config))
     server = FabriekServer(
         process=subprocess.Popen(
-            [sys.executable, "-m", "serving.cli", "serve",
+            [sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path),
              "--http-port", str(http_port := free_port()),
              "--dashboard-port", str(dashboard_port := free_port())],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -113,3 +113,21 @@ def test_overrides_are_validated():
     assert with_overrides(config, http_port=9001, dashboard_port=9002).http.port == 9001
     with pytest.raises(ConfigError, match="http.port"):
         with_overrides(config, http_port=0)
+
+
+@pytest.mark.parametrize(("serve", "expected"), [
+    ({}, {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+          "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "30.0",
+          "RAY_SERVE_HAPROXY_STATS_PORT": "8404", "RAY_SERVE_HAPROXY_METRICS_PORT": "9101"}),
+    ({"proxy": "ray", "throughput_optimized": False, "drain_period_s": 2, "haproxy_stats_port": 18404},
+     {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+      "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2.0",
+      "RAY_SERVE_HAPROXY_STATS_PORT": "18404", "RAY_SERVE_HAPROXY_METRICS_PORT": "9101"}),
+])
+def test_serve_runtime_becomes_ray_environment(serve, expected):
+    assert load_config({**VALID, "serve": serve}).serve.ray_env() == expected
+
+
+def test_unknown_proxy_is_refused():
+    with pytest.raises(ConfigError, match="serve.proxy"):
+        load_config({**VALID, "serve": {"proxy": "nginx"}})

@@ -1,4 +1,4 @@
-"""EagerBatcher: first item at once, later items batched while the consumer is busy."""
+"""FirstChunkBatcher: first item at once, later items batched per interval."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from serving.llm_server import EagerBatcher
+from serving.llm_server import FirstChunkBatcher
 
 
 async def ticking(n: int, gap_s: float = 0.0, fail_at: int | None = None):
@@ -21,13 +21,22 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_idle_stream_yields_each_item_at_once():
+def test_slow_stream_yields_each_item_at_once():
     async def main():
         batches = []
-        async for batch in EagerBatcher(ticking(5, gap_s=0.01)).stream():
+        async for batch in FirstChunkBatcher(ticking(5, gap_s=0.03), interval_s=0.01).stream():
             batches.append(batch)
         return batches
     assert run(main()) == [[0], [1], [2], [3], [4]]
+
+
+def test_zero_interval_is_eager_and_loses_nothing():
+    async def main():
+        batches = []
+        async for batch in FirstChunkBatcher(ticking(20), interval_s=0).stream():
+            batches.append(batch)
+        return batches
+    assert [i for batch in run(main()) for i in batch] == list(range(20))
 
 
 def test_first_item_is_not_held_back():
@@ -37,29 +46,29 @@ def test_first_item_is_not_held_back():
         yield "second"
 
     async def main():
-        stream = EagerBatcher(slow_after_first()).stream()
+        stream = FirstChunkBatcher(slow_after_first(), interval_s=0.05).stream()
         first = await asyncio.wait_for(stream.__anext__(), timeout=1)
         await stream.aclose()
         return first
     assert run(main()) == ["first"]
 
 
-def test_busy_consumer_gets_what_piled_up_in_one_batch():
+def test_fast_stream_is_batched_after_the_first_item():
     async def main():
         batches = []
-        async for batch in EagerBatcher(ticking(50, gap_s=0.001)).stream():
+        async for batch in FirstChunkBatcher(ticking(50, gap_s=0.002), interval_s=0.03).stream():
             batches.append(batch)
-            await asyncio.sleep(0.02)  # a slow consumer, like a loaded ingress
         return batches
     batches = run(main())
+    assert batches[0] == [0]
     assert [i for batch in batches for i in batch] == list(range(50))
-    assert len(batches) < 25
+    assert len(batches) < 15
 
 
 def test_source_error_is_raised_after_the_items_before_it():
     async def main():
         seen = []
-        async for batch in EagerBatcher(ticking(5, fail_at=3)).stream():
+        async for batch in FirstChunkBatcher(ticking(5, fail_at=3), interval_s=0.01).stream():
             seen.extend(batch)
         return seen
     with pytest.raises(RuntimeError, match="engine failed"):
@@ -79,7 +88,7 @@ def test_closing_the_stream_cancels_the_source():
             finally:
                 state["closed"] = True
 
-        stream = EagerBatcher(endless()).stream()
+        stream = FirstChunkBatcher(endless(), interval_s=0.01).stream()
         await stream.__anext__()
         await stream.aclose()
         await asyncio.sleep(0.01)
