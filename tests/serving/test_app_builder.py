@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 from ray.serve.deployment import Application
 from ray.serve.schema import ServeDeploySchema
@@ -20,6 +21,10 @@ def default_model_prepared():
     from serving.default_model import prepare_default_model
 
     prepare_default_model(show_progress=False)
+    yield
+    # Ray Serve LLM's builder reads the runtime context, which starts a local Ray
+    # instance in this process; stop it so later tests start their own.
+    ray.shutdown()
 
 
 def test_serve_config_file_is_valid_and_builds_the_app(monkeypatch):

@@ -31,6 +31,7 @@ class LoadingEngine:
 
 @pytest.fixture(scope="module")
 def base_url():
+    ray.shutdown()  # a no-op unless an earlier test left a Ray instance in this process
     ray.init(num_cpus=4, include_dashboard=False, namespace="fabriek-tests")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
