@@ -177,50 +177,44 @@ async def measure(base: str, model: str, args: argparse.Namespace, name: str) ->
         c16_output_tokens=sum(totals), c16_wall_s=wall, ttfts_ms=in_order)
 
 
+def run_server(name: str, cmd: list[str], port: int, ready_path: str, model_id: str,
+               args, logs: Path) -> PhaseResult:
+    """Start one server, wait until `ready_path` answers 200, measure it, stop it."""
+    log = logs / f"{name}.log"
+    process = start(cmd, log)
+    try:
+        ready_s = wait_ready(f"http://127.0.0.1:{port}{ready_path}", process, log)
+        print(f"{name} ready in {ready_s:.0f} s", flush=True)
+        return asyncio.run(measure(f"http://127.0.0.1:{port}", model_id, args, name))
+    finally:
+        stop(process)
+
+
 def run_vllm(model_dir: str, model_id: str, engine_args: dict, args, logs: Path) -> PhaseResult:
     port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
            "--served-model-name", model_id, "--host", "127.0.0.1", "--port", str(port),
            *engine_flags(engine_args)]
-    log = logs / "vllm.log"
-    process = start(cmd, log)
-    try:
-        ready_s = wait_ready(f"http://127.0.0.1:{port}/v1/models", process, log)
-        print(f"vLLM ready in {ready_s:.0f} s", flush=True)
-        return asyncio.run(measure(f"http://127.0.0.1:{port}", model_id, args, "vllm"))
-    finally:
-        stop(process)
+    return run_server("vllm", cmd, port, "/v1/models", model_id, args, logs)
 
 
 def run_fabriek(model_id: str, args, logs: Path) -> PhaseResult:
-    port, dashboard = free_port(), free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "serving.cli", "serve", "--http-port", str(port),
-           "--dashboard-port", str(dashboard)]
-    if args.config:
-        cmd += ["--config", str(args.config)]
-    log = logs / "fabriek.log"
-    process = start(cmd, log)
-    try:
-        ready_s = wait_ready(f"http://127.0.0.1:{port}/health", process, log)
-        print(f"fabriek ready in {ready_s:.0f} s", flush=True)
-        return asyncio.run(measure(f"http://127.0.0.1:{port}", model_id, args, "fabriek"))
-    finally:
-        stop(process)
+           "--dashboard-port", str(free_port()), *config_flag(args)]
+    return run_server("fabriek", cmd, port, "/health", model_id, args, logs)
 
 
 def run_ray_stock(model_id: str, args, logs: Path) -> PhaseResult:
     port = free_port()
-    cmd = [sys.executable, str(REPO / "loadtests" / "stock_ray_serve_llm.py"), "--http-port", str(port)]
-    if args.config:
-        cmd += ["--config", str(args.config)]
-    log = logs / "ray-stock.log"
-    process = start(cmd, log)
-    try:
-        ready_s = wait_ready(f"http://127.0.0.1:{port}/v1/models", process, log)
-        print(f"stock Ray Serve LLM ready in {ready_s:.0f} s", flush=True)
-        return asyncio.run(measure(f"http://127.0.0.1:{port}", model_id, args, "ray-stock"))
-    finally:
-        stop(process)
+    cmd = [sys.executable, str(REPO / "loadtests" / "stock_ray_serve_llm.py"), "--http-port", str(port),
+           *config_flag(args)]
+    # Its /v1/models answers before the engine is up; the warm-up requests wait for it.
+    return run_server("ray-stock", cmd, port, "/v1/models", model_id, args, logs)
+
+
+def config_flag(args) -> list[str]:
+    return ["--config", str(args.config)] if args.config else []
 
 
 def main() -> None:
