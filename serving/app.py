@@ -15,7 +15,7 @@ from typing import Any
 from ray import serve
 from ray.serve.deployment import Application
 
-from serving.config import PlatformConfig, load_config
+from serving.config import ConfigError, PlatformConfig, load_config
 from serving.engines import build_engine_deployments
 from serving.ingress import OpenAIIngress
 
@@ -42,9 +42,18 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 
 def build_app_from_config(config: PlatformConfig) -> Application:
-    """Bind the ingress to one engine deployment per model."""
+    """Bind the ingress to one engine deployment per model.
+
+    Raises:
+        ConfigError: a model is served by more than one pool (routing requests to a
+            pool by tenant is not built yet, so a second pool would never get traffic).
+    """
+    for model in config.models:
+        pools = [p.name for p in config.pools if model.id in p.models]
+        if len(pools) > 1:
+            raise ConfigError(f"models[{model.id}]: served by pools {pools}; until requests are "
+                              "routed to pools by tenant, a model may be served by one pool only")
     engines = build_engine_deployments(config)
-    # Until pools are routed per tenant, each model is served by its first pool.
     handles: dict[str, Application] = {}
     cards: dict[str, dict] = {}
     for engine in engines:

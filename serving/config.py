@@ -181,8 +181,15 @@ class PlatformConfig(_Frozen):
         return self
 
     def model(self, model_id: str) -> ModelSpec:
-        """The model spec with this public id (KeyError if absent)."""
-        return next(m for m in self.models if m.id == model_id)
+        """The model spec with this public id.
+
+        Raises:
+            KeyError: no model has this id.
+        """
+        for model in self.models:
+            if model.id == model_id:
+                return model
+        raise KeyError(model_id)
 
 
 def load_config(source: str | Path | dict[str, Any] | None = None) -> PlatformConfig:
@@ -264,9 +271,16 @@ def _check_deployment_options(value: dict[str, Any]) -> dict[str, Any]:
     # Ray's schema ignores unknown keys; a typo must not silently fall back to a default.
     from ray.serve.schema import DeploymentSchema, RayActorOptionsSchema
 
-    unknown = sorted(set(value) - set(DeploymentSchema.model_fields) - {"name"})
+    # `name` is fabriek's to choose (pool--model); placement groups are Ray Serve LLM's.
+    managed = sorted(set(value) & {"name", "placement_group_bundles", "placement_group_strategy"})
+    if managed:
+        raise ValueError(f"{managed} are set by fabriek and Ray Serve LLM; remove them")
+    actor_options = value.get("ray_actor_options") or {}
+    if not isinstance(actor_options, dict):
+        raise ValueError("ray_actor_options must be a mapping")
+    unknown = sorted(set(value) - set(DeploymentSchema.model_fields))
     unknown += sorted(f"ray_actor_options.{k}" for k in
-                      set(value.get("ray_actor_options") or {}) - set(RayActorOptionsSchema.model_fields))
+                      set(actor_options) - set(RayActorOptionsSchema.model_fields))
     if unknown:
         raise ValueError(f"unknown Ray Serve deployment option(s) {unknown}")
     try:

@@ -84,11 +84,16 @@ def verify_model_dir(path: Path, *, show_progress: bool = False) -> None:
     manifest_path = path / MANIFEST_NAME
     if not manifest_path.is_file():
         raise ModelPrepareError(f"{path}: no {MANIFEST_NAME}; run `fabriek models prepare`")
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = dict(manifest["files"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelPrepareError(f"{manifest_path}: unreadable manifest ({err}); "
+                                "run `fabriek models prepare --force`") from None
     if manifest.get("conversion") != CONVERSION_VERSION:
         raise ModelPrepareError(f"{path}: built by another fabriek version; "
                                 "run `fabriek models prepare --force`")
-    for name, expected in manifest["files"].items():
+    for name, expected in files.items():
         file = path / name
         if not file.is_file():
             raise ModelPrepareError(f"{file}: missing; run `fabriek models prepare --force`")

@@ -55,12 +55,14 @@ def engine_args_for(pool: PoolSpec, model: ModelSpec) -> dict[str, Any]:
 def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[str, str]) -> LLMConfig:
     """Build the Ray Serve LLM config of `model` on `pool`."""
     engine_kwargs = engine_args_for(pool, model)
+    # Ray merges runtime_env one level deep: keep the pool's own env_vars beside ours.
+    pool_env = (pool.deployment.get("ray_actor_options") or {}).get("runtime_env", {}).get("env_vars", {})
     return LLMConfig(
         model_loading_config={"model_id": model.id, "model_source": model_source},
         engine_kwargs=engine_kwargs,
         accelerator_config={"kind": pool.accelerator},
         deployment_config=dict(pool.deployment),
-        runtime_env={"env_vars": dict(_OFFLINE_ENV)},
+        runtime_env={"env_vars": {**pool_env, **_OFFLINE_ENV}},
         # Engine stats feed the Prometheus metrics on the Ray metrics endpoint.
         log_engine_metrics=True,
     )

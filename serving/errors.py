@@ -39,12 +39,15 @@ class APIError(Exception):
 
 
 def error_response(status: int, message: str, *, param: str | None = None,
-                   retry_after_s: int | None = None) -> JSONResponse:
+                   retry_after_s: int | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     """An OpenAI-shaped JSON error with the given HTTP status."""
     error_type = _TYPE_BY_STATUS.get(status) or (
         "InternalServerError" if status >= 500 else HTTPStatus(status).phrase.replace(" ", ""))
     body = ErrorResponse(error=ErrorInfo(message=message, type=error_type, param=param, code=status))
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    headers = dict(headers or {})
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -58,7 +61,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-        return error_response(err.status_code, str(err.detail))
+        return error_response(err.status_code, str(err.detail), headers=err.headers)  # e.g. Allow on 405
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception) -> JSONResponse:

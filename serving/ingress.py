@@ -51,8 +51,7 @@ class OpenAIIngress:
 
     def __init__(self, engines: Mapping[str, DeploymentHandle], model_cards: Mapping[str, dict],
                  max_request_bytes: int):
-        # Configured handles are cached: each .options() call creates a new handle
-        # with its own metrics pusher and long-poll client.
+        # Streaming handles, configured once per model.
         self._streaming = {m: h.options(stream=True) for m, h in engines.items()}
         self._readiness = EngineReadiness(engines)
         self._model_cards = dict(model_cards)
@@ -76,7 +75,11 @@ class OpenAIIngress:
     async def chat(self, request: Request) -> Response:
         """OpenAI chat completions, streamed (SSE) or not."""
         body = await parse_openai_request(request, ChatCompletionRequest)
-        return await self._relay(_sanitize_chat_completion_request(body), "chat")
+        try:
+            body = _sanitize_chat_completion_request(body)
+        except ValueError as err:  # message content pydantic accepted without checking items
+            raise APIError(400, f"invalid request body: {err}", param="messages") from None
+        return await self._relay(body, "chat")
 
     async def completions(self, request: Request) -> Response:
         """OpenAI text completions, streamed (SSE) or not."""
@@ -118,6 +121,12 @@ class OpenAIIngress:
                            retry_after_s=_RETRY_AFTER_NOT_READY_S) from None
         except StopAsyncIteration:
             raise APIError(500, "the engine returned no response") from None
+        except BaseException:
+            # The client went away (cancellation) or the call failed: stop the engine too.
+            stream.cancel()
+            raise
+        if isinstance(first, list) and first and isinstance(first[0], ErrorResponse):
+            first = first[0]  # a streamed request the engine refused before its first token
         if isinstance(first, ErrorResponse):
             return error_response(first.error.code, first.error.message, param=first.error.param)
         if not isinstance(first, list):

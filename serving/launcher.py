@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -61,7 +62,8 @@ def serve_locally(config: PlatformConfig) -> int:
         node_id = ray.get_runtime_context().get_node_id()
         serve.start(http_options={"host": http.host, "port": http.port})
         _say(f"API base URL:  {api_url}/v1")
-        _say(f"Ray dashboard: http://{context.dashboard_url or 'disabled'}")
+        _say(f"Ray dashboard: http://{context.dashboard_url}" if context.dashboard_url
+             else "Ray dashboard: disabled")
         if RAY_TOKEN_PATH.is_file():
             # Ray 2.60 protects a local cluster with a token by default (it can run code).
             _say(f"dashboard token: in {RAY_TOKEN_PATH} (paste it at the dashboard's login)")
@@ -112,10 +114,12 @@ def _stop_orphaned_haproxy(node_id: str) -> None:
     leftovers = [p for p in psutil.process_iter(["cmdline"])
                  if any(marker in part for part in p.info["cmdline"] or [])]
     for process in leftovers:
-        process.terminate()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
     _, alive = psutil.wait_procs(leftovers, timeout=5)
     for process in alive:
-        process.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
 
 
 def _wait_until_healthy(url: str, timeout_s: float) -> None:

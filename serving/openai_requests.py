@@ -21,8 +21,8 @@ async def parse_openai_request(request: Request, model: type[RequestModel]) -> R
     """
     try:
         data = json.loads(await request.body())
-    except ValueError as err:
-        raise APIError(400, f"request body is not valid JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # RecursionError: absurdly nested JSON
+        raise APIError(400, f"request body is not valid JSON: {type(err).__name__}: {err}") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
     try:
@@ -31,10 +31,10 @@ async def parse_openai_request(request: Request, model: type[RequestModel]) -> R
         first = err.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
         raise APIError(400, f"invalid request body: {_summarize(err)}", param=param) from None
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:
         # vLLM's "before" validators index into fields before their types are checked,
-        # so malformed bodies can surface as plain TypeError/ValueError.
-        raise APIError(400, f"invalid request body: {err}") from None
+        # so a malformed body can surface as any of these instead of a ValidationError.
+        raise APIError(400, f"invalid request body: {type(err).__name__}: {err}") from None
 
 
 def _summarize(err: ValidationError, limit: int = 3) -> str:

