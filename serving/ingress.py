@@ -51,8 +51,11 @@ class OpenAIIngress:
 
     def __init__(self, engines: Mapping[str, DeploymentHandle], model_cards: Mapping[str, dict],
                  max_request_bytes: int):
-        # Streaming handles, configured once per model.
-        self._streaming = {m: h.options(stream=True) for m, h in engines.items()}
+        # Streaming handles per (model, method), configured once: Ray builds a new handle
+        # on every attribute access (`handle.chat` is `handle.options(method_name=...)`).
+        self._streaming = {(m, method): getattr(h.options(stream=True), method)
+                           for m, h in engines.items() for method in ("chat", "completions")}
+        self._model_ids = sorted(engines)
         self._readiness = EngineReadiness(engines)
         self._model_cards = dict(model_cards)
         self._max_request_bytes = max_request_bytes
@@ -97,22 +100,22 @@ class OpenAIIngress:
         return JSONResponse({"status": "ok" if is_ready else "starting", "models": status},
                             status_code=200 if is_ready else 503)
 
-    def _engine_for(self, model: str | None) -> tuple[str, DeploymentHandle]:
+    def _engine_for(self, model: str | None, method: str) -> tuple[str, DeploymentHandle]:
         if model is None:
-            if len(self._streaming) != 1:
-                raise APIError(400, "`model` is required: this deployment serves "
-                                    f"{sorted(self._streaming)}", param="model")
-            model = next(iter(self._streaming))
-        if model not in self._streaming:
+            if len(self._model_ids) != 1:
+                raise APIError(400, f"`model` is required: this deployment serves {self._model_ids}",
+                               param="model")
+            model = self._model_ids[0]
+        if (model, method) not in self._streaming:
             raise APIError(404, f"The model `{model}` does not exist.", param="model")
         if not self._readiness.is_ready(model):
             raise APIError(503, f"The model `{model}` is not ready yet; retry shortly.",
                            retry_after_s=_RETRY_AFTER_NOT_READY_S)
-        return model, self._streaming[model]
+        return model, self._streaming[(model, method)]
 
     async def _relay(self, body: OpenAIRequest, method: str) -> Response:
-        model, handle = self._engine_for(body.model)
-        stream: DeploymentResponseGenerator = getattr(handle, method).remote(body)
+        model, handle = self._engine_for(body.model, method)
+        stream: DeploymentResponseGenerator = handle.remote(body)
         try:
             first = await stream.__anext__()
         except (RayActorError, DeploymentUnavailableError, BackPressureError) as err:
