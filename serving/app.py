@@ -53,12 +53,9 @@ def build_app_from_config(config: PlatformConfig) -> Application:
         if len(pools) > 1:
             raise ConfigError(f"models[{model.id}]: served by pools {pools}; until requests are "
                               "routed to pools by tenant, a model may be served by one pool only")
-    engines = build_engine_deployments(config)
-    handles: dict[str, Application] = {}
-    cards: dict[str, dict] = {}
-    for engine in engines:
-        if engine.model_id not in handles:
-            handles[engine.model_id] = engine.app
-            cards[engine.model_id] = {"max_model_len": engine.engine_args.get("max_model_len")}
+    engines = build_engine_deployments(config)  # one per model, checked above
+    handles = {engine.model_id: engine.app for engine in engines}
+    cards = {engine.model_id: {"max_model_len": engine.engine_args.get("max_model_len")}
+             for engine in engines}
     ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress", **config.ingress.deployment)
     return ingress.bind(handles, cards, config.http.max_request_bytes)

@@ -3,7 +3,7 @@
 ``fabriek serve``, the Ray Serve app builder, the tests and (later) the Helm chart all
 read this schema; nothing else describes a deployment. Library settings pass through
 and are checked against the library's own definitions: engine arguments against vLLM's
-``AsyncEngineArgs`` fields, deployment options against Ray Serve's ``DeploymentConfig``.
+``AsyncEngineArgs`` fields, deployment options against Ray Serve's ``DeploymentSchema``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import dataclasses
 import functools
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "local-cpu.yaml"
 
@@ -24,6 +25,12 @@ DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "local-cpu.yaml"
 OBJECT_STORE_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")
 BUILTIN_SCHEME = "fabriek://"
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+# Library settings that pass through, checked against the library's own definitions
+# (the checks are defined at the bottom of this module).
+EngineArgs = Annotated[dict[str, Any], AfterValidator(lambda v: _check_engine_args(v))]
+DeploymentOptions = Annotated[dict[str, Any], AfterValidator(lambda v: _check_deployment_options(v))]
 
 
 class ConfigError(ValueError):
@@ -42,7 +49,7 @@ class ModelSpec(_Frozen):
         "fabriek://NAME (prepared by `fabriek models prepare`), an absolute or ./relative "
         "local path, or an object-store URI (s3://, gs://, abfss://, azure://). "
         "Model-hub ids are refused: nothing is fetched from a hub at run time."))
-    engine_args: dict[str, Any] = Field(default_factory=dict, description=(
+    engine_args: EngineArgs = Field(default_factory=dict, description=(
         "vLLM engine arguments (AsyncEngineArgs field names) for every pool serving it."))
 
     @field_validator("source")
@@ -57,10 +64,6 @@ class ModelSpec(_Frozen):
             "downloads from a model hub. Use an absolute path, ./relative path, "
             f"{BUILTIN_SCHEME}NAME, or one of {', '.join(OBJECT_STORE_SCHEMES)}")
 
-    @field_validator("engine_args")
-    @classmethod
-    def _engine_args_known_to_vllm(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_engine_args(value)
 
 
 class PoolSpec(_Frozen):
@@ -69,9 +72,9 @@ class PoolSpec(_Frozen):
     name: str = Field(description="Lowercase DNS-style name, e.g. `government`.")
     accelerator: Literal["cpu", "gpu"] = Field(description="Hardware of the pool's replicas.")
     models: list[str] = Field(min_length=1, description="Model ids (from `models`) this pool serves.")
-    engine_args: dict[str, Any] = Field(default_factory=dict, description=(
+    engine_args: EngineArgs = Field(default_factory=dict, description=(
         "vLLM engine arguments for this pool; they override the model's."))
-    deployment: dict[str, Any] = Field(default_factory=lambda: {"num_replicas": 1}, description=(
+    deployment: DeploymentOptions = Field(default_factory=lambda: {"num_replicas": 1}, description=(
         "Ray Serve deployment options per engine deployment (num_replicas, "
         "max_ongoing_requests, autoscaling_config, ray_actor_options, ...)."))
 
@@ -82,15 +85,7 @@ class PoolSpec(_Frozen):
             raise ValueError(f"{value!r} must be lowercase letters, digits and '-'")
         return value
 
-    @field_validator("engine_args")
-    @classmethod
-    def _engine_args_known_to_vllm(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_engine_args(value)
 
-    @field_validator("deployment")
-    @classmethod
-    def _deployment_known_to_ray(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_deployment_options(value)
 
 
 class HttpSpec(_Frozen):
@@ -105,15 +100,11 @@ class HttpSpec(_Frozen):
 class IngressSpec(_Frozen):
     """The ingress deployment that terminates HTTP and calls the engines."""
 
-    deployment: dict[str, Any] = Field(
+    deployment: DeploymentOptions = Field(
         default_factory=lambda: {"num_replicas": 1, "max_ongoing_requests": 1000,
                                  "ray_actor_options": {"num_cpus": 0.5}},
         description="Ray Serve deployment options of the ingress.")
 
-    @field_validator("deployment")
-    @classmethod
-    def _deployment_known_to_ray(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_deployment_options(value)
 
 
 class ServeRuntimeSpec(_Frozen):

@@ -56,7 +56,8 @@ def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[st
     """Build the Ray Serve LLM config of `model` on `pool`."""
     engine_kwargs = engine_args_for(pool, model)
     # Ray merges runtime_env one level deep: keep the pool's own env_vars beside ours.
-    pool_env = (pool.deployment.get("ray_actor_options") or {}).get("runtime_env", {}).get("env_vars", {})
+    actor_options = pool.deployment.get("ray_actor_options") or {}
+    pool_env = (actor_options.get("runtime_env") or {}).get("env_vars") or {}
     return LLMConfig(
         model_loading_config={"model_id": model.id, "model_source": model_source},
         engine_kwargs=engine_kwargs,
