@@ -1,0 +1,1 @@
+"""Triton kernels, one per module: the ``@triton.jit`` code and its launcher."""
