@@ -45,7 +45,7 @@ def _attend_tiles(acc, m_i, l_i, q, q_pos,
                   tile_start, tile_end, seq_len, scale_log2, softcap, sliding_window,
                   dims, dim_mask,
                   MASKED: tl.constexpr, USE_SOFTCAP: tl.constexpr, USE_WINDOW: tl.constexpr,
-                  TILE_N: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+                  TILE_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Online softmax over key tiles [tile_start, tile_end); MASKED adds causal, window and
     end-of-sequence masks, which tiles strictly inside the visible range can skip."""
     for tile in range(tile_start, tile_end):
@@ -60,7 +60,7 @@ def _attend_tiles(acc, m_i, l_i, q, q_pos,
             k = tl.load(k_ptrs, mask=dim_mask[:, None] & in_seq[None, :], other=0.0)
         else:
             k = tl.load(k_ptrs, mask=dim_mask[:, None], other=0.0)
-        s = tl.dot(q, k)  # [BLOCK_M, TILE_N], fp32
+        s = tl.dot(q, k, input_precision=DOT_PRECISION)  # [BLOCK_M, TILE_N], fp32
         if USE_SOFTCAP:
             s = s * (scale_log2 / LOG2E)
             # tanh(x) = 1 - 2 / (exp(2x) + 1): saturates cleanly at +-1, no libdevice needed.
@@ -83,7 +83,7 @@ def _attend_tiles(acc, m_i, l_i, q, q_pos,
             v = tl.load(v_ptrs, mask=in_seq[:, None] & dim_mask[None, :], other=0.0)
         else:
             v = tl.load(v_ptrs, mask=dim_mask[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, m_i, l_i
 
@@ -99,6 +99,7 @@ def _paged_attention_kernel(
     NUM_QUERIES_PER_KV: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILE_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
     NUM_SPLITS: tl.constexpr, USE_SOFTCAP: tl.constexpr, USE_WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     tl.static_assert(BLOCK_Q * NUM_QUERIES_PER_KV <= BLOCK_M)
     q_block = tl.program_id(0)
@@ -153,15 +154,18 @@ def _paged_attention_kernel(
     acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, q, q_pos, k_base, v_base, table_row,
                                   stride_kb, stride_ks, stride_vb, stride_vs,
                                   split_lo, full_lo, seq_len, scale_log2, softcap, sliding_window,
-                                  dims, dim_mask, True, USE_SOFTCAP, USE_WINDOW, TILE_N, BLOCK_SIZE)
+                                  dims, dim_mask, True, USE_SOFTCAP, USE_WINDOW, TILE_N, BLOCK_SIZE,
+                                  DOT_PRECISION)
     acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, q, q_pos, k_base, v_base, table_row,
                                   stride_kb, stride_ks, stride_vb, stride_vs,
                                   full_lo, full_hi, seq_len, scale_log2, softcap, sliding_window,
-                                  dims, dim_mask, False, USE_SOFTCAP, USE_WINDOW, TILE_N, BLOCK_SIZE)
+                                  dims, dim_mask, False, USE_SOFTCAP, USE_WINDOW, TILE_N, BLOCK_SIZE,
+                                  DOT_PRECISION)
     acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, q, q_pos, k_base, v_base, table_row,
                                   stride_kb, stride_ks, stride_vb, stride_vs,
                                   full_hi, split_hi, seq_len, scale_log2, softcap, sliding_window,
-                                  dims, dim_mask, True, USE_SOFTCAP, USE_WINDOW, TILE_N, BLOCK_SIZE)
+                                  dims, dim_mask, True, USE_SOFTCAP, USE_WINDOW, TILE_N, BLOCK_SIZE,
+                                  DOT_PRECISION)
 
     if NUM_SPLITS == 1:
         # Padding rows saw no key (l = 0); dividing by 1 keeps them finite, and unstored.
@@ -341,6 +345,8 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
         BLOCK_SIZE=key_cache.shape[1], TILE_N=config.tile_n, BLOCK_M=config.block_m,
         BLOCK_Q=block_q, NUM_SPLITS=num_kv_splits, USE_SOFTCAP=softcap > 0,
         USE_WINDOW=sliding_window is not None,
+        # fp32 inputs would run as tf32 on tensor cores: keep them exact (16-bit ignore it).
+        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if num_kv_splits > 1:

@@ -7,7 +7,7 @@ import torch
 
 from kernels import LaunchConfig, paged_attention
 from kernels.reference import reference_paged_attention
-from tests.kernels.paged_cache import make_batch
+from kernels.bench.paged_batch import make_batch
 
 # fp16 inputs, fp32 accumulation: differences come from rounding P to fp16 before P @ V.
 TOLERANCE = {torch.float32: dict(atol=2e-5, rtol=1e-5), torch.float16: dict(atol=4e-3, rtol=4e-3),
@@ -156,3 +156,26 @@ def test_bf16_on_gpu(device, heads):
                        dtype=torch.bfloat16, device=device, generator=generator)
     run_and_compare(batch, msg=f"bf16 {heads}")
     run_and_compare(batch, num_kv_splits=8, sliding_window=256, msg=f"bf16 split {heads}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a >2**31-element cache needs a GPU's memory")
+def test_block_ids_past_int32_element_offsets(device):
+    # 140k blocks of 16 x 8 x 128 bf16: block * stride overflows int32 element offsets.
+    num_blocks, block_size, num_kv_heads, head_size = 140_000, 16, 8, 128
+    kv_cache = torch.empty((num_blocks, 2, block_size, num_kv_heads, head_size),
+                           dtype=torch.bfloat16, device=device)
+    small = make_batch([1, 30], [400, 100], num_q_heads=32, num_kv_heads=num_kv_heads,
+                       head_size=head_size, block_size=block_size, dtype=torch.bfloat16,
+                       device=device, generator=torch.Generator().manual_seed(4))
+    # Move the small batch's blocks to the top of the big cache.
+    high_ids = small.block_table.long() + num_blocks - small.key_cache.shape[0]
+    kv_cache[high_ids.flatten(), 0] = small.key_cache[small.block_table.long().flatten()]
+    kv_cache[high_ids.flatten(), 1] = small.value_cache[small.block_table.long().flatten()]
+    out = torch.empty_like(small.query)
+    key_cache, value_cache = kv_cache.unbind(1)
+    paged_attention(small.query, key_cache, value_cache, out,
+                    **dict(small.kernel_args(), block_table=high_ids.int()), softmax_scale=0.088)
+    expected = reference_paged_attention(
+        small.query.cpu(), small.key_cache.cpu(), small.value_cache.cpu(),
+        **{k: v.cpu() for k, v in small.reference_args().items()}, softmax_scale=0.088)
+    torch.testing.assert_close(out.cpu(), expected, **TOLERANCE[torch.bfloat16])

@@ -1,4 +1,4 @@
-"""Builds random paged KV caches and batches for the kernel tests and benchmarks."""
+"""Random paged KV caches and batches, shared by the kernel tests and benchmarks."""
 
 from __future__ import annotations
 
