@@ -34,7 +34,12 @@ def test_package_imports_only_what_it_may(package):
     assert not {k: v for k, v in violations.items() if v}
 
 
+# The plugin is vLLM glue; the benchmark imports vLLM's own kernel (or the copy that
+# kernels/bench/vendor_vllm_kernel.py brings to a GPU machine) only to compare against it.
+VLLM_IMPORTERS = {"kernels/vllm_backend.py", "kernels/bench/bench_attention.py"}
+
+
 def test_kernels_imports_vllm_only_in_its_plugin():
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "kernels").rglob("*.py")
-                 if "vllm" in imported_roots(p) and p.name != "vllm_backend.py"]
+                 if "vllm" in imported_roots(p) and str(p.relative_to(ROOT)) not in VLLM_IMPORTERS]
     assert not offenders

@@ -22,11 +22,12 @@ PEAK_HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12}
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_SIZE, BLOCK_SIZE = 32, 8, 128, 16
 DECODE_CASES = [(128, 2048), (64, 8192), (16, 32768), (4, 32768)]  # (batch, context)
 PREFILL_CASES = [(1, 8192), (4, 4096), (16, 1024)]  # (sequences, new tokens each)
-DECODE_CONFIGS = [LaunchConfig(16, 64, 4, 3), LaunchConfig(16, 128, 4, 3),
-                  LaunchConfig(16, 32, 4, 4), LaunchConfig(16, 128, 8, 2)]
-PREFILL_CONFIGS = [LaunchConfig(128, 64, 8, 3), LaunchConfig(128, 64, 4, 3),
-                   LaunchConfig(128, 32, 8, 3), LaunchConfig(64, 64, 4, 3),
-                   LaunchConfig(128, 128, 8, 2), LaunchConfig(64, 128, 4, 3)]
+# The first config of each list is the launcher's default; the rest are the sweep.
+DECODE_CONFIGS = [LaunchConfig(16, 128, 4, 3), LaunchConfig(16, 64, 4, 3),
+                  LaunchConfig(16, 256, 4, 2), LaunchConfig(16, 128, 4, 4)]
+PREFILL_CONFIGS = [LaunchConfig(128, 128, 8, 2), LaunchConfig(128, 128, 8, 3),
+                   LaunchConfig(128, 128, 4, 2), LaunchConfig(128, 64, 8, 4),
+                   LaunchConfig(64, 128, 8, 2)]
 
 
 @dataclass

@@ -49,16 +49,17 @@ def copy_bandwidth_tb_per_s() -> float:
     return 2 * src.numel() * 4 / (ms * 1e-3) / 1e12
 
 
-def run_test_grid() -> dict:
+def run_test_grid(selection: list[str]) -> dict:
     """The CPU test grid, compiled for the GPU, plus the GPU-only bf16 and int64 tests."""
     start = time.monotonic()
     workers = ["-n", "8"] if importlib.util.find_spec("xdist") else []
-    proc = subprocess.run([sys.executable, "-m", "pytest", "tests/kernels", "-q", "-p",
+    proc = subprocess.run([sys.executable, "-m", "pytest", *selection, "-q", "-p",
                            "no:cacheprovider", "--ignore=tests/kernels/test_vllm_backend.py",
                            *workers], capture_output=True, text=True,
                           env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
     lines = (proc.stdout + proc.stderr).strip().splitlines()
-    return {"passed": proc.returncode == 0, "summary": lines[-1] if lines else "",
+    summary = [l for l in lines if " passed" in l or " failed" in l or " error" in l]
+    return {"passed": proc.returncode == 0, "summary": summary[-1] if summary else "",
             "seconds": round(time.monotonic() - start, 1),
             "failures": [l for l in lines if l.startswith("FAILED")][:20]}
 
@@ -77,7 +78,8 @@ def markdown(results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results"))
-    parser.add_argument("--skip-tests", action="store_true", help="benchmarks only")
+    parser.add_argument("--tests", default="tests/kernels",
+                        help="pytest selection compiled for the GPU first ('' to skip)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("device check: no CUDA GPU here (this check is for the GPU machines)")
@@ -85,8 +87,8 @@ def main() -> None:
     with_vllm = importlib.util.find_spec("vllm") is not None
     report = {"device": describe_device(), "copy_tb_per_s": round(copy_bandwidth_tb_per_s(), 3)}
     print(json.dumps(report, indent=1), flush=True)
-    if not args.skip_tests:
-        report["tests"] = run_test_grid()
+    if args.tests:
+        report["tests"] = run_test_grid(args.tests.split())
         print("tests:", json.dumps(report["tests"], indent=1), flush=True)
     device = torch.device("cuda")
     if with_vllm:

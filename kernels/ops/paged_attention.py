@@ -17,6 +17,8 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634  # 1/ln(2): softmax runs on exp2, the hardware's native exp
+# Compiled Triton reads only constexpr globals inside @triton.jit (the interpreter reads any).
+_LOG2E_JIT: tl.constexpr = tl.constexpr(LOG2E)
 MAX_HEAD_SIZE = 256
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_KV_SPLITS = 64
@@ -62,9 +64,9 @@ def _attend_tiles(acc, m_i, l_i, q, q_pos,
             k = tl.load(k_ptrs, mask=dim_mask[:, None], other=0.0)
         s = tl.dot(q, k, input_precision=DOT_PRECISION)  # [BLOCK_M, TILE_N], fp32
         if USE_SOFTCAP:
-            s = s * (scale_log2 / LOG2E)
+            s = s * (scale_log2 / _LOG2E_JIT)
             # tanh(x) = 1 - 2 / (exp(2x) + 1): saturates cleanly at +-1, no libdevice needed.
-            s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * s / softcap) + 1.0)) * LOG2E
+            s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * s / softcap) + 1.0)) * _LOG2E_JIT
         else:
             s = s * scale_log2
         if MASKED:
@@ -216,13 +218,16 @@ class LaunchConfig:
 
 
 def default_launch_config(head_size: int, num_queries_per_kv: int, is_decode: bool) -> LaunchConfig:
-    """Heuristic tile shapes: small row blocks for decode (memory-bound, rows = one GQA
-    group), large ones for prefill (compute-bound, tensor cores want 64-128 rows)."""
+    """Tile shapes measured best on an H200 (docs/benchmarks.md): small row blocks for
+    decode (memory-bound, rows = one GQA group) with long key tiles to keep many loads in
+    flight; 128 x 128 tiles for prefill (compute-bound). Head size 256 halves the tiles to
+    stay inside shared memory."""
     group = triton.next_power_of_2(num_queries_per_kv)
     if is_decode:
-        return LaunchConfig(block_m=max(16, group), tile_n=64, num_warps=4, num_stages=3)
+        return LaunchConfig(block_m=max(16, group), tile_n=128 if head_size <= 128 else 64,
+                            num_warps=4, num_stages=3)
     if head_size <= 128:
-        return LaunchConfig(block_m=max(128, group), tile_n=64, num_warps=8, num_stages=3)
+        return LaunchConfig(block_m=max(128, group), tile_n=128, num_warps=8, num_stages=2)
     return LaunchConfig(block_m=max(64, group), tile_n=32, num_warps=8, num_stages=2)
 
 
