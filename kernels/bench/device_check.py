@@ -49,7 +49,7 @@ def copy_bandwidth_tb_per_s() -> float:
     return 2 * src.numel() * 4 / (ms * 1e-3) / 1e12
 
 
-def run_test_grid(selection: list[str]) -> dict:
+def run_test_grid(selection: list[str], log_path: Path) -> dict:
     """The CPU test grid, compiled for the GPU, plus the GPU-only bf16 and int64 tests."""
     start = time.monotonic()
     workers = ["-n", "8"] if importlib.util.find_spec("xdist") else []
@@ -57,6 +57,7 @@ def run_test_grid(selection: list[str]) -> dict:
                            "no:cacheprovider", "--ignore=tests/kernels/test_vllm_backend.py",
                            *workers], capture_output=True, text=True,
                           env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    log_path.write_text(proc.stdout + proc.stderr)  # the failures' tracebacks, whole
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     summary = [l for l in lines if " passed" in l or " failed" in l or " error" in l]
     return {"passed": proc.returncode == 0, "summary": summary[-1] if summary else "",
@@ -88,7 +89,7 @@ def main() -> None:
     report = {"device": describe_device(), "copy_tb_per_s": round(copy_bandwidth_tb_per_s(), 3)}
     print(json.dumps(report, indent=1), flush=True)
     if args.tests:
-        report["tests"] = run_test_grid(args.tests.split())
+        report["tests"] = run_test_grid(args.tests.split(), args.out / "kernels-tests.log")
         print("tests:", json.dumps(report["tests"], indent=1), flush=True)
     device = torch.device("cuda")
     if with_vllm:

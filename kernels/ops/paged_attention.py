@@ -217,16 +217,19 @@ class LaunchConfig:
     num_stages: int
 
 
-def default_launch_config(head_size: int, num_queries_per_kv: int, is_decode: bool) -> LaunchConfig:
+def default_launch_config(head_size: int, num_queries_per_kv: int, is_decode: bool,
+                          element_size: int = 2) -> LaunchConfig:
     """Tile shapes measured best on an H200 (docs/benchmarks.md): small row blocks for
     decode (memory-bound, rows = one GQA group) with long key tiles to keep many loads in
-    flight; 128 x 128 tiles for prefill (compute-bound). Head size 256 halves the tiles to
-    stay inside shared memory."""
+    flight; 128 x 128 tiles for prefill (compute-bound). Head size 256 and fp32 inputs
+    (4-byte elements) shrink the tiles: K/V stages of 128 x 128 fp32 tiles do not fit in
+    shared memory (seen on the H200: prefill hd 128 fp32 ran out of it)."""
     group = triton.next_power_of_2(num_queries_per_kv)
+    wide = head_size * element_size > 256  # bytes per key row beyond bf16 hd 128
     if is_decode:
-        return LaunchConfig(block_m=max(16, group), tile_n=128 if head_size <= 128 else 64,
-                            num_warps=4, num_stages=3)
-    if head_size <= 128:
+        return LaunchConfig(block_m=max(16, group), tile_n=64 if wide else 128,
+                            num_warps=4, num_stages=2 if wide else 3)
+    if not wide:
         return LaunchConfig(block_m=max(128, group), tile_n=128, num_warps=8, num_stages=2)
     return LaunchConfig(block_m=max(64, group), tile_n=32, num_warps=8, num_stages=2)
 
@@ -315,7 +318,8 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
         return out
     group = num_q_heads // num_kv_heads
     is_decode = max_query_len == 1
-    config = launch_config or default_launch_config(head_size, group, is_decode)
+    config = launch_config or default_launch_config(head_size, group, is_decode,
+                                                     query.element_size())
     block_q = config.block_m // group
     if block_q < 1:
         raise ValueError(f"block_m {config.block_m} is smaller than the GQA group {group}")
