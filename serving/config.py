@@ -380,6 +380,10 @@ def _check_engine_args(value: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(value) - _vllm_engine_arg_names())
     if unknown:
         raise ValueError(f"unknown vLLM engine argument(s) {unknown}; see `AsyncEngineArgs`")
+    if value.get("enable_log_requests"):
+        # vLLM's request logging writes prompts into the logs; no tenant's content may
+        # ever reach a log line.
+        raise ValueError("enable_log_requests would log request content; fabriek never does, remove it")
     return value
 
 

@@ -56,8 +56,12 @@ def resolve_model_source(model: ModelSpec) -> str | dict[str, str]:
 
 
 def engine_args_for(pool: PoolSpec, model: ModelSpec) -> dict[str, Any]:
-    """vLLM engine arguments of `model` on `pool`; the pool's override the model's."""
-    return {**model.engine_args, **pool.engine_args}
+    """vLLM engine arguments of `model` on `pool`; the pool's override the model's.
+
+    Request logging is off explicitly (not left to Ray's default): it would write prompts
+    into the logs.
+    """
+    return {**model.engine_args, **pool.engine_args, "enable_log_requests": False}
 
 
 def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[str, str]) -> LLMConfig:

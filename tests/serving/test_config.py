@@ -59,6 +59,7 @@ def test_config_is_frozen():
     ("models.0.source", "models/relative", "neither a local path nor an object-store URI"),
     ("models.0.engine_args", {"dtpye": "bfloat16"}, "unknown vLLM engine argument(s) ['dtpye']"),
     ("models.0.engine_args", {"model": "/x"}, "set by fabriek"),
+    ("pools.0.engine_args", {"enable_log_requests": True}, "would log request content"),
     ("pools.0.engine_args", {"max_num_seqz": 1}, "pools[0].engine_args: unknown vLLM engine argument"),
     ("pools.0.deployment", {"num_replicaz": 1}, "unknown Ray Serve deployment option(s) ['num_replicaz']"),
     ("pools.0.deployment", {"ray_actor_options": {"num_cpuz": 1}}, "ray_actor_options.num_cpuz"),

@@ -19,7 +19,8 @@ CONFIG = load_config({
 
 
 def test_pool_engine_args_override_model_args():
-    assert engine_args_for(CONFIG.pools[0], CONFIG.model("m")) == {"dtype": "bfloat16", "max_num_seqs": 16}
+    assert engine_args_for(CONFIG.pools[0], CONFIG.model("m")) == {"dtype": "bfloat16", "max_num_seqs": 16,
+                                                                   "enable_log_requests": False}
 
 
 def test_llm_config_carries_id_source_args_and_offline_env():
