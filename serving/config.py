@@ -8,8 +8,6 @@ and are checked against the library's own definitions: engine arguments against 
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +17,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_validator)
 
 from routers import ClassPolicy, Tenancy, Tenant, TenantClass
+from serving.library_settings import check_deployment_options, check_engine_args
 
 DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "local-cpu.yaml"
 
@@ -35,10 +34,9 @@ _THREADS_BIND = re.compile(rf"^(auto|nobind|{_CPU_LIST}(\|{_CPU_LIST})*)$")
 POOL_RESOURCE_PER_REPLICA = 0.001
 
 
-# Library settings that pass through, checked against the library's own definitions
-# (the checks are defined at the bottom of this module).
-EngineArgs = Annotated[dict[str, Any], AfterValidator(lambda v: _check_engine_args(v))]
-DeploymentOptions = Annotated[dict[str, Any], AfterValidator(lambda v: _check_deployment_options(v))]
+# Library settings that pass through, checked against the library's own definitions.
+EngineArgs = Annotated[dict[str, Any], AfterValidator(check_engine_args)]
+DeploymentOptions = Annotated[dict[str, Any], AfterValidator(check_deployment_options)]
 
 
 class ConfigError(ValueError):
@@ -359,53 +357,3 @@ def _no_duplicates(field: str, names: list[str]) -> None:
         if name in seen:
             raise ValueError(f"{field}: {name!r} appears twice")
         seen.add(name)
-
-
-@functools.cache
-def _vllm_engine_arg_names() -> frozenset[str]:
-    # Imported lazily: vLLM takes seconds to import and only engine configs need it.
-    from vllm.engine.arg_utils import AsyncEngineArgs
-
-    return frozenset(f.name for f in dataclasses.fields(AsyncEngineArgs))
-
-
-# Set by fabriek from `source` and the model id; a config must not set them.
-_MANAGED_ENGINE_ARGS = frozenset({"model", "served_model_name", "tokenizer"})
-
-
-def _check_engine_args(value: dict[str, Any]) -> dict[str, Any]:
-    managed = sorted(set(value) & _MANAGED_ENGINE_ARGS)
-    if managed:
-        raise ValueError(f"{managed} are set by fabriek from the model's id and source; remove them")
-    unknown = sorted(set(value) - _vllm_engine_arg_names())
-    if unknown:
-        raise ValueError(f"unknown vLLM engine argument(s) {unknown}; see `AsyncEngineArgs`")
-    if value.get("enable_log_requests"):
-        # vLLM's request logging writes prompts into the logs; no tenant's content may
-        # ever reach a log line.
-        raise ValueError("enable_log_requests would log request content; fabriek never does, remove it")
-    return value
-
-
-def _check_deployment_options(value: dict[str, Any]) -> dict[str, Any]:
-    # Ray's schema ignores unknown keys; a typo must not silently fall back to a default.
-    from ray.serve.schema import DeploymentSchema, RayActorOptionsSchema
-
-    # `name` is fabriek's to choose (pool--model); placement groups are Ray Serve LLM's.
-    managed = sorted(set(value) & {"name", "placement_group_bundles", "placement_group_strategy"})
-    if managed:
-        raise ValueError(f"{managed} are set by fabriek and Ray Serve LLM; remove them")
-    actor_options = value.get("ray_actor_options") or {}
-    if not isinstance(actor_options, dict):
-        raise ValueError("ray_actor_options must be a mapping")
-    unknown = sorted(set(value) - set(DeploymentSchema.model_fields))
-    unknown += sorted(f"ray_actor_options.{k}" for k in
-                      set(actor_options) - set(RayActorOptionsSchema.model_fields))
-    if unknown:
-        raise ValueError(f"unknown Ray Serve deployment option(s) {unknown}")
-    try:
-        DeploymentSchema(name="check", **value)
-    except ValidationError as err:
-        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
-        raise ValueError(f"not valid Ray Serve deployment options: {problems}") from None
-    return value
