@@ -37,7 +37,10 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from serving.config import load_config  # noqa: E402
+import yaml  # noqa: E402
+
+from routers import KeyFile  # noqa: E402
+from serving.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
 from serving.engines import engine_args_for, resolve_model_source  # noqa: E402
 
 PROMPTS = [
@@ -88,9 +91,9 @@ def engine_flags(engine_args: dict) -> list[str]:
     return flags
 
 
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
+def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=REPO, env=CLEAN_ENV)
+                            start_new_session=True, cwd=REPO, env={**CLEAN_ENV, **(env or {})})
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -144,7 +147,8 @@ async def measure(base: str, model: str, args: argparse.Namespace, name: str) ->
     gc.collect()
     gc.freeze()
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    async with httpx.AsyncClient(timeout=300, limits=limits, headers=headers) as client:
         # Steady state, not start-up: let background start-up work finish, and let the
         # first requests pay for lazy initialization.
         await asyncio.sleep(args.settle_s)
@@ -178,10 +182,10 @@ async def measure(base: str, model: str, args: argparse.Namespace, name: str) ->
 
 
 def run_server(name: str, cmd: list[str], port: int, ready_path: str, model_id: str,
-               args, logs: Path) -> PhaseResult:
+               args, logs: Path, env: dict[str, str] | None = None) -> PhaseResult:
     """Start one server, wait until `ready_path` answers 200, measure it, stop it."""
     log = logs / f"{name}.log"
-    process = start(cmd, log)
+    process = start(cmd, log, env)
     try:
         ready_s = wait_ready(f"http://127.0.0.1:{port}{ready_path}", process, log)
         print(f"{name} ready in {ready_s:.0f} s", flush=True)
@@ -190,18 +194,29 @@ def run_server(name: str, cmd: list[str], port: int, ready_path: str, model_id: 
         stop(process)
 
 
-def run_vllm(model_dir: str, model_id: str, engine_args: dict, args, logs: Path) -> PhaseResult:
+def run_vllm(model_dir: str, model_id: str, engine_args: dict, args, logs: Path,
+             env: dict[str, str]) -> PhaseResult:
     port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
            "--served-model-name", model_id, "--host", "127.0.0.1", "--port", str(port),
            *engine_flags(engine_args)]
-    return run_server("vllm", cmd, port, "/v1/models", model_id, args, logs)
+    args.api_key = None
+    return run_server("vllm", cmd, port, "/v1/models", model_id, args, logs, env)
 
 
 def run_fabriek(model_id: str, args, logs: Path) -> PhaseResult:
+    """fabriek with the config's key file moved into `logs` and a key of its first tenant."""
+    config = yaml.safe_load((args.config or DEFAULT_CONFIG_PATH).read_text())
+    auth = config.setdefault("auth", {}) or {}
+    auth.update(key_file=str(logs / "bench-keys.json"), cache_salt_secret_file=str(logs / "bench-salt.secret"))
+    config["auth"] = auth
+    config_path = logs / "bench-platform.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    tenants = load_config(config_path).tenants
+    args.api_key, _ = KeyFile(logs / "bench-keys.json").create(tenants[0].id, {t.id for t in tenants})
     port = free_port()
     cmd = [sys.executable, "-m", "serving.cli", "serve", "--http-port", str(port),
-           "--dashboard-port", str(free_port()), *config_flag(args)]
+           "--dashboard-port", str(free_port()), "--config", str(config_path)]
     return run_server("fabriek", cmd, port, "/health", model_id, args, logs)
 
 
@@ -210,6 +225,7 @@ def run_ray_stock(model_id: str, args, logs: Path) -> PhaseResult:
     cmd = [sys.executable, str(REPO / "loadtests" / "stock_ray_serve_llm.py"), "--http-port", str(port),
            *config_flag(args)]
     # Its /v1/models answers before the engine is up; the warm-up requests wait for it.
+    args.api_key = None
     return run_server("ray-stock", cmd, port, "/v1/models", model_id, args, logs)
 
 
@@ -232,15 +248,19 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_config(args.config)
-    pool = config.pools[0]
-    model = config.model(pool.models[0])
+    # The first tenant's pool: the one fabriek's requests reach, measured against a vLLM
+    # server with the same engine arguments and core binding.
+    tenant = config.tenants[0]
+    pool = next(p for p in config.pools if p.name in config.classes[tenant.tenant_class].pools)
+    model = config.model(tenant.models[0])
     model_dir = resolve_model_source(model)
     engine_args = engine_args_for(pool, model)
+    vllm_env = {"VLLM_CPU_OMP_THREADS_BIND": pool.cpu_threads_bind} if pool.cpu_threads_bind else {}
     logs = args.out.parent
     logs.mkdir(parents=True, exist_ok=True)
 
     if args.only:
-        runners = {"vllm": lambda: run_vllm(model_dir, model.id, engine_args, args, logs),
+        runners = {"vllm": lambda: run_vllm(model_dir, model.id, engine_args, args, logs, vllm_env),
                    "fabriek": lambda: run_fabriek(model.id, args, logs),
                    "ray-stock": lambda: run_ray_stock(model.id, args, logs)}
         result = runners[args.only]()
@@ -248,7 +268,7 @@ def main() -> None:
         print(f"{result.server}: TTFT p50 {result.ttft_p50_ms:.1f} ms, p99 {result.ttft_p99_ms:.1f} ms, "
               f"mean {result.ttft_mean_ms:.1f} ms; {result.c16_output_tokens_per_s:.1f} tok/s @16")
         return
-    vllm = run_vllm(model_dir, model.id, engine_args, args, logs)
+    vllm = run_vllm(model_dir, model.id, engine_args, args, logs, vllm_env)
     fabriek = run_fabriek(model.id, args, logs)
     report = {
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",

@@ -34,7 +34,8 @@ def main() -> None:
     from ray import serve
     from ray.serve.llm import build_openai_app
 
-    ray.init(num_cpus=config.local.num_cpus, include_dashboard=False)
+    # The engine's bundles ask for the pool's resource (serving.engines): declare it.
+    ray.init(num_cpus=config.local.num_cpus, resources={pool.ray_resource: 1.0}, include_dashboard=False)
     signal.signal(signal.SIGTERM, lambda *_: (serve.shutdown(), ray.shutdown(), sys.exit(0)))
     serve.start(http_options={"host": "127.0.0.1", "port": args.http_port})
     llm_config = llm_config_for(pool, model, resolve_model_source(model))

@@ -15,7 +15,8 @@ from typing import Any
 from ray import serve
 from ray.serve.deployment import Application
 
-from serving.config import ConfigError, PlatformConfig, load_config
+from routers import Route
+from serving.config import PlatformConfig, load_config
 from serving.engines import build_engine_deployments
 from serving.ingress import OpenAIIngress
 
@@ -42,20 +43,20 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 
 def build_app_from_config(config: PlatformConfig) -> Application:
-    """Bind the ingress to one engine deployment per model.
+    """Bind the ingress to one engine deployment per pool and model.
 
-    Raises:
-        ConfigError: a model is served by more than one pool (routing requests to a
-            pool by tenant is not built yet, so a second pool would never get traffic).
+    A model may be served by several pools (the default config serves the same model to
+    government and commercial tenants on separate pools): each (pool, model) is its own
+    deployment, named ``<pool>--...``, and the ingress admits a tenant's requests only to
+    pools of its class.
     """
-    for model in config.models:
-        pools = [p.name for p in config.pools if model.id in p.models]
-        if len(pools) > 1:
-            raise ConfigError(f"models[{model.id}]: served by pools {pools}; until requests are "
-                              "routed to pools by tenant, a model may be served by one pool only")
-    engines = build_engine_deployments(config)  # one per model, checked above
-    handles = {engine.model_id: engine.app for engine in engines}
-    cards = {engine.model_id: {"max_model_len": engine.engine_args.get("max_model_len")}
-             for engine in engines}
+    engines = build_engine_deployments(config)
+    handles = {Route(e.pool, e.model_id): e.app for e in engines}
+    cards = {e.model_id: {"max_model_len": e.engine_args.get("max_model_len")} for e in engines}
+    auth = config.auth
     ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress", **config.ingress.deployment)
-    return ingress.bind(handles, cards, config.http.max_request_bytes)
+    # Paths are resolved here, on the driver, so every ingress replica uses the same files.
+    return ingress.bind(handles, cards, config.http.max_request_bytes, tenancy=config.tenancy(),
+                        key_file=auth.resolved_key_file(),
+                        cache_salt_secret_file=auth.resolved_cache_salt_secret_file(),
+                        key_reload_interval_s=auth.key_reload_interval_s)

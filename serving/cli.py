@@ -40,6 +40,49 @@ def _config_ray_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_file(args: argparse.Namespace):
+    from routers import KeyFile
+    from serving.config import load_config
+
+    config = load_config(args.config)
+    return config, KeyFile(config.auth.resolved_key_file())
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    config, keys = _key_file(args)
+    key, record = keys.create(args.tenant, {t.id for t in config.tenants})
+    print(f"created key {record.key_id} for tenant {record.tenant_id} in {keys.path}")
+    print("the key is shown only now; store it safely:")
+    print(key)  # last line: scripts take it with `| tail -n 1`
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    _, keys = _key_file(args)
+    records = keys.read().records
+    print(f"{'KEY ID':<14}{'TENANT':<24}{'CREATED (UTC)':<22}STATUS")
+    for r in records:
+        status = f"revoked {_utc(r.revoked_at)}" if r.is_revoked else "active"
+        print(f"{r.key_id:<14}{r.tenant_id:<24}{_utc(r.created_at):<22}{status}")
+    if not records:
+        print(f"(no keys in {keys.path})")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    _, keys = _key_file(args)
+    record = keys.revoke(args.key_id)
+    print(f"revoked key {record.key_id} of tenant {record.tenant_id}; "
+          "a running server refuses it within about a second")
+    return 0
+
+
+def _utc(timestamp: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fabriek`` command."""
     parser = argparse.ArgumentParser(prog="fabriek", description="fabriek, the AI facility's serving platform")
@@ -65,18 +108,35 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(for `ray start` before `serve deploy`)")
     ray_env.add_argument("config", type=Path, nargs="?", default=None)
     ray_env.set_defaults(run=_config_ray_env)
+
+    keys = commands.add_parser("keys", help="API keys of the config's tenants").add_subparsers(
+        dest="action", required=True)
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument("--config", type=Path, default=None,
+                               help="platform config YAML whose key file and tenants to use "
+                                    "(default: the shipped local CPU config)")
+    create = keys.add_parser("create", parents=[config_option],
+                             help="create a key for a tenant; prints it once, on the last line")
+    create.add_argument("--tenant", required=True, help="tenant id from the platform config")
+    create.set_defaults(run=_keys_create)
+    keys.add_parser("list", parents=[config_option], help="list keys (ids, tenants, status; no secrets)"
+                    ).set_defaults(run=_keys_list)
+    revoke = keys.add_parser("revoke", parents=[config_option], help="revoke a key by its id")
+    revoke.add_argument("key_id", help="the id `fabriek keys list` shows")
+    revoke.set_defaults(run=_keys_revoke)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fabriek`` console script."""
+    from routers import KeyFileError
     from serving.config import ConfigError
     from serving.default_model import ModelPrepareError
 
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, ModelPrepareError) as err:
+    except (ConfigError, ModelPrepareError, KeyFileError) as err:
         print(f"fabriek: error: {err}", file=sys.stderr)
         return 2
 

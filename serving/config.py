@@ -1,4 +1,4 @@
-"""The platform config: one validated, frozen schema for models, pools and engines.
+"""The platform config: one validated, frozen schema for models, pools, tenants and engines.
 
 ``fabriek serve``, the Ray Serve app builder, the tests and (later) the Helm chart all
 read this schema; nothing else describes a deployment. Library settings pass through
@@ -8,8 +8,6 @@ and are checked against the library's own definitions: engine arguments against 
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,6 +16,9 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
+from routers import ClassPolicy, Tenancy, Tenant, TenantClass
+from serving.library_settings import check_deployment_options, check_engine_args
+
 DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "local-cpu.yaml"
 
 # Schemes Ray's CloudMirrorConfig can mirror from; fabriek:// names a model that
@@ -25,12 +26,17 @@ DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "local-cpu.yaml"
 OBJECT_STORE_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")
 BUILTIN_SCHEME = "fabriek://"
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# vLLM's VLLM_CPU_OMP_THREADS_BIND: CPU lists per rank ("0", "0-3,8", "0-1|2-3") or auto/nobind.
+_CPU_LIST = r"\d+(-\d+)?(,\d+(-\d+)?)*"
+_THREADS_BIND = re.compile(rf"^(auto|nobind|{_CPU_LIST}(\|{_CPU_LIST})*)$")
+# Share of a node's pool resource one engine replica takes: a node advertising
+# `pool_<name>: 1` hosts up to 1000 replicas of that pool, and none of any other.
+POOL_RESOURCE_PER_REPLICA = 0.001
 
 
-# Library settings that pass through, checked against the library's own definitions
-# (the checks are defined at the bottom of this module).
-EngineArgs = Annotated[dict[str, Any], AfterValidator(lambda v: _check_engine_args(v))]
-DeploymentOptions = Annotated[dict[str, Any], AfterValidator(lambda v: _check_deployment_options(v))]
+# Library settings that pass through, checked against the library's own definitions.
+EngineArgs = Annotated[dict[str, Any], AfterValidator(check_engine_args)]
+DeploymentOptions = Annotated[dict[str, Any], AfterValidator(check_deployment_options)]
 
 
 class ConfigError(ValueError):
@@ -78,6 +84,11 @@ class PoolSpec(_Frozen):
         "Ray Serve deployment options per engine deployment (num_replicas, "
         "max_ongoing_requests, autoscaling_config, ray_actor_options, ...)."))
 
+    cpu_threads_bind: str | None = Field(None, description=(
+        "CPU pools only: cores the pool's vLLM CPU engine binds its threads to, as vLLM's "
+        "VLLM_CPU_OMP_THREADS_BIND (e.g. `0`, `2-3`, `0-1|2-3` for two ranks); unset: vLLM's "
+        "own choice. Pools sharing a machine get disjoint cores."))
+
     @field_validator("name")
     @classmethod
     def _dns_name(cls, value: str) -> str:
@@ -85,7 +96,79 @@ class PoolSpec(_Frozen):
             raise ValueError(f"{value!r} must be lowercase letters, digits and '-'")
         return value
 
+    @field_validator("cpu_threads_bind")
+    @classmethod
+    def _threads_bind(cls, value: str | None) -> str | None:
+        if value is not None and not _THREADS_BIND.match(value):
+            raise ValueError(f"{value!r} is not a CPU list such as `0`, `0-3,8` or `0-1|2-3`")
+        return value
 
+    @model_validator(mode="after")
+    def _binding_needs_cpu(self) -> "PoolSpec":
+        if self.cpu_threads_bind is not None and self.accelerator != "cpu":
+            raise ValueError("cpu_threads_bind applies to accelerator `cpu` only")
+        return self
+
+    @property
+    def ray_resource(self) -> str:
+        """The Ray custom resource that nodes of this pool advertise, e.g. ``pool_government``."""
+        return f"pool_{self.name}"
+
+
+class ClassSpec(_Frozen):
+    """What every tenant of one class may use."""
+
+    pools: list[str] = Field(min_length=1, description=(
+        "Pools (names from `pools`) whose replicas may serve this class; requests of the "
+        "class never reach another pool, even when these are down."))
+    priority: int = Field(0, description=(
+        "vLLM request priority of the class; lower is scheduled first. Non-zero needs "
+        "`scheduling_policy: priority` in the engine arguments of the class's pools."))
+
+
+class TenantSpec(_Frozen):
+    """An organisation that calls the API with its own keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    id: str = Field(description="Lowercase DNS-style tenant id, e.g. `gov-demo`.")
+    tenant_class: TenantClass = Field(alias="class", description=(
+        "government, research or commercial; `classes` says which pools each may use."))
+    models: list[str] = Field(min_length=1, description="Model ids (from `models`) the tenant may use.")
+
+    @field_validator("id")
+    @classmethod
+    def _dns_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"{value!r} must be lowercase letters, digits and '-'")
+        return value
+
+
+class AuthSpec(_Frozen):
+    """API keys and the per-tenant engine isolation secrets."""
+
+    key_file: Path | None = Field(None, description=(
+        "JSON file of API key records (salted hashes only), managed with `fabriek keys`; "
+        "may be a mounted Kubernetes Secret. Default: $FABRIEK_HOME/api-keys.json."))
+    cache_salt_secret_file: Path | None = Field(None, description=(
+        "Secret from which each tenant's vLLM prefix-cache salt is derived; created "
+        "(random, 0600) if absent. Default: $FABRIEK_HOME/cache-salt.secret."))
+    key_reload_interval_s: float = Field(1.0, gt=0, le=60, description=(
+        "How often at most the ingress looks at the key file for created or revoked keys."))
+
+    def resolved_key_file(self) -> Path:
+        """The key file path, defaulted and made absolute."""
+        return self._resolve(self.key_file, "api-keys.json")
+
+    def resolved_cache_salt_secret_file(self) -> Path:
+        """The cache salt secret path, defaulted and made absolute."""
+        return self._resolve(self.cache_salt_secret_file, "cache-salt.secret")
+
+    @staticmethod
+    def _resolve(path: Path | None, default_name: str) -> Path:
+        from serving.default_model import fabriek_home
+
+        return (path.expanduser() if path is not None else fabriek_home() / default_name).resolve()
 
 
 class HttpSpec(_Frozen):
@@ -149,6 +232,11 @@ class PlatformConfig(_Frozen):
 
     models: list[ModelSpec] = Field(min_length=1)
     pools: list[PoolSpec] = Field(min_length=1)
+    classes: dict[TenantClass, ClassSpec] = Field(default_factory=dict, description=(
+        "Per tenant class: the pools it may use and its request priority."))
+    tenants: list[TenantSpec] = Field(default_factory=list, description=(
+        "Who may call the API; a request with no valid key of a tenant here gets 401."))
+    auth: AuthSpec = Field(default_factory=AuthSpec)
     http: HttpSpec = Field(default_factory=HttpSpec)
     ingress: IngressSpec = Field(default_factory=IngressSpec)
     serve: ServeRuntimeSpec = Field(default_factory=ServeRuntimeSpec)
@@ -169,7 +257,42 @@ class PlatformConfig(_Frozen):
         for model in self.models:
             if model.id not in served:
                 raise ValueError(f"models[{model.id}]: no pool serves it; add it to a pool's models")
+        self._check_tenancy()
         return self
+
+    def _check_tenancy(self) -> None:
+        pools = {p.name: p for p in self.pools}
+        for tenant_class, spec in self.classes.items():
+            for i, pool in enumerate(spec.pools):
+                if pool not in pools:
+                    raise ValueError(f"classes[{tenant_class}].pools[{i}]: unknown pool {pool!r}; "
+                                     f"define it under `pools` (known: {sorted(pools)})")
+            if spec.priority != 0:
+                for pool in spec.pools:
+                    for model_id in pools[pool].models:
+                        args = {**self.model(model_id).engine_args, **pools[pool].engine_args}
+                        if args.get("scheduling_policy") != "priority":
+                            raise ValueError(
+                                f"classes[{tenant_class}].priority: pool {pool!r} must set engine "
+                                "argument `scheduling_policy: priority` for priorities to apply")
+        _no_duplicates("tenants", [t.id for t in self.tenants])
+        for tenant in self.tenants:
+            spec = self.classes.get(tenant.tenant_class)
+            if spec is None:
+                raise ValueError(f"tenants[{tenant.id}].class: no entry for class "
+                                 f"{str(tenant.tenant_class)!r} under `classes`; add one with its pools")
+            for j, model_id in enumerate(tenant.models):
+                serving = [p for p in spec.pools if model_id in pools[p].models]
+                if not serving:
+                    raise ValueError(
+                        f"tenants[{tenant.id}].models[{j}]: {model_id!r} is served by no pool of "
+                        f"class {str(tenant.tenant_class)!r} (pools {spec.pools}); add it to one of them")
+
+    def tenancy(self) -> Tenancy:
+        """The tenants and class policies as the policy core (``routers``) takes them."""
+        return Tenancy(
+            tenants={t.id: Tenant(t.id, t.tenant_class, frozenset(t.models)) for t in self.tenants},
+            classes={c: ClassPolicy(frozenset(s.pools), s.priority) for c, s in self.classes.items()})
 
     def model(self, model_id: str) -> ModelSpec:
         """The model spec with this public id.
@@ -211,7 +334,7 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> PlatformCo
 def with_overrides(config: PlatformConfig, *, http_port: int | None = None,
                    dashboard_port: int | None = None) -> PlatformConfig:
     """A copy of `config` with command-line overrides applied, validated again."""
-    data = config.model_dump()
+    data = config.model_dump(by_alias=True)
     if http_port is not None:
         data["http"]["port"] = http_port
     if dashboard_port is not None:
@@ -234,49 +357,3 @@ def _no_duplicates(field: str, names: list[str]) -> None:
         if name in seen:
             raise ValueError(f"{field}: {name!r} appears twice")
         seen.add(name)
-
-
-@functools.cache
-def _vllm_engine_arg_names() -> frozenset[str]:
-    # Imported lazily: vLLM takes seconds to import and only engine configs need it.
-    from vllm.engine.arg_utils import AsyncEngineArgs
-
-    return frozenset(f.name for f in dataclasses.fields(AsyncEngineArgs))
-
-
-# Set by fabriek from `source` and the model id; a config must not set them.
-_MANAGED_ENGINE_ARGS = frozenset({"model", "served_model_name", "tokenizer"})
-
-
-def _check_engine_args(value: dict[str, Any]) -> dict[str, Any]:
-    managed = sorted(set(value) & _MANAGED_ENGINE_ARGS)
-    if managed:
-        raise ValueError(f"{managed} are set by fabriek from the model's id and source; remove them")
-    unknown = sorted(set(value) - _vllm_engine_arg_names())
-    if unknown:
-        raise ValueError(f"unknown vLLM engine argument(s) {unknown}; see `AsyncEngineArgs`")
-    return value
-
-
-def _check_deployment_options(value: dict[str, Any]) -> dict[str, Any]:
-    # Ray's schema ignores unknown keys; a typo must not silently fall back to a default.
-    from ray.serve.schema import DeploymentSchema, RayActorOptionsSchema
-
-    # `name` is fabriek's to choose (pool--model); placement groups are Ray Serve LLM's.
-    managed = sorted(set(value) & {"name", "placement_group_bundles", "placement_group_strategy"})
-    if managed:
-        raise ValueError(f"{managed} are set by fabriek and Ray Serve LLM; remove them")
-    actor_options = value.get("ray_actor_options") or {}
-    if not isinstance(actor_options, dict):
-        raise ValueError("ray_actor_options must be a mapping")
-    unknown = sorted(set(value) - set(DeploymentSchema.model_fields))
-    unknown += sorted(f"ray_actor_options.{k}" for k in
-                      set(actor_options) - set(RayActorOptionsSchema.model_fields))
-    if unknown:
-        raise ValueError(f"unknown Ray Serve deployment option(s) {unknown}")
-    try:
-        DeploymentSchema(name="check", **value)
-    except ValidationError as err:
-        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
-        raise ValueError(f"not valid Ray Serve deployment options: {problems}") from None
-    return value

@@ -1,4 +1,9 @@
-"""From the platform config to Ray Serve LLM engine deployments, one per pool and model."""
+"""From the platform config to Ray Serve LLM engine deployments, one per pool and model.
+
+Each deployment is pinned to its pool's nodes: every placement-group bundle (the replica
+with its engine, and each further engine worker) asks for a little of the Ray custom
+resource ``pool_<name>``, which only that pool's nodes advertise.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,15 @@ from typing import Any
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
-from serving.config import BUILTIN_SCHEME, OBJECT_STORE_SCHEMES, ModelSpec, PlatformConfig, PoolSpec
+from serving.config import (BUILTIN_SCHEME, OBJECT_STORE_SCHEMES, POOL_RESOURCE_PER_REPLICA, ModelSpec,
+                            PlatformConfig, PoolSpec)
 from serving.default_model import DEFAULT_MODEL_NAME, ModelPrepareError, default_model_dir, verify_model_dir
 from serving.llm_server import FabriekLLMServer
 
 # Engine replicas never reach a model hub: weights come from the config's source.
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# Ray Serve LLM's default bundle per engine worker (its CPUAccelerator / GPUAccelerator).
+_WORKER_BUNDLE = {"cpu": {"CPU": 1}, "gpu": {"GPU": 1}}
 
 
 @dataclass(frozen=True)
@@ -48,8 +56,12 @@ def resolve_model_source(model: ModelSpec) -> str | dict[str, str]:
 
 
 def engine_args_for(pool: PoolSpec, model: ModelSpec) -> dict[str, Any]:
-    """vLLM engine arguments of `model` on `pool`; the pool's override the model's."""
-    return {**model.engine_args, **pool.engine_args}
+    """vLLM engine arguments of `model` on `pool`; the pool's override the model's.
+
+    Request logging is off explicitly (not left to Ray's default): it would write prompts
+    into the logs.
+    """
+    return {**model.engine_args, **pool.engine_args, "enable_log_requests": False}
 
 
 def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[str, str]) -> LLMConfig:
@@ -57,11 +69,18 @@ def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[st
     engine_kwargs = engine_args_for(pool, model)
     # Ray merges runtime_env one level deep: keep the pool's own env_vars beside ours.
     actor_options = pool.deployment.get("ray_actor_options") or {}
-    pool_env = (actor_options.get("runtime_env") or {}).get("env_vars") or {}
+    pool_env = dict((actor_options.get("runtime_env") or {}).get("env_vars") or {})
+    if pool.cpu_threads_bind is not None:
+        # Read by vLLM's CPU worker when it binds its OpenMP threads (vllm.envs).
+        pool_env["VLLM_CPU_OMP_THREADS_BIND"] = pool.cpu_threads_bind
     return LLMConfig(
         model_loading_config={"model_id": model.id, "model_source": model_source},
         engine_kwargs=engine_kwargs,
         accelerator_config={"kind": pool.accelerator},
+        # Ray Serve LLM adds the replica's own resources to the first bundle, so the
+        # replica, its vLLM engine process and any engine workers all land on pool nodes.
+        placement_group_config={"bundle_per_worker": {**_WORKER_BUNDLE[pool.accelerator],
+                                                      pool.ray_resource: POOL_RESOURCE_PER_REPLICA}},
         deployment_config=dict(pool.deployment),
         runtime_env={"env_vars": {**pool_env, **_OFFLINE_ENV}},
         # Engine stats feed the Prometheus metrics on the Ray metrics endpoint.

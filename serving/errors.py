@@ -30,12 +30,13 @@ class APIError(Exception):
     """An error the API reports to the client with an HTTP status."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None,
-                 retry_after_s: int | None = None):
+                 retry_after_s: int | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.retry_after_s = retry_after_s
+        self.headers = headers
 
 
 def error_response(status: int, message: str, *, param: str | None = None,
@@ -57,7 +58,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, err: APIError) -> JSONResponse:
         return error_response(err.status, err.message, param=err.param,
-                              retry_after_s=err.retry_after_s)
+                              retry_after_s=err.retry_after_s, headers=err.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:

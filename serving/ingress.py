@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP ingress: a Ray Serve deployment running a FastAPI app.
 
-It validates requests with vLLM's OpenAI protocol models, picks the engine deployment
-of the requested model and relays its answer. Streamed answers are relayed batch by
+It authenticates the tenant by its API key, validates requests with vLLM's OpenAI
+protocol models, has the policy core admit them to an engine deployment of the tenant's
+own pool, sets the tenant's engine-side isolation fields and relays the answer. Streamed answers are relayed batch by
 batch as the engine produces them (see ``serving.llm_server``); nothing here waits on a
 timer, so the ingress adds only the cost of one handle call to time-to-first-token.
 """
@@ -9,6 +10,7 @@ timer, so the ingress adds only the cost of one handle call to time-to-first-tok
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import AsyncIterator, Mapping
 
 from fastapi import FastAPI
@@ -26,17 +28,22 @@ from vllm.utils.gc_utils import freeze_gc_heap
 # messages; it must run before a request crosses to another actor.
 from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
 
+from routers import Admission, Route, Tenancy, Tenant
 from serving.body_limit import BodySizeLimit
 from serving.errors import APIError, error_response, install_error_handlers
+from serving.llm_server import Stamped
 from serving.openai_requests import parse_openai_request
 from serving.readiness import EngineReadiness
+from serving.tenant_access import RETRY_AFTER_NOT_READY_S, TenantAccess
 
 logger = logging.getLogger("fabriek.ingress")
 
-# How long a client should wait before retrying while an engine is not ready.
-_RETRY_AFTER_NOT_READY_S = 5
-
 OpenAIRequest = ChatCompletionRequest | CompletionRequest
+
+# Response headers naming where a request ran: the pool it was admitted to, and the
+# engine replica that answered, as that replica identified itself (serving.llm_server).
+POOL_HEADER = "x-fabriek-pool"
+REPLICA_HEADER = "x-fabriek-replica"
 
 
 @serve.ingress()
@@ -44,19 +51,24 @@ class OpenAIIngress:
     """HTTP front door: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``.
 
     Args:
-        engines: model id -> engine deployment serving that model.
+        engines: route (pool and model) -> engine deployment, in config order.
         model_cards: model id -> extra card fields (e.g. ``max_model_len``).
         max_request_bytes: largest accepted request body; larger ones get 413.
+        tenancy: tenants and class policies from the platform config.
+        key_file / cache_salt_secret_file / key_reload_interval_s: see ``TenantAccess``.
     """
 
-    def __init__(self, engines: Mapping[str, DeploymentHandle], model_cards: Mapping[str, dict],
-                 max_request_bytes: int):
-        # Streaming handles per (model, method), configured once: Ray builds a new handle
+    def __init__(self, engines: Mapping[Route, DeploymentHandle], model_cards: Mapping[str, dict],
+                 max_request_bytes: int, *, tenancy: Tenancy, key_file: Path,
+                 cache_salt_secret_file: Path, key_reload_interval_s: float = 1.0):
+        # Streaming handles per (route, method), configured once: Ray builds a new handle
         # on every attribute access (`handle.chat` is `handle.options(method_name=...)`).
-        self._streaming = {(m, method): getattr(h.options(stream=True), method)
-                           for m, h in engines.items() for method in ("chat", "completions")}
-        self._model_ids = sorted(engines)
+        self._streaming = {(r, method): getattr(h.options(stream=True), method)
+                           for r, h in engines.items() for method in ("chat", "completions")}
         self._readiness = EngineReadiness(engines)
+        self._access = TenantAccess(tenancy, engines, key_file=key_file,
+                                    cache_salt_secret_file=cache_salt_secret_file,
+                                    key_reload_interval_s=key_reload_interval_s)
         self._model_cards = dict(model_cards)
         self._max_request_bytes = max_request_bytes
 
@@ -77,65 +89,77 @@ class OpenAIIngress:
 
     async def chat(self, request: Request) -> Response:
         """OpenAI chat completions, streamed (SSE) or not."""
+        tenant = self._access.authenticate(request)  # before the body is even read
         body = await parse_openai_request(request, ChatCompletionRequest)
         try:
             body = _sanitize_chat_completion_request(body)
         except ValueError as err:  # message content pydantic accepted without checking items
             raise APIError(400, f"invalid request body: {err}", param="messages") from None
-        return await self._relay(body, "chat")
+        return await self._relay(tenant, body, "chat")
 
     async def completions(self, request: Request) -> Response:
         """OpenAI text completions, streamed (SSE) or not."""
-        return await self._relay(await parse_openai_request(request, CompletionRequest), "completions")
+        tenant = self._access.authenticate(request)
+        return await self._relay(tenant, await parse_openai_request(request, CompletionRequest), "completions")
 
-    async def models(self) -> ModelList:
-        """The models this deployment serves."""
-        return ModelList(data=[ModelCard(id=m, owned_by="fabriek", root=m, **card)
-                               for m, card in self._model_cards.items()])
+    async def models(self, request: Request) -> ModelList:
+        """The models the calling tenant may use."""
+        tenant = self._access.authenticate(request)
+        return ModelList(data=[ModelCard(id=m, owned_by="fabriek", root=m, **self._model_cards[m])
+                               for m in sorted(tenant.model_ids) if m in self._model_cards])
 
     async def health(self) -> JSONResponse:
-        """200 when every engine answers its health probe, else 503."""
-        status = self._readiness.status()
-        is_ready = all(s == "ready" for s in status.values())
-        return JSONResponse({"status": "ok" if is_ready else "starting", "models": status},
+        """200 when every engine of every pool answers its health probe, else 503."""
+        pools: dict[str, dict[str, str]] = {}
+        for route, state in self._readiness.status().items():
+            pools.setdefault(route.pool, {})[route.model_id] = state
+        is_ready = all(s == "ready" for p in pools.values() for s in p.values())
+        return JSONResponse({"status": "ok" if is_ready else "starting", "pools": pools},
                             status_code=200 if is_ready else 503)
 
-    def _engine_for(self, model: str | None, method: str) -> tuple[str, DeploymentHandle]:
-        if model is None:
-            if len(self._model_ids) != 1:
-                raise APIError(400, f"`model` is required: this deployment serves {self._model_ids}",
-                               param="model")
-            model = self._model_ids[0]
-        if (model, method) not in self._streaming:
-            raise APIError(404, f"The model `{model}` does not exist.", param="model")
-        if not self._readiness.is_ready(model):
-            raise APIError(503, f"The model `{model}` is not ready yet; retry shortly.",
-                           retry_after_s=_RETRY_AFTER_NOT_READY_S)
-        return model, self._streaming[(model, method)]
-
-    async def _relay(self, body: OpenAIRequest, method: str) -> Response:
-        model, handle = self._engine_for(body.model, method)
-        stream: DeploymentResponseGenerator = handle.remote(body)
+    async def _relay(self, tenant: Tenant, body: OpenAIRequest, method: str) -> Response:
+        admission = self._access.admit(tenant, body.model, self._readiness.is_ready)
+        _apply_tenant_fields(body, admission)
+        route = admission.route
+        stream: DeploymentResponseGenerator = self._streaming[(route, method)].remote(body)
         try:
             first = await stream.__anext__()
         except (RayActorError, DeploymentUnavailableError, BackPressureError) as err:
-            logger.warning("engine for %s unavailable: %s", model, type(err).__name__)
-            raise APIError(503, f"The model `{model}` is unavailable; retry shortly.",
-                           retry_after_s=_RETRY_AFTER_NOT_READY_S) from None
+            logger.warning("engine %s/%s unavailable: %s", route.pool, route.model_id, type(err).__name__)
+            raise APIError(503, f"The model `{route.model_id}` is unavailable; retry shortly.",
+                           retry_after_s=RETRY_AFTER_NOT_READY_S) from None
         except StopAsyncIteration:
             raise APIError(500, "the engine returned no response") from None
         except BaseException:
             # The client went away (cancellation) or the call failed: stop the engine too.
             stream.cancel()
             raise
+        headers = {POOL_HEADER: route.pool}
+        if isinstance(first, Stamped):
+            headers[REPLICA_HEADER] = f"{first.deployment}#{first.replica_id}"
+            first = first.item
         if isinstance(first, list) and first and isinstance(first[0], ErrorResponse):
             first = first[0]  # a streamed request the engine refused before its first token
         if isinstance(first, ErrorResponse):
-            return error_response(first.error.code, first.error.message, param=first.error.param)
+            return error_response(first.error.code, first.error.message, param=first.error.param,
+                                  headers=headers)
         if not isinstance(first, list):
             # A complete, non-streamed response; serialize once, here.
-            return Response(first.model_dump_json(), media_type="application/json")
-        return StreamingResponse(_server_sent_events(first, stream), media_type="text/event-stream")
+            return Response(first.model_dump_json(), media_type="application/json", headers=headers)
+        return StreamingResponse(_server_sent_events(first, stream), media_type="text/event-stream",
+                                 headers=headers)
+
+
+def _apply_tenant_fields(body: OpenAIRequest, admission: Admission) -> None:
+    """Overwrite what the engine must know of the tenant; whatever the client sent is ignored.
+
+    ``cache_salt`` keeps the tenant's prefix-cache entries to itself, ``priority`` is its
+    class's band, ``user`` names the tenant (for the engine's own accounting).
+    """
+    body.model = admission.route.model_id
+    body.cache_salt = admission.cache_salt
+    body.priority = admission.priority
+    body.user = admission.tenant.id
 
 
 async def _server_sent_events(first: list[str], rest: DeploymentResponseGenerator) -> AsyncIterator[str]:

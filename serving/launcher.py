@@ -54,7 +54,11 @@ def serve_locally(config: PlatformConfig) -> int:
         _say("starting a local Ray head")
         # Ray's processes read these at start; they inherit the driver's environment.
         os.environ.update(config.serve.ray_env())
-        context = ray.init(num_cpus=local.num_cpus, include_dashboard=True,
+        # This one node plays every pool's nodes: it advertises each pool's resource, which
+        # the pool's engine deployments require (serving.engines); the CPU binding in the
+        # config keeps their engines on separate cores.
+        pool_resources = {pool.ray_resource: 1.0 for pool in config.pools}
+        context = ray.init(num_cpus=local.num_cpus, resources=pool_resources, include_dashboard=True,
                            dashboard_host=local.dashboard_host, dashboard_port=local.dashboard_port,
                            namespace="fabriek", log_to_driver=True)
         # ray.init installs its own SIGTERM handler (dump and die); put ours back.
@@ -64,6 +68,9 @@ def serve_locally(config: PlatformConfig) -> int:
         _say(f"API base URL:  {api_url}/v1")
         _say(f"Ray dashboard: http://{context.dashboard_url}" if context.dashboard_url
              else "Ray dashboard: disabled")
+        _say(f"Ray logs:      {Path(context.address_info['session_dir']) / 'logs'}")
+        _say(f"API keys:      {config.auth.resolved_key_file()} "
+             "(`fabriek keys create --tenant TENANT` makes one)")
         if RAY_TOKEN_PATH.is_file():
             # Ray 2.60 protects a local cluster with a token by default (it can run code).
             _say(f"dashboard token: in {RAY_TOKEN_PATH} (paste it at the dashboard's login)")

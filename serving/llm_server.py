@@ -10,6 +10,10 @@ is pickled, sent and unpickled by two Python processes on the way to the client)
 
 ``FirstChunkBatcher`` sends the first chunk the moment it exists, then batches the rest
 every interval: time-to-first-token of no batching, message count of batching.
+
+Every answer also says which replica produced it: the first item of each ``chat`` and
+``completions`` stream arrives wrapped in a ``Stamped`` naming this replica, as Ray Serve
+identifies it here, so the ingress can report where a tenant's request really ran.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from typing import AsyncGenerator, AsyncIterator, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, AsyncGenerator, AsyncIterator, Generic, TypeVar
 
+from ray import serve
 from ray.serve.llm import LLMServer
 from vllm.utils.gc_utils import freeze_gc_heap
 
@@ -77,8 +83,40 @@ class FirstChunkBatcher(Generic[T]):
                 pump.cancel()
 
 
+@dataclass(frozen=True)
+class Stamped:
+    """The first item of an engine answer and the replica that produced it.
+
+    Args:
+        item: what ``LLMServer`` yielded first (a batch of SSE events, a response, an error).
+        deployment: the engine deployment, named ``<pool>--...`` by fabriek.
+        replica_id: Ray Serve's id of the replica within that deployment.
+    """
+
+    item: Any
+    deployment: str
+    replica_id: str
+
+
+async def stamp_first(stream: AsyncIterator[T], deployment: str, replica_id: str) -> AsyncGenerator[Any, None]:
+    """Yield ``stream`` with its first item wrapped in ``Stamped``.
+
+    Riding on the first item costs no extra message between engine and ingress.
+    """
+    try:
+        is_first = True
+        async for item in stream:
+            yield Stamped(item, deployment, replica_id) if is_first else item
+            is_first = False
+    finally:
+        # A cancelled request must stop the engine stream beneath (see FirstChunkBatcher).
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
 class FabriekLLMServer(LLMServer):
-    """``LLMServer`` whose streams send their first chunk at once (see module doc)."""
+    """``LLMServer`` whose streams send their first chunk at once and name their replica."""
 
     async def start(self) -> None:
         """Start the engine, then freeze the start-up heap out of the garbage collector."""
@@ -87,6 +125,18 @@ class FabriekLLMServer(LLMServer):
         # it a full collection walks torch's and vLLM's millions of start-up objects and
         # stalls streams for ~300 ms (the TTFT p99 outliers in docs/benchmarks.md).
         freeze_gc_heap()
+
+    async def chat(self, request, raw_request_info=None) -> AsyncGenerator[Any, None]:
+        """``LLMServer.chat``, its first item stamped with this replica's identity."""
+        return self._stamped(await super().chat(request, raw_request_info))
+
+    async def completions(self, request, raw_request_info=None) -> AsyncGenerator[Any, None]:
+        """``LLMServer.completions``, its first item stamped with this replica's identity."""
+        return self._stamped(await super().completions(request, raw_request_info))
+
+    def _stamped(self, stream: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
+        context = serve.get_replica_context()
+        return stamp_first(stream, context.deployment, context.replica_id.unique_id)
 
     def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
         # Ray's setting (experimental_configs.stream_batching_interval_ms, 50 ms default).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Mapping
+from typing import Hashable, Mapping
 
 from ray.serve.handle import DeploymentHandle
 
@@ -12,33 +12,34 @@ logger = logging.getLogger("fabriek.readiness")
 
 
 class EngineReadiness:
-    """Tracks per-model readiness by calling ``check_health`` on each engine deployment.
+    """Tracks readiness per engine deployment by calling its ``check_health``.
 
-    A request for a model that is not ready is refused at once with 503 instead of
+    A request whose engines are not ready is refused at once with 503 instead of
     queueing behind an engine that is still loading or has died.
 
     Args:
-        engines: model id -> handle of the engine deployment serving it.
+        engines: key (fabriek uses ``routers.Route``: pool and model) -> handle of the
+            engine deployment.
         probe_timeout_s: how long one health probe may take.
         ready_interval_s / not_ready_interval_s: probe period while all models are
             ready / while any is not (short, so start-up is noticed quickly).
     """
 
-    def __init__(self, engines: Mapping[str, DeploymentHandle], *, probe_timeout_s: float = 10.0,
+    def __init__(self, engines: Mapping[Hashable, DeploymentHandle], *, probe_timeout_s: float = 10.0,
                  ready_interval_s: float = 5.0, not_ready_interval_s: float = 0.5):
         self._engines = dict(engines)
-        self._ready: set[str] = set()
+        self._ready: set[Hashable] = set()
         self._probe_timeout_s = probe_timeout_s
         self._ready_interval_s = ready_interval_s
         self._not_ready_interval_s = not_ready_interval_s
         self._task: asyncio.Task | None = None
 
-    def is_ready(self, model_id: str) -> bool:
-        """Whether the last probe of this model's engine succeeded."""
-        return model_id in self._ready
+    def is_ready(self, key: Hashable) -> bool:
+        """Whether the last probe of this engine succeeded."""
+        return key in self._ready
 
-    def status(self) -> dict[str, str]:
-        """model id -> "ready" | "not ready", for the health endpoint."""
+    def status(self) -> dict[Hashable, str]:
+        """key -> "ready" | "not ready", for the health endpoint."""
         return {m: "ready" if m in self._ready else "not ready" for m in self._engines}
 
     def start(self) -> None:
@@ -55,17 +56,17 @@ class EngineReadiness:
     async def probe_once(self) -> None:
         """Probe every engine concurrently and update the ready set."""
         results = await asyncio.gather(*(self._probe(m, h) for m, h in self._engines.items()))
-        for model_id, ok in zip(self._engines, results):
+        for key, ok in zip(self._engines, results):
             if ok is None:
                 continue  # no answer in time: busy or still loading; keep what we knew
-            if ok and model_id not in self._ready:
-                logger.info("engine for model %s is ready", model_id)
-                self._ready.add(model_id)
-            elif not ok and model_id in self._ready:
-                logger.warning("engine for model %s stopped answering health probes", model_id)
-                self._ready.discard(model_id)
+            if ok and key not in self._ready:
+                logger.info("engine %s is ready", key)
+                self._ready.add(key)
+            elif not ok and key in self._ready:
+                logger.warning("engine %s stopped answering health probes", key)
+                self._ready.discard(key)
 
-    async def _probe(self, model_id: str, handle: DeploymentHandle) -> bool | None:
+    async def _probe(self, key: Hashable, handle: DeploymentHandle) -> bool | None:
         """True: healthy; False: the engine failed its check; None: no answer in time.
 
         A probe queues behind requests like any call, so a saturated engine answers late;
@@ -79,7 +80,7 @@ class EngineReadiness:
             response.cancel()  # do not let unanswered probes pile up in the queue
             return None
         except Exception as err:  # the engine answered with a failure, or its actor died
-            logger.debug("health probe of %s failed: %r", model_id, err)
+            logger.debug("health probe of %s failed: %r", key, err)
             return False
 
     async def _probe_forever(self) -> None:

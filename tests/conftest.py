@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 import pytest
 
-# Start-up of the default model on a 2-core CPU machine takes ~1.5 min; allow slack
-# for a loaded CI machine.
+# Start-up of the default model's two pools on a 2-core CPU machine takes ~1.5 min; allow
+# slack for a loaded CI machine.
 SERVER_START_TIMEOUT_S = 600
+DEMO_TENANTS = ("gov-demo", "pilot-demo")
 
 
 def free_port() -> int:
@@ -33,12 +36,29 @@ class FabriekServer:
     process: subprocess.Popen
     http_port: int
     dashboard_port: int
+    config_path: Path
+    keys: dict[str, str]  # tenant id -> API key, made by `fabriek keys create`
     lines: list[str] = field(default_factory=list)
     is_ready: bool = False
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def ray_logs_dir(self) -> Path:
+        """The Ray session's log directory, as `fabriek serve` printed it."""
+        [line] = [line for line in self.lines if line.startswith("fabriek: Ray logs:")]
+        return Path(line.split(":", 2)[2].strip())
+
+    def cli(self, *args: str) -> str:
+        """Run a `fabriek` command against this server's config; return its stdout."""
+        from serving.cli import main
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main([*args, "--config", str(self.config_path)]) == 0
+        return out.getvalue()
 
     def output(self, last: int = 60) -> str:
         return "".join(self.lines[-last:])
@@ -57,7 +77,9 @@ def _collect_output(server: FabriekServer, ready: threading.Event) -> None:
 def fabriek_server(tmp_path_factory) -> FabriekServer:
     """`fabriek serve` with the shipped CPU config, started once per session.
 
-    Every port is a free one, so the suite runs beside a `make serve` on the same machine.
+    Every port is a free one and the key file and salt secret are the session's own, so the
+    suite runs beside a `make serve` on the same machine. Both demo tenants get a key from
+    the `fabriek keys create` code path before the server starts.
     """
     import yaml
 
@@ -67,7 +89,10 @@ def fabriek_server(tmp_path_factory) -> FabriekServer:
     prepare_default_model(show_progress=False)
     config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
     config["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
-    config_path = tmp_path_factory.mktemp("config") / "platform.yaml"
+    home = tmp_path_factory.mktemp("config")
+    config["auth"].update(key_file=str(home / "api-keys.json"),
+                          cache_salt_secret_file=str(home / "cache-salt.secret"))
+    config_path = home / "platform.yaml"
     config_path.write_text(yaml.safe_dump(config))
     server = FabriekServer(
         process=subprocess.Popen(
@@ -76,7 +101,9 @@ def fabriek_server(tmp_path_factory) -> FabriekServer:
              "--dashboard-port", str(dashboard_port := free_port())],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}),
-        http_port=http_port, dashboard_port=dashboard_port)
+        http_port=http_port, dashboard_port=dashboard_port, config_path=config_path, keys={})
+    for tenant in DEMO_TENANTS:
+        server.keys[tenant] = server.cli("keys", "create", "--tenant", tenant).splitlines()[-1]
     ready = threading.Event()
     threading.Thread(target=_collect_output, args=(server, ready), daemon=True).start()
     started = time.monotonic()

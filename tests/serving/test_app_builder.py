@@ -11,9 +11,11 @@ from ray.serve.deployment import Application
 from ray.serve.schema import ServeDeploySchema
 
 from serving.app import build_app
-from serving.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from serving.config import DEFAULT_CONFIG_PATH, load_config
+from serving.engines import build_engine_deployments
 
 REPO = Path(__file__).resolve().parents[2]
+MODEL = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,8 +50,16 @@ def test_builder_refuses_unknown_or_conflicting_args():
         build_app({"config": {}, "config_path": "x.yaml"})
 
 
-def test_a_model_in_two_pools_is_refused_until_tenant_routing_exists():
-    inline = load_config(DEFAULT_CONFIG_PATH).model_dump()
-    second = dict(inline["pools"][0], name="second")
-    with pytest.raises(ConfigError, match="served by pools \\['default', 'second'\\]"):
-        build_app({"config": {**inline, "pools": [inline["pools"][0], second]}})
+def test_one_model_on_two_pools_gives_two_deployments_pinned_to_their_pool():
+    engines = build_engine_deployments(load_config(DEFAULT_CONFIG_PATH))
+    assert [(e.pool, e.model_id) for e in engines] == [("government", MODEL), ("commercial", MODEL)]
+    for engine, core in zip(engines, ["0", "1"]):
+        deployment = engine.app._bound_deployment
+        assert deployment.name == f"{engine.pool}--{MODEL}"
+        # Every bundle, the replica's included, needs the pool's resource: nothing of the
+        # pool can be placed on another pool's nodes.
+        bundles = deployment._replica_config.placement_group_bundles
+        assert bundles and all(b.get(f"pool_{engine.pool}", 0) > 0 for b in bundles)
+        assert not any(k.startswith("pool_") and k != f"pool_{engine.pool}" for b in bundles for k in b)
+        env = deployment._replica_config.ray_actor_options["runtime_env"]["env_vars"]
+        assert env["VLLM_CPU_OMP_THREADS_BIND"] == core

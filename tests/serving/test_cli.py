@@ -14,7 +14,7 @@ def test_serve_defaults_to_the_shipped_config():
 
 def test_config_check_reports_a_valid_config(capsys):
     assert main(["config", "check"]) == 0
-    assert "valid (1 model(s), 1 pool(s))" in capsys.readouterr().out
+    assert "valid (1 model(s), 2 pool(s))" in capsys.readouterr().out
 
 
 def test_config_check_names_the_problem_and_exits_2(tmp_path, capsys):
@@ -36,3 +36,44 @@ def test_unknown_command_is_a_usage_error():
     with pytest.raises(SystemExit) as raised:
         build_parser().parse_args(["deploy"])
     assert raised.value.code == 2
+
+
+def _config_with_key_file(tmp_path):
+    import yaml
+
+    from serving.config import DEFAULT_CONFIG_PATH
+
+    config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    config["auth"]["key_file"] = str(tmp_path / "keys.json")
+    path = tmp_path / "platform.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_keys_create_list_revoke(tmp_path, capsys):
+    config = str(_config_with_key_file(tmp_path))
+    assert main(["keys", "create", "--tenant", "gov-demo", "--config", config]) == 0
+    key = capsys.readouterr().out.splitlines()[-1]
+    assert key.startswith("fk_")
+    key_id = key.split("_")[1]
+    assert main(["keys", "list", "--config", config]) == 0
+    listing = capsys.readouterr().out
+    assert key_id in listing and "gov-demo" in listing and "active" in listing
+    assert key.split("_", 2)[2] not in listing
+    assert main(["keys", "revoke", key_id, "--config", config]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list", "--config", config]) == 0
+    assert "revoked" in capsys.readouterr().out
+
+
+def test_keys_create_refuses_a_tenant_the_config_does_not_name(tmp_path, capsys):
+    config = str(_config_with_key_file(tmp_path))
+    assert main(["keys", "create", "--tenant", "mallory", "--config", config]) == 2
+    assert "unknown tenant 'mallory'" in capsys.readouterr().err
+    assert not (tmp_path / "keys.json").exists()
+
+
+def test_keys_revoke_of_an_unknown_id_exits_2(tmp_path, capsys):
+    config = str(_config_with_key_file(tmp_path))
+    assert main(["keys", "revoke", "ffffffffffff", "--config", config]) == 2
+    assert "no key with id" in capsys.readouterr().err

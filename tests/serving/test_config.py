@@ -59,6 +59,7 @@ def test_config_is_frozen():
     ("models.0.source", "models/relative", "neither a local path nor an object-store URI"),
     ("models.0.engine_args", {"dtpye": "bfloat16"}, "unknown vLLM engine argument(s) ['dtpye']"),
     ("models.0.engine_args", {"model": "/x"}, "set by fabriek"),
+    ("pools.0.engine_args", {"enable_log_requests": True}, "would log request content"),
     ("pools.0.engine_args", {"max_num_seqz": 1}, "pools[0].engine_args: unknown vLLM engine argument"),
     ("pools.0.deployment", {"num_replicaz": 1}, "unknown Ray Serve deployment option(s) ['num_replicaz']"),
     ("pools.0.deployment", {"ray_actor_options": {"num_cpuz": 1}}, "ray_actor_options.num_cpuz"),
@@ -138,3 +139,80 @@ def test_serve_runtime_becomes_ray_environment(serve, expected):
 def test_unknown_proxy_is_refused():
     with pytest.raises(ConfigError, match="serve.proxy"):
         load_config({**VALID, "serve": {"proxy": "nginx"}})
+
+
+TENANCY = {
+    **VALID,
+    "pools": [*VALID["pools"], {"name": "biz", "accelerator": "gpu", "models": ["m"]}],
+    "classes": {"government": {"pools": ["gov"]}, "commercial": {"pools": ["biz"]}},
+    "tenants": [{"id": "gov-demo", "class": "government", "models": ["m"]},
+                {"id": "pilot-demo", "class": "commercial", "models": ["m"]}],
+}
+
+
+def tenancy_with(**changes):
+    config = copy.deepcopy(TENANCY)
+    config.update(changes)
+    return config
+
+
+def test_shipped_config_has_two_isolated_pools_and_two_demo_tenants():
+    config = load_config(DEFAULT_CONFIG_PATH)
+    assert [(p.name, p.cpu_threads_bind) for p in config.pools] == [("government", "0"), ("commercial", "1")]
+    tenancy = config.tenancy()
+    assert {t: str(tenancy.tenants[t].tenant_class) for t in tenancy.tenants} == {
+        "gov-demo": "government", "pilot-demo": "commercial"}
+    assert tenancy.pools_for(tenancy.tenants["gov-demo"]) == {"government"}
+    assert tenancy.pools_for(tenancy.tenants["pilot-demo"]) == {"commercial"}
+
+
+def test_tenancy_config_round_trips_through_dump_and_overrides():
+    config = load_config(TENANCY)
+    assert load_config(config.model_dump(by_alias=True)) == config
+    assert with_overrides(config, http_port=9000).tenancy() == config.tenancy()
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"classes": {"government": {"pools": ["nope"]}, "commercial": {"pools": ["biz"]}}},
+     "classes[government].pools[0]: unknown pool 'nope'"),
+    ({"classes": {"government": {"pools": ["gov"]}}},
+     "tenants[pilot-demo].class: no entry for class 'commercial'"),
+    ({"tenants": [{"id": "gov-demo", "class": "government", "models": ["x"]}]},
+     "tenants[gov-demo].models[0]: 'x' is served by no pool of class 'government'"),
+    ({"tenants": [{"id": "a", "class": "spy", "models": ["m"]}]}, "tenants[0].class"),
+    ({"tenants": [{"id": "Gov Demo", "class": "government", "models": ["m"]}]}, "tenants[0].id"),
+    ({"tenants": [{"id": "a", "class": "government", "models": ["m"]}] * 2}, "tenants: 'a' appears twice"),
+    ({"classes": {"government": {"pools": ["gov"], "priority": 3}, "commercial": {"pools": ["biz"]}}},
+     "classes[government].priority: pool 'gov' must set engine argument `scheduling_policy: priority`"),
+    ({"classes": {"research": {"pools": []}}}, "classes.research.pools"),
+    ({"auth": {"key_reload_interval_s": 0}}, "auth.key_reload_interval_s"),
+    ({"auth": {"keyfile": "/x"}}, "auth.keyfile"),
+])
+def test_invalid_tenancy_names_the_path(changes, expected):
+    with pytest.raises(ConfigError) as raised:
+        load_config(tenancy_with(**changes))
+    assert expected in str(raised.value)
+
+
+@pytest.mark.parametrize(("bind", "accelerator", "expected"), [
+    ("0", "cpu", None), ("0-3,8", "cpu", None), ("0-1|2-3", "cpu", None), ("auto", "cpu", None),
+    ("zero", "cpu", "not a CPU list"), ("0;1", "cpu", "not a CPU list"),
+    ("0", "gpu", "cpu_threads_bind applies to accelerator `cpu` only"),
+])
+def test_cpu_threads_bind(bind, accelerator, expected):
+    config = with_change("pools.0.cpu_threads_bind", bind)
+    config["pools"][0]["accelerator"] = accelerator
+    if expected is None:
+        assert load_config(config).pools[0].cpu_threads_bind == bind
+    else:
+        with pytest.raises(ConfigError, match=expected):
+            load_config(config)
+
+
+def test_auth_paths_default_under_fabriek_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FABRIEK_HOME", str(tmp_path))
+    auth = load_config(VALID).auth
+    assert auth.resolved_key_file() == tmp_path / "api-keys.json"
+    assert auth.resolved_cache_salt_secret_file() == tmp_path / "cache-salt.secret"
+    explicit = load_config({**VALID, "auth": {"key_file": str(tmp_path / "k.json")}}).auth
+    assert explicit.resolved_key_file() == tmp_path / "k.json"

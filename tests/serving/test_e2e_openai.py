@@ -1,9 +1,12 @@
-"""End to end: the real `fabriek serve` (Ray Serve + vLLM CPU engine) and the official openai client."""
+"""End to end: the real `fabriek serve` (Ray Serve + two pools of vLLM CPU engines) and the
+official openai client, as both demo tenants with keys made by `fabriek keys create`."""
 
 from __future__ import annotations
 
 import json
 import signal
+import time
+import uuid
 
 import httpx
 import openai
@@ -16,14 +19,29 @@ MODEL = "smollm2-135m-instruct"
 QUESTION = [{"role": "user", "content": "What is the capital of the Netherlands?"}]
 
 
+POOL_OF = {"gov-demo": "government", "pilot-demo": "commercial"}
+
+
+def openai_client(fabriek_server, api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{fabriek_server.base_url}/v1", api_key=api_key, max_retries=0)
+
+
 @pytest.fixture(scope="module")
 def client(fabriek_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{fabriek_server.base_url}/v1", api_key="unused", max_retries=0)
+    """The government demo tenant."""
+    return openai_client(fabriek_server, fabriek_server.keys["gov-demo"])
+
+
+@pytest.fixture(scope="module")
+def pilot(fabriek_server) -> openai.OpenAI:
+    """The commercial demo tenant."""
+    return openai_client(fabriek_server, fabriek_server.keys["pilot-demo"])
 
 
 @pytest.fixture(scope="module")
 def http(fabriek_server) -> httpx.Client:
-    with httpx.Client(base_url=fabriek_server.base_url, timeout=60) as c:
+    headers = {"Authorization": f"Bearer {fabriek_server.keys['gov-demo']}"}
+    with httpx.Client(base_url=fabriek_server.base_url, timeout=60, headers=headers) as c:
         yield c
 
 
@@ -45,16 +63,107 @@ def test_dashboard_needs_and_accepts_the_ray_token(fabriek_server):
     assert response.json()["ray_version"] == "2.60.0"
 
 
-def test_health_reports_every_model_ready(http):
-    response = http.get("/health")
+def test_health_reports_every_pool_ready(fabriek_server):
+    response = httpx.get(f"{fabriek_server.base_url}/health", timeout=10)  # no key: a probe
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "models": {MODEL: "ready"}}
+    assert response.json() == {"status": "ok", "pools": {"government": {MODEL: "ready"},
+                                                         "commercial": {MODEL: "ready"}}}
 
 
-def test_models_lists_the_default_model(client):
-    models = client.models.list().data
+@pytest.mark.parametrize("tenant", ["gov-demo", "pilot-demo"])
+def test_models_lists_the_tenants_models(fabriek_server, tenant):
+    models = openai_client(fabriek_server, fabriek_server.keys[tenant]).models.list().data
     assert [m.id for m in models] == [MODEL]
     assert models[0].owned_by == "fabriek"
+
+
+@pytest.mark.parametrize("tenant", ["gov-demo", "pilot-demo"])
+def test_each_tenant_is_served_by_its_own_pools_replica(fabriek_server, tenant):
+    tenant_client = openai_client(fabriek_server, fabriek_server.keys[tenant])
+    raw = tenant_client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=QUESTION, max_tokens=24, temperature=0)
+    assert "Amsterdam" in raw.parse().choices[0].message.content
+    pool = POOL_OF[tenant]
+    assert raw.headers["x-fabriek-pool"] == pool
+    # The replica names itself (Ray Serve's replica context in the engine process).
+    deployment, replica_id = raw.headers["x-fabriek-replica"].split("#")
+    assert deployment == f"{pool}--{MODEL}" and replica_id
+    with tenant_client.chat.completions.with_streaming_response.create(
+            model=MODEL, messages=QUESTION, max_tokens=4, stream=True) as streamed:
+        assert streamed.headers["x-fabriek-replica"] == raw.headers["x-fabriek-replica"]
+
+
+def test_each_pool_engine_binds_its_own_core(fabriek_server):
+    # vLLM's CPU worker reports its OpenMP binding (VLLM_CPU_OMP_THREADS_BIND from the pool).
+    bindings = {line.split("VLLM_CPU_OMP_THREADS_BIND=")[1].split(",")[0]
+                for line in fabriek_server.lines if "VLLM_CPU_OMP_THREADS_BIND=" in line}
+    assert bindings == {"'0'", "'1'"}
+
+
+def test_missing_key_is_401(fabriek_server):
+    for path in ("/v1/models", "/v1/completions"):
+        response = httpx.request("GET" if path.endswith("models") else "POST", fabriek_server.base_url + path,
+                                 json={"model": MODEL, "prompt": "x"}, timeout=10)
+        assert response.status_code == 401
+        assert response.json()["error"]["type"] == "AuthenticationError"
+
+
+def test_unknown_key_raises_authentication_error(fabriek_server):
+    with pytest.raises(openai.AuthenticationError) as raised:
+        openai_client(fabriek_server, "fk_0123456789ab_forged").chat.completions.create(
+            model=MODEL, messages=QUESTION, max_tokens=4)
+    assert raised.value.body["code"] == 401
+
+
+def test_key_created_and_revoked_while_running(fabriek_server):
+    key = fabriek_server.cli("keys", "create", "--tenant", "pilot-demo").splitlines()[-1]
+    late = openai_client(fabriek_server, key)
+    deadline = time.monotonic() + 15
+    while True:  # the ingress looks at the key file at most once a second
+        try:
+            assert late.models.list().data[0].id == MODEL
+            break
+        except openai.AuthenticationError:
+            assert time.monotonic() < deadline, "a key created after start was never accepted"
+            time.sleep(0.2)
+    fabriek_server.cli("keys", "revoke", key.split("_")[1])
+    with pytest.raises(openai.AuthenticationError):
+        while time.monotonic() < deadline + 15:
+            late.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=1)
+            time.sleep(0.2)
+    assert "revoked" in fabriek_server.cli("keys", "list")
+
+
+@pytest.mark.parametrize("tenant", ["gov-demo", "pilot-demo"])
+def test_model_not_granted_raises_not_found(fabriek_server, tenant):
+    with pytest.raises(openai.NotFoundError):
+        openai_client(fabriek_server, fabriek_server.keys[tenant]).completions.create(
+            model="eurollm-9b", prompt="x", max_tokens=1)
+
+
+def test_no_prompt_or_completion_reaches_any_log(fabriek_server, client, pilot):
+    """Prompts and completions of every tenant stay out of fabriek's, Ray's and vLLM's logs."""
+    canary = f"canary-{uuid.uuid4().hex}"
+    prompt = [{"role": "user", "content": f"Say {canary} and then name the capital of the Netherlands."}]
+    texts = []
+    for tenant_client in (client, pilot):
+        answer = tenant_client.chat.completions.create(model=MODEL, messages=prompt, max_tokens=24, temperature=0)
+        texts.append(answer.choices[0].message.content)
+        chunks = tenant_client.completions.create(model=MODEL, prompt=f"{canary} is", max_tokens=16,
+                                                  temperature=0, stream=True)
+        texts.append("".join(c.choices[0].text for c in chunks if c.choices))
+    needles = [canary] + [t.strip() for t in texts if len(t.strip()) >= 12]
+    assert len(needles) >= 3, texts
+    time.sleep(3)  # Ray's throughput mode buffers replica logs; let them reach the files
+    logs_dir = fabriek_server.ray_logs_dir
+    files = [p for p in logs_dir.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("replica_") for p in files), f"no Serve replica logs in {logs_dir}"
+    sources = {"fabriek serve output": fabriek_server.output(last=1_000_000)}
+    sources.update({str(p): p.read_text(errors="replace") for p in files})
+    # The scan does see the engines' own log lines (vLLM's, from inside each EngineCore).
+    assert sum("EngineCore" in text for name, text in sources.items() if name != "fabriek serve output") >= 2
+    leaks = [(name, needle) for name, text in sources.items() for needle in needles if needle in text]
+    assert not leaks, f"request content in logs: {leaks[:5]}"
 
 
 def test_chat_answers_greedily(client):

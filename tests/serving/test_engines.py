@@ -19,7 +19,8 @@ CONFIG = load_config({
 
 
 def test_pool_engine_args_override_model_args():
-    assert engine_args_for(CONFIG.pools[0], CONFIG.model("m")) == {"dtype": "bfloat16", "max_num_seqs": 16}
+    assert engine_args_for(CONFIG.pools[0], CONFIG.model("m")) == {"dtype": "bfloat16", "max_num_seqs": 16,
+                                                                   "enable_log_requests": False}
 
 
 def test_llm_config_carries_id_source_args_and_offline_env():
@@ -58,3 +59,16 @@ def test_unknown_builtin_model_is_refused():
                           "pools": [{"name": "p", "accelerator": "cpu", "models": ["d"]}]})
     with pytest.raises(ModelPrepareError, match="unknown built-in model 'gpt-nl'"):
         resolve_model_source(config.model("d"))
+
+
+def test_pool_resource_is_in_every_engine_bundle_and_binding_in_the_env():
+    config = load_config({
+        "models": [{"id": "m", "source": "/models/m"}],
+        "pools": [{"name": "gov", "accelerator": "cpu", "models": ["m"], "cpu_threads_bind": "2-3"},
+                  {"name": "gpu-pool", "accelerator": "gpu", "models": ["m"]}]})
+    cpu = llm_config_for(config.pools[0], config.model("m"), "/models/m")
+    assert cpu.placement_group_config["bundle_per_worker"] == {"CPU": 1, "pool_gov": 0.001}
+    assert cpu.runtime_env["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] == "2-3"
+    gpu = llm_config_for(config.pools[1], config.model("m"), "/models/m")
+    assert gpu.placement_group_config["bundle_per_worker"] == {"GPU": 1, "pool_gpu-pool": 0.001}
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in gpu.runtime_env["env_vars"]

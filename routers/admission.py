@@ -1,0 +1,66 @@
+"""The admission pipeline: from an authenticated tenant and a model to one engine route."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from routers.cache_salt import cache_salt_for
+from routers.filters import ModelAccessFilter, PoolClassFilter, ReadinessFilter
+from routers.interfaces import (Admission, AdmissionRequest, Candidate, Filter, Rejection,
+                                RejectionReason)
+from routers.tenants import Tenancy, Tenant
+
+_MESSAGES = {
+    RejectionReason.NO_POOL: "No pool of your tenant class serves the model `{model}`.",
+    RejectionReason.MODEL_NOT_FOUND: "The model `{model}` does not exist.",
+    RejectionReason.POOL_UNAVAILABLE: "The model `{model}` is not ready on your pool; retry shortly.",
+}
+
+
+class AdmissionPipeline:
+    """Runs the filters over the candidate routes and picks one route, or refuses.
+
+    Args:
+        tenancy: tenants and class policies from the platform config.
+        cache_salt_secret: secret from which each tenant's prefix-cache salt is derived.
+        filters: the steps, in order; by default pool class, model access, readiness.
+            Pool class runs first so that no later step can ever widen a request's pools.
+    """
+
+    def __init__(self, tenancy: Tenancy, cache_salt_secret: bytes,
+                 filters: Sequence[Filter] | None = None):
+        self._tenancy = tenancy
+        self._secret = cache_salt_secret
+        self._filters: tuple[Filter, ...] = tuple(filters) if filters is not None else (
+            PoolClassFilter(tenancy), ModelAccessFilter(), ReadinessFilter())
+        # One HMAC per tenant, computed once: the salt of a tenant never changes.
+        self._salts = {t: cache_salt_for(cache_salt_secret, t) for t in tenancy.tenants}
+
+    def resolve_model(self, tenant: Tenant, model_id: str | None) -> str | Rejection:
+        """The requested model, or the tenant's only model when the request names none."""
+        if model_id is not None:
+            return model_id
+        if len(tenant.model_ids) == 1:
+            return next(iter(tenant.model_ids))
+        return Rejection(RejectionReason.MODEL_REQUIRED, "model",
+                         f"`model` is required: you may use {sorted(tenant.model_ids)}")
+
+    def admit(self, request: AdmissionRequest, candidates: Sequence[Candidate]) -> Admission | Rejection:
+        """Narrow ``candidates`` filter by filter and pick the first survivor.
+
+        Returns:
+            The admission, or a rejection naming the filter that left no candidate.
+        """
+        remaining = list(candidates)
+        for step in self._filters:
+            remaining = step.filter(request, remaining)
+            if not remaining:
+                return Rejection(step.reason, step.name,
+                                 _MESSAGES[step.reason].format(model=request.model_id))
+        # Candidates come in config order and every survivor is equally entitled; Ray Serve
+        # balances load across the replicas of the chosen deployment.
+        chosen = remaining[0]
+        tenant = request.tenant
+        salt = self._salts.get(tenant.id) or cache_salt_for(self._secret, tenant.id)
+        return Admission(tenant=tenant, route=chosen.route,
+                         priority=self._tenancy.priority_for(tenant), cache_salt=salt)

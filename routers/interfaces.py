@@ -1,0 +1,86 @@
+"""Contracts of the admission pipeline: what flows through it and what its plugins implement.
+
+A request is admitted by narrowing a list of candidate routes (engine deployments, one per
+pool and model) with filters; the first filter that leaves nothing refuses the request and
+is named in the typed ``Rejection``. Callers map rejections to their protocol (HTTP status
+codes in ``serving``, status codes of a later gRPC API), so nothing here speaks HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol, Sequence
+
+from routers.tenants import Tenant
+
+
+@dataclass(frozen=True)
+class Route:
+    """An engine deployment that can serve requests: one model on one pool."""
+
+    pool: str
+    model_id: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A route and whether its engine answered its last readiness probe."""
+
+    route: Route
+    is_ready: bool
+
+
+@dataclass(frozen=True)
+class AdmissionRequest:
+    """Per-request input of the pipeline: an authenticated tenant and the model it asks for."""
+
+    tenant: Tenant
+    model_id: str
+
+
+class RejectionReason(StrEnum):
+    """Why a request was refused; each maps to one status code of the caller's protocol."""
+
+    UNAUTHENTICATED = "unauthenticated"     # no key, or an unknown or revoked one
+    MODEL_REQUIRED = "model_required"       # no model named and the tenant has several
+    MODEL_NOT_FOUND = "model_not_found"     # the tenant may not use the model (or it does not exist)
+    NO_POOL = "no_pool"                     # the tenant's class may use no pool serving the model
+    POOL_UNAVAILABLE = "pool_unavailable"   # the tenant's pools serve it, but none is ready
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A refused request: why, which step refused it, and a message safe to show the client."""
+
+    reason: RejectionReason
+    refused_by: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An admitted request: where it goes and what the engine must be told about its tenant.
+
+    Args:
+        tenant: the authenticated tenant.
+        route: the engine deployment that serves it.
+        priority: vLLM request priority (lower is scheduled first).
+        cache_salt: vLLM prefix-cache salt, the same for all requests of the tenant only.
+    """
+
+    tenant: Tenant
+    route: Route
+    priority: int
+    cache_salt: str
+
+
+class Filter(Protocol):
+    """One admission step: keeps the candidates the request may use."""
+
+    name: str
+    reason: RejectionReason  # reported when this filter leaves no candidate
+
+    def filter(self, request: AdmissionRequest, candidates: Sequence[Candidate]) -> list[Candidate]:
+        """The subset of ``candidates`` (in their order) this filter lets through."""
+        ...

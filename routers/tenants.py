@@ -1,0 +1,65 @@
+"""Tenants, their classes, and which pools and models each class and tenant may use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Mapping
+
+
+class TenantClass(StrEnum):
+    """The kind of organisation a tenant is; it decides the pools its requests may reach."""
+
+    GOVERNMENT = "government"
+    RESEARCH = "research"
+    COMMERCIAL = "commercial"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """An organisation that calls the API.
+
+    Args:
+        id: stable tenant id; it also becomes the OpenAI ``user`` of every request.
+        tenant_class: decides the pools (see ``ClassPolicy``).
+        model_ids: public model ids this tenant may use.
+    """
+
+    id: str
+    tenant_class: TenantClass
+    model_ids: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ClassPolicy:
+    """What every tenant of one class gets.
+
+    Args:
+        pools: names of the pools whose replicas may serve the class; no others, ever.
+        priority: vLLM request priority (priority band); lower values are scheduled first.
+    """
+
+    pools: frozenset[str]
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Tenancy:
+    """The tenants and class policies of a deployment, as the platform config states them."""
+
+    tenants: Mapping[str, Tenant] = field(default_factory=dict)
+    classes: Mapping[TenantClass, ClassPolicy] = field(default_factory=dict)
+
+    def tenant(self, tenant_id: str) -> Tenant | None:
+        """The tenant with this id, or None when the config does not (or no longer) name it."""
+        return self.tenants.get(tenant_id)
+
+    def pools_for(self, tenant: Tenant) -> frozenset[str]:
+        """Pools the tenant's class may use; empty (nothing is allowed) for a class without a policy."""
+        policy = self.classes.get(tenant.tenant_class)
+        return policy.pools if policy is not None else frozenset()
+
+    def priority_for(self, tenant: Tenant) -> int:
+        """The vLLM priority of the tenant's requests (0 for a class without a policy)."""
+        policy = self.classes.get(tenant.tenant_class)
+        return policy.priority if policy is not None else 0

@@ -1,0 +1,65 @@
+"""Library settings that pass through the platform config, checked by the libraries' own definitions.
+
+Engine arguments are checked against vLLM's ``AsyncEngineArgs`` fields, deployment options
+against Ray Serve's ``DeploymentSchema``: an unknown key is an error, never a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+from pydantic import ValidationError
+
+
+@functools.cache
+def _vllm_engine_arg_names() -> frozenset[str]:
+    # Imported lazily: vLLM takes seconds to import and only engine configs need it.
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return frozenset(f.name for f in dataclasses.fields(AsyncEngineArgs))
+
+
+# Set by fabriek from `source` and the model id; a config must not set them.
+_MANAGED_ENGINE_ARGS = frozenset({"model", "served_model_name", "tokenizer"})
+
+
+def check_engine_args(value: dict[str, Any]) -> dict[str, Any]:
+    """Refuse engine arguments fabriek sets itself, unknown to vLLM, or that log content."""
+    managed = sorted(set(value) & _MANAGED_ENGINE_ARGS)
+    if managed:
+        raise ValueError(f"{managed} are set by fabriek from the model's id and source; remove them")
+    unknown = sorted(set(value) - _vllm_engine_arg_names())
+    if unknown:
+        raise ValueError(f"unknown vLLM engine argument(s) {unknown}; see `AsyncEngineArgs`")
+    if value.get("enable_log_requests"):
+        # vLLM's request logging writes prompts into the logs; no tenant's content may
+        # ever reach a log line.
+        raise ValueError("enable_log_requests would log request content; fabriek never does, remove it")
+    return value
+
+
+def check_deployment_options(value: dict[str, Any]) -> dict[str, Any]:
+    """Refuse deployment options fabriek sets itself, or that Ray Serve does not know or accept."""
+    # Ray's schema ignores unknown keys; a typo must not silently fall back to a default.
+    from ray.serve.schema import DeploymentSchema, RayActorOptionsSchema
+
+    # `name` is fabriek's to choose (pool--model); placement groups are Ray Serve LLM's.
+    managed = sorted(set(value) & {"name", "placement_group_bundles", "placement_group_strategy"})
+    if managed:
+        raise ValueError(f"{managed} are set by fabriek and Ray Serve LLM; remove them")
+    actor_options = value.get("ray_actor_options") or {}
+    if not isinstance(actor_options, dict):
+        raise ValueError("ray_actor_options must be a mapping")
+    unknown = sorted(set(value) - set(DeploymentSchema.model_fields))
+    unknown += sorted(f"ray_actor_options.{k}" for k in
+                      set(actor_options) - set(RayActorOptionsSchema.model_fields))
+    if unknown:
+        raise ValueError(f"unknown Ray Serve deployment option(s) {unknown}")
+    try:
+        DeploymentSchema(name="check", **value)
+    except ValidationError as err:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+        raise ValueError(f"not valid Ray Serve deployment options: {problems}") from None
+    return value
