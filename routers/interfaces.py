@@ -47,15 +47,23 @@ class RejectionReason(StrEnum):
     MODEL_NOT_FOUND = "model_not_found"     # the tenant may not use the model (or it does not exist)
     NO_POOL = "no_pool"                     # the tenant's class may use no pool serving the model
     POOL_UNAVAILABLE = "pool_unavailable"   # the tenant's pools serve it, but none is ready
+    REQUEST_TOO_LARGE = "request_too_large"  # prompt or max_tokens over the tenant's caps
+    QUOTA_EXCEEDED = "quota_exceeded"       # requests, tokens or concurrency over the tenant's quota
+    POOL_SATURATED = "pool_saturated"       # the pool is full and its queue too (or the wait ran out)
 
 
 @dataclass(frozen=True)
 class Rejection:
-    """A refused request: why, which step refused it, and a message safe to show the client."""
+    """A refused request: why, which step refused it, and a message safe to show the client.
+
+    ``retry_after_s`` is set when waiting helps (quota refills, queue drains): protocols
+    pass it on (HTTP ``Retry-After``, a gRPC retry delay).
+    """
 
     reason: RejectionReason
     refused_by: str
     message: str
+    retry_after_s: float | None = None
 
 
 @dataclass(frozen=True)
