@@ -128,6 +128,15 @@ class QuotaStore:
             unused = grant.reserved_tokens - used_tokens  # negative if it used more: charged
             state.tokens.level = min(state.tokens.capacity, state.tokens.level + unused)
 
+    def cancel(self, grant: QuotaGrant, now: float) -> None:
+        """Undoes a grant whose request never ran (shed by the pool): returns everything,
+        the request itself included."""
+        self.settle(grant, used_tokens=0, now=now)
+        state = self._states.get(grant.tenant_id)
+        if state is not None and state.requests is not None:
+            state.requests.refill(now)
+            state.requests.level = min(state.requests.capacity, state.requests.level + 1)
+
     def in_flight(self, tenant_id: str) -> int:
         """Requests of the tenant admitted and not yet settled."""
         state = self._states.get(tenant_id)

@@ -17,6 +17,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_validator)
 
 from routers import ClassPolicy, Tenancy, Tenant, TenantClass
+from serving.admission_specs import LedgerSpec, PoolAdmissionSpec, QuotaSpec
 from serving.library_settings import check_deployment_options, check_engine_args
 
 DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "local-cpu.yaml"
@@ -88,6 +89,8 @@ class PoolSpec(_Frozen):
         "CPU pools only: cores the pool's vLLM CPU engine binds its threads to, as vLLM's "
         "VLLM_CPU_OMP_THREADS_BIND (e.g. `0`, `2-3`, `0-1|2-3` for two ranks); unset: vLLM's "
         "own choice. Pools sharing a machine get disjoint cores."))
+    admission: PoolAdmissionSpec = Field(default_factory=PoolAdmissionSpec, description=(
+        "Capacity and queue of each engine deployment of the pool."))
 
     @field_validator("name")
     @classmethod
@@ -135,6 +138,10 @@ class TenantSpec(_Frozen):
     tenant_class: TenantClass = Field(alias="class", description=(
         "government, research or commercial; `classes` says which pools each may use."))
     models: list[str] = Field(min_length=1, description="Model ids (from `models`) the tenant may use.")
+    quota: QuotaSpec = Field(default_factory=QuotaSpec, description="Rate, concurrency and size limits.")
+    weight: float = Field(1.0, gt=0, description=(
+        "Fair share within a pool relative to the other tenants there: a tenant of weight 2 "
+        "gets twice the running requests of one of weight 1 when both have requests waiting."))
 
     @field_validator("id")
     @classmethod
@@ -237,6 +244,7 @@ class PlatformConfig(_Frozen):
     tenants: list[TenantSpec] = Field(default_factory=list, description=(
         "Who may call the API; a request with no valid key of a tenant here gets 401."))
     auth: AuthSpec = Field(default_factory=AuthSpec)
+    ledger: LedgerSpec = Field(default_factory=LedgerSpec)
     http: HttpSpec = Field(default_factory=HttpSpec)
     ingress: IngressSpec = Field(default_factory=IngressSpec)
     serve: ServeRuntimeSpec = Field(default_factory=ServeRuntimeSpec)
