@@ -77,6 +77,44 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage(args: argparse.Namespace) -> int:
+    from serving.config import load_config
+    from serving.ledger import UsageLedger
+
+    config = load_config(args.config)
+    since = args.since
+    ledger = UsageLedger(config.ledger.resolved_url())
+    rows = ledger.totals(tenant_id=args.tenant, since=since)
+    ledger.close()
+    header = f"{'TENANT':<20}{'MODEL':<28}{'STATUS':<14}{'REQUESTS':>9}{'PROMPT TOK':>12}{'COMPL TOK':>11}"
+    print(header)
+    for row in rows:
+        print(f"{row['tenant_id']:<20}{row['model'] or '-':<28}{row['status']:<14}{row['requests']:>9}"
+              f"{row['prompt_tokens'] or 0:>12}{row['completion_tokens'] or 0:>11}")
+    if not rows:
+        print("(no usage recorded" + (f" since {_utc(since)} UTC" if since else "") + ")")
+    return 0
+
+
+def _parse_since(text: str) -> float:
+    """``2026-11-28``, ``2026-11-28T09:00`` (UTC) or a duration back from now: ``90m``, ``24h``, ``7d``."""
+    import datetime
+    import time
+
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if text[:-1].isdigit() and text[-1] in units:
+        return time.time() - int(text[:-1]) * units[text[-1]]
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--since {text!r}: use a date (2026-11-28), a UTC time (2026-11-28T09:00) "
+            "or a duration (90m, 24h, 7d)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
 def _utc(timestamp: float) -> str:
     import datetime
 
@@ -124,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", parents=[config_option], help="revoke a key by its id")
     revoke.add_argument("key_id", help="the id `fabriek keys list` shows")
     revoke.set_defaults(run=_keys_revoke)
+
+    usage = commands.add_parser("usage", parents=[config_option],
+                                help="requests and tokens per tenant, model and status, from the ledger")
+    usage.add_argument("--tenant", default=None, help="only this tenant")
+    usage.add_argument("--since", default=None, type=_parse_since,
+                       help="only requests since a date or UTC time (2026-11-28, 2026-11-28T09:00) "
+                            "or for a past duration (90m, 24h, 7d)")
+    usage.set_defaults(run=_usage)
     return parser
 
 
