@@ -16,8 +16,9 @@ from ray import serve
 from ray.serve.deployment import Application
 
 from routers import Route
+from serving.admission_controller import AdmissionController
 from serving.config import PlatformConfig, load_config
-from serving.engines import build_engine_deployments
+from serving.engines import build_engine_deployments, local_model_dir
 from serving.ingress import OpenAIIngress
 
 APP_NAME = "fabriek"
@@ -59,4 +60,28 @@ def build_app_from_config(config: PlatformConfig) -> Application:
     return ingress.bind(handles, cards, config.http.max_request_bytes, tenancy=config.tenancy(),
                         key_file=auth.resolved_key_file(),
                         cache_salt_secret_file=auth.resolved_cache_salt_secret_file(),
-                        key_reload_interval_s=auth.key_reload_interval_s)
+                        key_reload_interval_s=auth.key_reload_interval_s,
+                        admission_controller=bind_admission_controller(config),
+                        ledger_url=config.ledger.resolved_url(),
+                        model_dirs={m.id: local_model_dir(m) for m in config.models},
+                        max_tokens_caps={t.id: t.quota.max_tokens for t in config.tenants
+                                         if t.quota.max_tokens is not None})
+
+
+def bind_admission_controller(config: PlatformConfig) -> Application:
+    """The one replica that holds quotas and pool queues for every ingress replica.
+
+    It only keeps counters (no CPU reservation); a single replica is what makes quotas and
+    fairness exact across ingress replicas (see ``serving.admission_controller``).
+    """
+    classes = {t.id: t.tenant_class for t in config.tenants}
+    routes = [Route(p.name, m) for p in config.pools for m in p.models]
+    route_limits = {r: next(p.admission.to_limits() for p in config.pools if p.name == r.pool)
+                    for r in routes}
+    route_weights = {r: {t.id: t.weight for t in config.tenants
+                         if r.pool in config.classes[classes[t.id]].pools and r.model_id in t.models}
+                     for r in routes}
+    controller = serve.deployment(AdmissionController, name="AdmissionController", num_replicas=1,
+                                  max_ongoing_requests=100_000, ray_actor_options={"num_cpus": 0})
+    return controller.bind({t.id: t.quota.to_limits() for t in config.tenants}, route_limits,
+                           route_weights)

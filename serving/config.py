@@ -232,6 +232,8 @@ class LocalClusterSpec(_Frozen):
         "reserve logical CPUs and the engine threads are scheduled by the OS."))
     dashboard_host: str = Field("127.0.0.1", description="Address of the Ray dashboard.")
     dashboard_port: int = Field(8265, ge=1, le=65535, description="Port of the Ray dashboard.")
+    metrics_export_port: int = Field(8080, ge=1, le=65535, description=(
+        "Port of Ray's Prometheus endpoint (/metrics): fabriek's, Ray Serve's and vLLM's metrics."))
 
 
 class PlatformConfig(_Frozen):

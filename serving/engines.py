@@ -55,6 +55,16 @@ def resolve_model_source(model: ModelSpec) -> str | dict[str, str]:
     return str(Path(source).expanduser().resolve())
 
 
+def local_model_dir(model: ModelSpec) -> Path | None:
+    """Where the model's files (its tokenizer) are on this machine; None for object stores."""
+    source = model.source
+    if source.startswith(BUILTIN_SCHEME):
+        return default_model_dir()
+    if source.startswith(OBJECT_STORE_SCHEMES):
+        return None
+    return Path(source).expanduser().resolve()
+
+
 def engine_args_for(pool: PoolSpec, model: ModelSpec) -> dict[str, Any]:
     """vLLM engine arguments of `model` on `pool`; the pool's override the model's.
 

@@ -9,7 +9,10 @@ timer, so the ingress adds only the cost of one handle call to time-to-first-tok
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import uuid
 from pathlib import Path
 from typing import AsyncIterator, Mapping
 
@@ -19,6 +22,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+from vllm.entrypoints.generate.base.protocol import StreamOptions
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse, ModelCard, ModelList
@@ -28,13 +32,17 @@ from vllm.utils.gc_utils import freeze_gc_heap
 # messages; it must run before a request crosses to another actor.
 from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
 
-from routers import Admission, Route, Tenancy, Tenant
+from routers import Admission, Rejection, Route, Tenancy, Tenant
+from serving.admission_gate import CLIENT_CLOSED, AdmissionGate, Visit
 from serving.body_limit import BodySizeLimit
 from serving.errors import APIError, error_response, install_error_handlers
+from serving.ledger import UsageLedger
 from serving.llm_server import Stamped
+from serving.metrics import PlatformMetrics
 from serving.openai_requests import parse_openai_request
+from serving.prompt_tokens import PromptTokenCounter
 from serving.readiness import EngineReadiness
-from serving.tenant_access import RETRY_AFTER_NOT_READY_S, TenantAccess
+from serving.tenant_access import RETRY_AFTER_NOT_READY_S, TenantAccess, as_api_error
 
 logger = logging.getLogger("fabriek.ingress")
 
@@ -44,6 +52,8 @@ OpenAIRequest = ChatCompletionRequest | CompletionRequest
 # engine replica that answered, as that replica identified itself (serving.llm_server).
 POOL_HEADER = "x-fabriek-pool"
 REPLICA_HEADER = "x-fabriek-replica"
+# The request's id in the usage ledger (and the engine's logs), on answers and refusals.
+REQUEST_ID_HEADER = "x-fabriek-request-id"
 
 
 @serve.ingress()
@@ -56,11 +66,18 @@ class OpenAIIngress:
         max_request_bytes: largest accepted request body; larger ones get 413.
         tenancy: tenants and class policies from the platform config.
         key_file / cache_salt_secret_file / key_reload_interval_s: see ``TenantAccess``.
+        admission_controller: handle of the shared ``AdmissionController``.
+        ledger_url: SQLAlchemy URL of the usage ledger.
+        model_dirs: model id -> local directory with its tokenizer (None: not local).
+        max_tokens_caps: tenant id -> its ``max_tokens`` cap (the default when a request
+            names none), for tenants that have one.
     """
 
     def __init__(self, engines: Mapping[Route, DeploymentHandle], model_cards: Mapping[str, dict],
                  max_request_bytes: int, *, tenancy: Tenancy, key_file: Path,
-                 cache_salt_secret_file: Path, key_reload_interval_s: float = 1.0):
+                 cache_salt_secret_file: Path, key_reload_interval_s: float = 1.0,
+                 admission_controller: DeploymentHandle, ledger_url: str,
+                 model_dirs: Mapping[str, Path | None], max_tokens_caps: Mapping[str, int]):
         # Streaming handles per (route, method), configured once: Ray builds a new handle
         # on every attribute access (`handle.chat` is `handle.options(method_name=...)`).
         self._streaming = {(r, method): getattr(h.options(stream=True), method)
@@ -71,6 +88,9 @@ class OpenAIIngress:
                                     key_reload_interval_s=key_reload_interval_s)
         self._model_cards = dict(model_cards)
         self._max_request_bytes = max_request_bytes
+        self._gate = AdmissionGate(admission_controller, UsageLedger(ledger_url), PlatformMetrics())
+        self._prompt_tokens = PromptTokenCounter(model_dirs)
+        self._max_tokens_caps = dict(max_tokens_caps)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="fabriek", summary="OpenAI-compatible API of the fabriek AI facility",
@@ -118,9 +138,40 @@ class OpenAIIngress:
                             status_code=200 if is_ready else 503)
 
     async def _relay(self, tenant: Tenant, body: OpenAIRequest, method: str) -> Response:
-        admission = self._access.admit(tenant, body.model, self._readiness.is_ready)
+        request_id = f"fabriek-{uuid.uuid4().hex}"
+        try:
+            response = await self._admit_and_answer(tenant, body, method, request_id)
+        except APIError as err:
+            err.headers = {**(err.headers or {}), REQUEST_ID_HEADER: request_id}
+            raise
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+
+    async def _admit_and_answer(self, tenant: Tenant, body: OpenAIRequest, method: str,
+                                request_id: str) -> Response:
+        try:
+            admission = self._access.admit(tenant, body.model, self._readiness.is_ready)
+        except APIError as err:
+            self._gate.refuse(tenant, body.model, request_id, err.status, _reason_of(err), "http")
+            raise
         _apply_tenant_fields(body, admission)
+        body.request_id = request_id  # the engine's logs and metrics carry the same id
         route = admission.route
+        prompt_tokens = self._count_prompt(route.model_id, body, method)
+        max_tokens = self._limit_output(body, tenant, prompt_tokens)
+        strip_usage = _request_usage(body)
+        visit = await self._gate.enter(admission, request_id, prompt_tokens, max_tokens, "http")
+        if isinstance(visit, Rejection):
+            raise as_api_error(visit)
+        try:
+            return await self._answer(body, method, route, visit, strip_usage)
+        except BaseException as err:
+            self._gate.leave(visit, err.status if isinstance(err, APIError) else CLIENT_CLOSED
+                             if isinstance(err, asyncio.CancelledError) else 500)
+            raise
+
+    async def _answer(self, body: OpenAIRequest, method: str, route: Route, visit: Visit,
+                      strip_usage: bool) -> Response:
         stream: DeploymentResponseGenerator = self._streaming[(route, method)].remote(body)
         try:
             first = await stream.__anext__()
@@ -134,6 +185,7 @@ class OpenAIIngress:
             # The client went away (cancellation) or the call failed: stop the engine too.
             stream.cancel()
             raise
+        self._gate.first_token(visit)
         headers = {POOL_HEADER: route.pool}
         if isinstance(first, Stamped):
             headers[REPLICA_HEADER] = f"{first.deployment}#{first.replica_id}"
@@ -141,13 +193,61 @@ class OpenAIIngress:
         if isinstance(first, list) and first and isinstance(first[0], ErrorResponse):
             first = first[0]  # a streamed request the engine refused before its first token
         if isinstance(first, ErrorResponse):
+            self._gate.leave(visit, first.error.code)
             return error_response(first.error.code, first.error.message, param=first.error.param,
                                   headers=headers)
         if not isinstance(first, list):
             # A complete, non-streamed response; serialize once, here.
+            usage = first.usage
+            self._gate.leave(visit, 200, usage.prompt_tokens if usage else 0,
+                             usage.completion_tokens if usage else 0)
             return Response(first.model_dump_json(), media_type="application/json", headers=headers)
-        return StreamingResponse(_server_sent_events(first, stream), media_type="text/event-stream",
-                                 headers=headers)
+        return StreamingResponse(self._server_sent_events(first, stream, visit, strip_usage),
+                                 media_type="text/event-stream", headers=headers)
+
+    async def _server_sent_events(self, first: list[str], rest: DeploymentResponseGenerator,
+                                  visit: Visit, strip_usage: bool) -> AsyncIterator[str]:
+        """Join each engine batch of ``data: ...`` events into one write; end with [DONE].
+
+        The engine is always asked for usage (the ledger needs it); the usage event is
+        read from the last batch and dropped unless the client asked for it too."""
+        is_done, usage, status = False, None, CLIENT_CLOSED
+        try:
+            batch = first
+            while True:
+                if usage is None and any(_USAGE_ONLY in event for event in batch):
+                    batch, usage = _take_usage(batch, strip_usage)
+                packet = "".join(batch)
+                is_done = is_done or packet.rstrip().endswith("data: [DONE]")
+                yield packet
+                batch = await rest.__anext__()
+        except StopAsyncIteration:
+            status = 200
+            if not is_done:
+                yield "data: [DONE]\n\n"
+        finally:
+            # The client may have gone away mid-stream: stop the engine request too.
+            rest.cancel()
+            self._gate.leave(visit, status, *(usage or (0, 0)))
+
+    def _count_prompt(self, model_id: str, body: OpenAIRequest, method: str) -> int:
+        if method == "chat":
+            return self._prompt_tokens.count_chat(model_id, [m if isinstance(m, dict) else dict(m)
+                                                             for m in body.messages])
+        return self._prompt_tokens.count_completion(model_id, body.prompt)
+
+    def _limit_output(self, body: OpenAIRequest, tenant: Tenant, prompt_tokens: int) -> int:
+        """The most tokens the request may generate, for its reservation; a tenant's cap
+        becomes the request's ``max_tokens`` when it names none."""
+        asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        if asked is not None:
+            return asked
+        cap = self._max_tokens_caps.get(tenant.id)
+        if cap is not None:
+            body.max_tokens = cap
+            return cap
+        max_model_len = self._model_cards.get(body.model, {}).get("max_model_len")
+        return max(0, max_model_len - prompt_tokens) if max_model_len else 0
 
 
 def _apply_tenant_fields(body: OpenAIRequest, admission: Admission) -> None:
@@ -162,19 +262,35 @@ def _apply_tenant_fields(body: OpenAIRequest, admission: Admission) -> None:
     body.user = admission.tenant.id
 
 
-async def _server_sent_events(first: list[str], rest: DeploymentResponseGenerator) -> AsyncIterator[str]:
-    """Join each engine batch of ``data: ...`` events into one write; end with [DONE]."""
-    is_done = False
-    try:
-        batch = first
-        while True:
-            packet = "".join(batch)
-            is_done = is_done or packet.rstrip().endswith("data: [DONE]")
-            yield packet
-            batch = await rest.__anext__()
-    except StopAsyncIteration:
-        if not is_done:
-            yield "data: [DONE]\n\n"
-    finally:
-        # The client may have gone away mid-stream: stop the engine request too.
-        rest.cancel()
+# The final usage event of a stream is the one chunk without choices (a cheap substring
+# test per event; only that one event is parsed).
+_USAGE_ONLY = '"choices":[]'
+
+
+def _request_usage(body: OpenAIRequest) -> bool:
+    """Asks a streamed request for its usage; True when the client did not ask for it."""
+    if not body.stream:
+        return False
+    if body.stream_options is not None and body.stream_options.include_usage:
+        return False
+    body.stream_options = StreamOptions(include_usage=True,
+                                        continuous_usage_stats=getattr(body.stream_options,
+                                                                       "continuous_usage_stats", False))
+    return True
+
+
+def _take_usage(batch: list[str], strip: bool) -> tuple[list[str], tuple[int, int] | None]:
+    """(the batch without the usage-only event if ``strip``, (prompt, completion) tokens)."""
+    for i, event in enumerate(batch):
+        if event.startswith("data: {") and _USAGE_ONLY in event:
+            chunk = json.loads(event[len("data: "):])
+            usage = chunk.get("usage")
+            if usage and not chunk.get("choices"):
+                kept = batch[:i] + batch[i + 1:] if strip else batch
+                return kept, (usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+    return batch, None
+
+
+def _reason_of(err: APIError) -> str:
+    return {404: "model_not_found", 400: "model_required", 403: "no_pool", 503: "pool_unavailable"}.get(
+        err.status, str(err.status))

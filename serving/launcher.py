@@ -60,7 +60,8 @@ def serve_locally(config: PlatformConfig) -> int:
         pool_resources = {pool.ray_resource: 1.0 for pool in config.pools}
         context = ray.init(num_cpus=local.num_cpus, resources=pool_resources, include_dashboard=True,
                            dashboard_host=local.dashboard_host, dashboard_port=local.dashboard_port,
-                           namespace="fabriek", log_to_driver=True)
+                           namespace="fabriek", log_to_driver=True,
+                           _metrics_export_port=local.metrics_export_port)
         # ray.init installs its own SIGTERM handler (dump and die); put ours back.
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         node_id = ray.get_runtime_context().get_node_id()
@@ -69,6 +70,7 @@ def serve_locally(config: PlatformConfig) -> int:
         _say(f"Ray dashboard: http://{context.dashboard_url}" if context.dashboard_url
              else "Ray dashboard: disabled")
         _say(f"Ray logs:      {Path(context.address_info['session_dir']) / 'logs'}")
+        _say(f"Metrics:       http://127.0.0.1:{local.metrics_export_port}/metrics (Prometheus)")
         _say(f"API keys:      {config.auth.resolved_key_file()} "
              "(`fabriek keys create --tenant TENANT` makes one)")
         if RAY_TOKEN_PATH.is_file():

@@ -7,6 +7,7 @@ typed rejections into OpenAI-shaped HTTP errors.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -28,6 +29,10 @@ STATUS_BY_REASON = {
     RejectionReason.MODEL_NOT_FOUND: 404,
     RejectionReason.NO_POOL: 403,
     RejectionReason.POOL_UNAVAILABLE: 503,
+    # Caps: waiting would not help, and a 429 would make clients retry in vain.
+    RejectionReason.REQUEST_TOO_LARGE: 400,
+    RejectionReason.QUOTA_EXCEEDED: 429,
+    RejectionReason.POOL_SATURATED: 503,
 }
 
 
@@ -57,7 +62,7 @@ class TenantAccess:
         """
         decision = self._authenticator.authenticate(request.headers.get("authorization"))
         if isinstance(decision, Rejection):
-            raise _as_api_error(decision)
+            raise as_api_error(decision)
         return decision
 
     def admit(self, tenant: Tenant, model_id: str | None, is_ready: Callable[[Route], bool]) -> Admission:
@@ -69,18 +74,23 @@ class TenantAccess:
         """
         model = self._pipeline.resolve_model(tenant, model_id)
         if isinstance(model, Rejection):
-            raise _as_api_error(model)
+            raise as_api_error(model)
         candidates = [Candidate(r, is_ready(r)) for r in self._routes]
         decision = self._pipeline.admit(AdmissionRequest(tenant, model), candidates)
         if isinstance(decision, Rejection):
-            raise _as_api_error(decision)
+            raise as_api_error(decision)
         return decision
 
 
-def _as_api_error(rejection: Rejection) -> APIError:
+def as_api_error(rejection: Rejection) -> APIError:
+    """The HTTP error of a refusal of the policy core."""
     status = STATUS_BY_REASON[rejection.reason]
     if status == 401:
         return APIError(401, rejection.message, headers={"WWW-Authenticate": "Bearer"})
-    if status == 503:
-        return APIError(503, rejection.message, retry_after_s=RETRY_AFTER_NOT_READY_S)
+    if rejection.retry_after_s is not None or status == 503:
+        retry_s = rejection.retry_after_s or RETRY_AFTER_NOT_READY_S
+        return APIError(status, rejection.message, retry_after_s=math.ceil(retry_s))
+    if rejection.reason is RejectionReason.REQUEST_TOO_LARGE:
+        return APIError(status, rejection.message, param="max_tokens" if "max_tokens" in rejection.message
+                        else "messages")
     return APIError(status, rejection.message, param="model" if status in (400, 404) else None)

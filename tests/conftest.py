@@ -20,6 +20,14 @@ import pytest
 # slack for a loaded CI machine.
 SERVER_START_TIMEOUT_S = 600
 DEMO_TENANTS = ("gov-demo", "pilot-demo")
+MODEL_ID = "smollm2-135m-instruct"
+# Commercial test tenants with small quotas, one limit each (tests/serving/test_e2e_admission.py).
+QUOTA_TENANTS = {
+    "quota-rpm": {"requests_per_minute": 2},
+    "quota-tpm": {"tokens_per_minute": 400},
+    "quota-conc": {"max_concurrent_requests": 1},
+    "quota-caps": {"max_tokens": 16, "max_prompt_tokens": 64},
+}
 
 
 def free_port() -> int:
@@ -37,6 +45,8 @@ class FabriekServer:
     http_port: int
     dashboard_port: int
     config_path: Path
+    ledger_url: str
+    metrics_port: int
     keys: dict[str, str]  # tenant id -> API key, made by `fabriek keys create`
     lines: list[str] = field(default_factory=list)
     is_ready: bool = False
@@ -92,6 +102,10 @@ def fabriek_server(tmp_path_factory) -> FabriekServer:
     home = tmp_path_factory.mktemp("config")
     config["auth"].update(key_file=str(home / "api-keys.json"),
                           cache_salt_secret_file=str(home / "cache-salt.secret"))
+    config["ledger"] = {"url": (ledger_url := f"sqlite:///{home / 'usage.db'}")}
+    config["local"]["metrics_export_port"] = metrics_port = free_port()
+    config["tenants"] += [{"id": tenant, "class": "commercial", "models": [MODEL_ID], "quota": quota}
+                          for tenant, quota in QUOTA_TENANTS.items()]
     config_path = home / "platform.yaml"
     config_path.write_text(yaml.safe_dump(config))
     server = FabriekServer(
@@ -101,8 +115,9 @@ def fabriek_server(tmp_path_factory) -> FabriekServer:
              "--dashboard-port", str(dashboard_port := free_port())],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}),
-        http_port=http_port, dashboard_port=dashboard_port, config_path=config_path, keys={})
-    for tenant in DEMO_TENANTS:
+        http_port=http_port, dashboard_port=dashboard_port, config_path=config_path,
+        ledger_url=ledger_url, metrics_port=metrics_port, keys={})
+    for tenant in (*DEMO_TENANTS, *QUOTA_TENANTS):
         server.keys[tenant] = server.cli("keys", "create", "--tenant", tenant).splitlines()[-1]
     ready = threading.Event()
     threading.Thread(target=_collect_output, args=(server, ready), daemon=True).start()

@@ -1,0 +1,138 @@
+"""The ingress side of admission: quota and queue lease, usage record and metrics per request.
+
+Every request that names a tenant passes through here once, whatever its protocol: it is
+admitted (a lease from the shared ``AdmissionController``, a started ledger record) or
+refused, and when it ends its record is completed, its lease released with the tokens
+it used, and its metrics counted. The started record is committed before the engine
+sees the request, so a killed ingress leaves a trace of every request it accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from routers import Admission, Rejection, RejectionReason, Tenant
+from serving.admission_controller import Lease
+from serving.ledger import (CANCELLED, ERROR, OK, REJECTED, RequestEnd, RequestStart,
+                            UsageLedger)
+from serving.metrics import PlatformMetrics
+
+logger = logging.getLogger("fabriek.admission")
+
+# Statuses that end a request with no answer from the engine.
+CLIENT_CLOSED = 499
+
+
+@dataclass
+class Visit:
+    """One admitted request on its way through the ingress."""
+
+    request_id: str
+    labels: dict[str, str]
+    admitted_at: float
+    queue_s: float
+    first_token_at: float | None = None
+    is_done: bool = field(default=False)
+
+
+class AdmissionGate:
+    """Admits, records and accounts requests for one ingress replica.
+
+    Args:
+        controller: handle of the application's ``AdmissionController`` deployment.
+        ledger: the usage ledger (blocking; written from worker threads).
+        metrics: the platform metrics.
+    """
+
+    def __init__(self, controller: Any, ledger: UsageLedger, metrics: PlatformMetrics):
+        self._controller = controller
+        self._ledger = ledger
+        self._metrics = metrics
+        self._background: set[asyncio.Task] = set()
+
+    async def enter(self, admission: Admission, request_id: str, prompt_tokens: int,
+                    max_tokens: int, protocol: str) -> Visit | Rejection:
+        """Acquire a lease for an admitted route and write the started record, together."""
+        route, tenant = admission.route, admission.tenant
+        start = RequestStart(request_id, tenant.id, str(tenant.tenant_class), route.pool,
+                             route.model_id, protocol, reserved_tokens=prompt_tokens + max_tokens)
+        started = time.monotonic()
+        decision, written = await asyncio.gather(
+            self._controller.acquire.remote(request_id, tenant.id, admission.priority, route,
+                                            prompt_tokens, max_tokens),
+            asyncio.to_thread(self._ledger.start, start), return_exceptions=True)
+        labels = {"pool": route.pool, "tenant_class": str(tenant.tenant_class), "model": route.model_id}
+        if isinstance(written, BaseException):
+            # No durable record, no request: give the lease back and fail.
+            if isinstance(decision, Lease):
+                self._controller.release.remote(request_id, 0)
+            raise written
+        if isinstance(decision, BaseException):
+            # The controller is down or restarting: fail closed.
+            logger.warning("admission controller unavailable: %r", decision)
+            decision = Rejection(RejectionReason.POOL_UNAVAILABLE, "admission_controller",
+                                 "Admission is unavailable; retry shortly.", retry_after_s=5)
+        if isinstance(decision, Rejection):
+            status = status_of(decision)
+            self._metrics.observe_rejection(labels, str(decision.reason), status)
+            self._in_background(self._ledger.finish, request_id, RequestEnd(
+                REJECTED, status, reason=str(decision.reason),
+                latency_ms=(time.monotonic() - started) * 1e3))
+            return decision
+        assert isinstance(decision, Lease)
+        return Visit(request_id, labels, time.monotonic(), decision.queue_s)
+
+    def refuse(self, tenant: Tenant, model_id: str | None, request_id: str, status: int, reason: str,
+               protocol: str) -> None:
+        """Records a request refused before it reached a pool (unknown model, pool down)."""
+        labels = {"pool": "", "tenant_class": str(tenant.tenant_class), "model": model_id or ""}
+        self._metrics.observe_rejection(labels, reason, status)
+        self._in_background(self._ledger.record, RequestStart(
+            request_id, tenant.id, str(tenant.tenant_class), None, model_id, protocol),
+            RequestEnd(REJECTED, status, reason=reason))
+
+    @staticmethod
+    def first_token(visit: Visit) -> None:
+        if visit.first_token_at is None:
+            visit.first_token_at = time.monotonic()
+
+    def leave(self, visit: Visit, status: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        """Ends a visit once: releases the lease, completes the record, counts the metrics."""
+        if visit.is_done:
+            return
+        visit.is_done = True
+        now = time.monotonic()
+        # Fire and forget: the answer does not wait for the bookkeeping.
+        self._controller.release.remote(visit.request_id, prompt_tokens + completion_tokens)
+        ttft_s = visit.first_token_at - visit.admitted_at if visit.first_token_at else None
+        latency_s = now - visit.admitted_at + visit.queue_s
+        outcome = OK if status < 400 else CANCELLED if status == CLIENT_CLOSED else ERROR
+        self._in_background(self._ledger.finish, visit.request_id, RequestEnd(
+            outcome, status, prompt_tokens, completion_tokens, queue_ms=visit.queue_s * 1e3,
+            ttft_ms=None if ttft_s is None else (ttft_s + visit.queue_s) * 1e3,
+            latency_ms=latency_s * 1e3))
+        self._metrics.observe_finished(visit.labels, status, prompt_tokens=prompt_tokens,
+                                       completion_tokens=completion_tokens, queue_s=visit.queue_s,
+                                       ttft_s=None if ttft_s is None else ttft_s + visit.queue_s,
+                                       latency_s=latency_s)
+
+    def _in_background(self, write, *args) -> None:
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(write, *args))
+        self._background.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("usage ledger write failed: %r", task.exception())
+
+
+def status_of(rejection: Rejection) -> int:
+    """The HTTP-style status of an admission refusal (gRPC maps the reason itself)."""
+    from serving.tenant_access import STATUS_BY_REASON
+
+    return STATUS_BY_REASON[rejection.reason]
