@@ -96,8 +96,8 @@ class Secret(_Values):
     """The API key store, the cache salt secret and the usage database URL."""
 
     existingSecret: str = Field(description=(
-        "Name of a Secret to use instead of creating one; it needs the keys `api-keys.json` and "
-        "`cache-salt.secret`, and may hold `usage-database-url`."))
+        "Name of a Secret to use instead of creating one; it needs the keys `api-keys.json`, "
+        "`cache-salt.secret` and (rayAuth.mode token) `auth_token`, and may hold `usage-database-url`."))
     apiKeys: str = Field(description=(
         "Content of the key file (`fabriek keys create` output file, salted hashes only); "
         "empty: no keys, every request gets 401 until keys are added."))
@@ -106,6 +106,15 @@ class Secret(_Values):
         "once and kept across upgrades."))
     usageDatabaseUrl: str = Field(description=(
         "URL of the usage database, handed to the pods as FABRIEK_USAGE_DATABASE_URL; empty: none."))
+
+
+class RayAuth(_Values):
+    """Ray's token authentication of the dashboard and the cluster's control plane (Ray >= 2.52)."""
+
+    mode: Literal["token", "disabled"] = Field(description=(
+        "token: KubeRay sets the token (key `auth_token` of the chart's Secret) on every Ray "
+        "container and the dashboard asks for it; disabled: anyone who reaches the dashboard "
+        "can run code on the cluster."))
 
 
 class Grpc(_Values):
@@ -193,6 +202,7 @@ class ChartValues(_Values):
         "One entry per pool of `platform.pools`, keyed by pool name: its worker group."))
     autoscaling: Autoscaling
     secret: Secret
+    rayAuth: RayAuth
     grpc: Grpc
     services: Services
     ingress: Ingress

@@ -83,8 +83,25 @@ def test_api_keys_cache_salt_and_usage_database_go_into_the_secret(helm):
     keys = '{"version": 1, "keys": []}'
     [secret] = by_kind(helm.template({"secret": {"apiKeys": keys, "cacheSaltSecret": "ab" * 32,
                                                  "usageDatabaseUrl": "postgresql://db/usage"}}), "Secret")
-    assert secret["stringData"] == {"api-keys.json": keys, "cache-salt.secret": "ab" * 32,
-                                    "usage-database-url": "postgresql://db/usage"}
+    data = {k: v for k, v in secret["stringData"].items() if k != "auth_token"}
+    assert data == {"api-keys.json": keys, "cache-salt.secret": "ab" * 32,
+                    "usage-database-url": "postgresql://db/usage"}
+
+
+def test_ray_token_auth_uses_the_chart_secret(helm):
+    objects = helm.template()
+    [service] = by_kind(objects, "RayService")
+    assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token", "secretName": "fab-fabriek-secrets"}
+    [secret] = by_kind(objects, "Secret")
+    assert len(secret["stringData"]["auth_token"]) >= 32
+
+
+def test_ray_token_auth_disabled(helm):
+    objects = helm.template({"rayAuth": {"mode": "disabled"}})
+    [service] = by_kind(objects, "RayService")
+    assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "disabled"}
+    [secret] = by_kind(objects, "Secret")
+    assert "auth_token" not in secret["stringData"]
 
 
 def test_dashboard_service_type(helm):
