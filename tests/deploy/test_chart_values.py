@@ -88,6 +88,18 @@ def test_api_keys_cache_salt_and_usage_database_go_into_the_secret(helm):
                     "usage-database-url": "postgresql://db/usage"}
 
 
+def test_a_key_file_from_fabriek_keys_works_from_the_rendered_secret(helm, tmp_path):
+    from routers import KeyFile
+
+    made = KeyFile(tmp_path / "made.json")
+    key, record = made.create("pilot-mkb", {"pilot-mkb"})
+    [secret] = by_kind(helm.template({"secret": {"apiKeys": made.path.read_text()}}), "Secret")
+    mounted = tmp_path / "mounted.json"
+    mounted.write_text(secret["stringData"]["api-keys.json"])
+    # The ingress reads the mounted file: the key printed once authenticates against it.
+    assert KeyFile(mounted).read().authenticate(key).key_id == record.key_id
+
+
 def test_ray_token_auth_uses_the_chart_secret(helm):
     objects = helm.template()
     [service] = by_kind(objects, "RayService")
