@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,9 +52,10 @@ class Helm:
         """Run helm with ``values`` as an extra values file; stdout and stderr as text."""
         command = [str(self.binary), *args]
         if values:
-            path = self.work_dir / f"values-{abs(hash(repr(values)))}.yaml"
-            path.write_text(yaml.safe_dump(values))
-            command += ["-f", str(path)]
+            fd, path = tempfile.mkstemp(dir=self.work_dir, prefix="values-", suffix=".yaml")
+            with os.fdopen(fd, "w") as f:
+                yaml.safe_dump(values, f)
+            command += ["-f", path]
         # No cluster here: HOME-based config and caches stay in the session's directory.
         env = {"PATH": "/usr/bin:/bin", "HOME": str(self.work_dir), "KUBECONFIG": str(self.work_dir / "none")}
         return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)

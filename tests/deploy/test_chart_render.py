@@ -51,7 +51,7 @@ def test_helm_lint_passes(helm, name):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_default_values_render_the_expected_objects(rendered):
+def test_renders_the_expected_objects(rendered):
     _, _, objects = rendered
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(["RayService", "Secret", "ServiceAccount", "Service", "Service", "Service",

@@ -203,6 +203,10 @@ CONTRADICTIONS = {
         {"workerGroups": {"government": {"replicas": 5}}}, "need minReplicas <= replicas <= maxReplicas"),
     "key file path in the platform config": (
         {"platform": {"auth": {"key_file": "/tmp/keys.json"}}}, "platform.auth: key_file and cache_salt_secret_file are set by the chart"),
+    "class naming a pool that is gone": (
+        {"platform": {"pools": [_pool("government")], "classes": {"commercial": {"pools": ["commercial"]}}},
+         "workerGroups": {"commercial": None}},
+        "platform.classes.commercial.pools: unknown pool commercial"),
     "api keys not a key file": (
         {"secret": {"apiKeys": "hello"}}, "secret.apiKeys: not a fabriek key file"),
 }

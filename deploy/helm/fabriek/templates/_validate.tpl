@@ -39,6 +39,14 @@ each other fail rendering with a message naming the value and the fix.
 {{- $messages = append $messages (printf "workerGroups.%s: no pool of that name in platform.pools (pools: %s); remove it or add the pool" $name (join ", " $pools)) -}}
 {{- end -}}
 {{- end -}}
+{{- /* Helm merges maps key by key: a class of values.yaml's example stays unless set to null. */ -}}
+{{- range $class, $spec := (.Values.platform.classes | default dict) -}}
+{{- range $spec.pools -}}
+{{- if not (has . $pools) -}}
+{{- $messages = append $messages (printf "platform.classes.%s.pools: unknown pool %s (pools: %s); fix it, or set platform.classes.%s to null to drop the class" $class . (join ", " $pools) $class) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- with (.Values.platform.auth) -}}
 {{- if or .key_file .cache_salt_secret_file -}}
 {{- $messages = append $messages "platform.auth: key_file and cache_salt_secret_file are set by the chart (the mounted Secret); remove them and use the secret.* values" -}}
