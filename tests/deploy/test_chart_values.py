@@ -1,0 +1,259 @@
+"""One case per values switch, bad values refused with a clear message, the schema kept current."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import CHART, REPO, by_kind
+
+
+def _names(objects, kind):
+    return sorted(o["metadata"]["name"] for o in by_kind(objects, kind))
+
+
+def _pod_specs(objects):
+    [service] = by_kind(objects, "RayService")
+    cluster = service["spec"]["rayClusterConfig"]
+    return {g.get("groupName", "head"): g["template"]["spec"]
+            for g in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]}
+
+
+# ---- switches -------------------------------------------------------------------------
+
+def test_ingress_enabled_routes_the_host_to_the_http_service(helm):
+    objects = helm.template({"ingress": {"enabled": True, "className": "nginx", "host": "api.example",
+                                         "tls": [{"hosts": ["api.example"], "secretName": "api-tls"}]}})
+    [ingress] = by_kind(objects, "Ingress")
+    [rule] = ingress["spec"]["rules"]
+    assert rule["host"] == "api.example" and ingress["spec"]["ingressClassName"] == "nginx"
+    assert rule["http"]["paths"][0]["backend"]["service"] == {"name": "fab-fabriek-http", "port": {"name": "http"}}
+    assert ingress["spec"]["tls"][0]["secretName"] == "api-tls"
+
+
+def test_network_policy_disabled(helm):
+    assert not by_kind(helm.template({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
+
+
+def test_network_policy_api_clients_restrict_the_api_ports(helm):
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}}
+    [policy] = by_kind(helm.template({"networkPolicy": {"apiClients": [peer]}}), "NetworkPolicy")
+    assert all("from" in rule for rule in policy["spec"]["ingress"])
+    [api_rule] = [r for r in policy["spec"]["ingress"] if {"port": 8000, "protocol": "TCP"} in r.get("ports", [])]
+    assert api_rule["from"] == [peer]
+
+
+def test_pod_disruption_budget_disabled(helm):
+    assert not by_kind(helm.template({"podDisruptionBudget": {"enabled": False}}), "PodDisruptionBudget")
+
+
+def test_pod_disruption_budget_max_unavailable(helm):
+    budgets = by_kind(helm.template({"podDisruptionBudget": {"maxUnavailable": 2}}), "PodDisruptionBudget")
+    assert [b["spec"]["maxUnavailable"] for b in budgets] == [2, 2]
+
+
+def test_service_monitor_enabled(helm):
+    objects = helm.template({"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}})
+    [monitor] = by_kind(objects, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert "fab-fabriek-metrics" in _names(objects, "Service")
+    assert not by_kind(objects, "PodMonitor")
+
+
+def test_pod_monitor_enabled(helm):
+    objects = helm.template({"metrics": {"podMonitor": {"enabled": True, "interval": "15s"}}})
+    [monitor] = by_kind(objects, "PodMonitor")
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "interval": "15s"}]
+    assert not by_kind(objects, "ServiceMonitor")
+
+
+def test_existing_secret_is_mounted_instead_of_a_generated_one(helm):
+    objects = helm.template({"secret": {"existingSecret": "fabriek-keys"}})
+    assert not by_kind(objects, "Secret")
+    for pod in _pod_specs(objects).values():
+        [volume] = [v for v in pod["volumes"] if v["name"] == "fabriek-secret"]
+        assert volume["secret"]["secretName"] == "fabriek-keys"
+
+
+def test_api_keys_cache_salt_and_usage_database_go_into_the_secret(helm):
+    keys = '{"version": 1, "keys": []}'
+    [secret] = by_kind(helm.template({"secret": {"apiKeys": keys, "cacheSaltSecret": "ab" * 32,
+                                                 "usageDatabaseUrl": "postgresql://db/usage"}}), "Secret")
+    data = {k: v for k, v in secret["stringData"].items() if k != "auth_token"}
+    assert data == {"api-keys.json": keys, "cache-salt.secret": "ab" * 32,
+                    "usage-database-url": "postgresql://db/usage"}
+
+
+def test_a_key_file_from_fabriek_keys_works_from_the_rendered_secret(helm, tmp_path):
+    from routers import KeyFile
+
+    made = KeyFile(tmp_path / "made.json")
+    key, record = made.create("pilot-mkb", {"pilot-mkb"})
+    [secret] = by_kind(helm.template({"secret": {"apiKeys": made.path.read_text()}}), "Secret")
+    mounted = tmp_path / "mounted.json"
+    mounted.write_text(secret["stringData"]["api-keys.json"])
+    # The ingress reads the mounted file: the key printed once authenticates against it.
+    assert KeyFile(mounted).read().authenticate(key).key_id == record.key_id
+
+
+def test_ray_token_auth_uses_the_chart_secret(helm):
+    objects = helm.template()
+    [service] = by_kind(objects, "RayService")
+    assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token", "secretName": "fab-fabriek-secrets"}
+    [secret] = by_kind(objects, "Secret")
+    assert len(secret["stringData"]["auth_token"]) >= 32
+
+
+def test_ray_token_auth_disabled(helm):
+    objects = helm.template({"rayAuth": {"mode": "disabled"}})
+    [service] = by_kind(objects, "RayService")
+    assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "disabled"}
+    [secret] = by_kind(objects, "Secret")
+    assert "auth_token" not in secret["stringData"]
+
+
+def test_dashboard_service_type(helm):
+    services = {s["metadata"]["name"]: s for s in helm.template({"services": {"dashboard": {"type": "LoadBalancer"}}})
+                if s["kind"] == "Service"}
+    assert services["fab-fabriek-dashboard"]["spec"]["type"] == "LoadBalancer"
+
+
+def test_autoscaling_disabled(helm):
+    [service] = by_kind(helm.template({"autoscaling": {"enabled": False}}), "RayService")
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is False and "autoscalerOptions" not in cluster
+    # Without KubeRay's autoscaler account the head takes the chart's ServiceAccount.
+    assert cluster["headGroupSpec"]["template"]["spec"]["serviceAccountName"] == "fab-fabriek"
+
+
+def test_service_account_not_created(helm):
+    objects = helm.template({"serviceAccount": {"create": False, "name": "ray-workers"}})
+    assert not by_kind(objects, "ServiceAccount")
+    assert _pod_specs(objects)["government"]["serviceAccountName"] == "ray-workers"
+
+
+def test_grpc_servicer_functions_reach_the_serve_config(helm):
+    [service] = by_kind(helm.template({"grpc": {"servicerFunctions": ["fabriek_pb2_grpc.add_X_to_server"]}}),
+                        "RayService")
+    grpc = yaml.safe_load(service["spec"]["serveConfigV2"])["grpc_options"]
+    assert grpc == {"port": 9000, "grpc_servicer_functions": ["fabriek_pb2_grpc.add_X_to_server"]}
+
+
+def test_worker_group_pod_fields_pass_through(helm):
+    affinity = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 1, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}}]}}
+    objects = helm.template({"workerGroups": {"government": {"affinity": affinity, "labels": {"team": "gov"}}}})
+    assert _pod_specs(objects)["government"]["affinity"] == affinity
+
+
+def test_scaling_a_pool_changes_only_its_group(helm):
+    [service] = by_kind(helm.template({"workerGroups": {"commercial": {"replicas": 3, "maxReplicas": 6}}}),
+                        "RayService")
+    groups = {g["groupName"]: g for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    assert (groups["commercial"]["replicas"], groups["commercial"]["maxReplicas"]) == (3, 6)
+    assert (groups["government"]["replicas"], groups["government"]["maxReplicas"]) == (1, 2)
+
+
+# ---- bad values ------------------------------------------------------------------------
+
+def _pool(name, accelerator="gpu", models=("eurollm-9b-instruct",)):
+    return {"name": name, "accelerator": accelerator, "models": list(models)}
+
+
+SCHEMA_ERRORS = {
+    "unknown platform key": ({"platform": {"modles": []}}, "additional properties 'modles' not allowed"),
+    "unknown accelerator": ({"platform": {"pools": [_pool("government", "tpu"), _pool("commercial")]}},
+                            "value must be one of 'cpu', 'gpu'"),
+    "unknown tenant class": ({"platform": {"tenants": [{"id": "x", "class": "military", "models": ["m"]}]}},
+                             "/platform/tenants/0/class"),
+    "negative gpus": ({"workerGroups": {"government": {"gpus": -1}}}, "/workerGroups/government/gpus"),
+    "unknown worker group key": ({"workerGroups": {"government": {"gpu": 8}}}, "'gpu' not allowed"),
+    "empty image tag": ({"image": {"tag": ""}}, "/image/tag"),
+    "bad cache salt": ({"secret": {"cacheSaltSecret": "not-hex"}}, "/secret/cacheSaltSecret"),
+    "bad service type": ({"services": {"dashboard": {"type": "Public"}}}, "/services/dashboard/type"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCHEMA_ERRORS))
+def test_schema_refuses_bad_values(helm, case):
+    values, message = SCHEMA_ERRORS[case]
+    error = helm.template_error(values)
+    assert "values don't meet the specifications of the schema" in error and message in error, error
+
+
+CONTRADICTIONS = {
+    "pool without worker group": (
+        {"platform": {"pools": [_pool("government"), _pool("research", models=["geitje-7b-ultra", "mistral-small-24b-instruct"])],
+                      "classes": {"commercial": {"pools": ["research"]}}}},
+        "platform.pools[research]: no worker group; add workerGroups.research"),
+    "worker group without pool": (
+        {"workerGroups": {"research": {"gpus": 1, "replicas": 1, "minReplicas": 1, "maxReplicas": 1,
+                                       "shmSize": "1Gi"}}},
+        "workerGroups.research: no pool of that name in platform.pools"),
+    "tensor parallel larger than the node": (
+        {"workerGroups": {"commercial": {"gpus": 1}}},
+        "platform.pools[commercial]: mistral-small-24b-instruct needs 2 GPUs"),
+    "gpu pool without gpus": (
+        {"workerGroups": {"government": {"gpus": 0}}}, "workerGroups.government.gpus: pool government has accelerator gpu"),
+    "replicas outside their bounds": (
+        {"workerGroups": {"government": {"replicas": 5}}}, "need minReplicas <= replicas <= maxReplicas"),
+    "key file path in the platform config": (
+        {"platform": {"auth": {"key_file": "/tmp/keys.json"}}}, "platform.auth: key_file and cache_salt_secret_file are set by the chart"),
+    "class naming a pool that is gone": (
+        {"platform": {"pools": [_pool("government")], "classes": {"commercial": {"pools": ["commercial"]}}},
+         "workerGroups": {"commercial": None}},
+        "platform.classes.commercial.pools: unknown pool commercial"),
+    "api keys not a key file": (
+        {"secret": {"apiKeys": "hello"}}, "secret.apiKeys: not a fabriek key file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONTRADICTIONS))
+def test_contradictory_values_fail_rendering_with_the_fix(helm, case):
+    values, message = CONTRADICTIONS[case]
+    error = helm.template_error(values)
+    assert "fabriek: invalid values" in error and message in error, error
+
+
+def test_lint_fails_on_values_the_schema_refuses(helm):
+    # Helm's lint turns `fail` into a log line (lint mode), so contradictions are caught by
+    # `helm template`/`install` above; the schema fails lint as well.
+    result = helm.run("lint", str(CHART), values={"workerGroups": {"government": {"gpus": -1}}})
+    assert result.returncode != 0 and "/workerGroups/government/gpus" in result.stdout + result.stderr
+
+
+# ---- the schema and the docs -----------------------------------------------------------
+
+def test_values_schema_json_is_generated_from_the_current_schemas():
+    result = subprocess.run([sys.executable, str(REPO / "deploy/helm/values_schema.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def _leaf_paths(values, prefix=""):
+    """Paths of values.yaml down to where the docs stop: the platform config's sections, and
+    the chart's settings (Kubernetes pass-through fields count as one value each)."""
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and path != "platform" and not prefix.startswith("platform"):
+            passthrough = key in {"resources", "nodeSelector", "affinity", "annotations", "labels",
+                                  "rayStartParams", "podSecurityContext", "securityContext"}
+            if not passthrough:
+                yield from _leaf_paths(value, f"{path}.")
+                continue
+        if path == "platform":
+            yield from (f"platform.{k}" for k in value)
+            continue
+        yield path
+
+
+def test_every_value_is_documented_with_a_param_line():
+    text = (CHART / "values.yaml").read_text()
+    documented = set(re.findall(r"^\s*## @param (\S+)", text, flags=re.M))
+    paths = set(_leaf_paths(yaml.safe_load(text)))
+    assert not paths - documented, f"values without `## @param`: {sorted(paths - documented)}"
+    assert not documented - paths, f"`## @param` lines for no value: {sorted(documented - paths)}"
