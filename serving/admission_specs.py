@@ -59,9 +59,16 @@ class LedgerSpec(_Frozen):
     url: str | None = Field(None, description=(
         "SQLAlchemy URL of the usage database, e.g. postgresql+psycopg://user@host/fabriek "
         "(install fabriek[postgres]). Default: SQLite at $FABRIEK_HOME/usage.db."))
+    url_env: str | None = Field("FABRIEK_USAGE_DATABASE_URL", description=(
+        "Environment variable that, when set where the ingress runs, holds the URL instead "
+        "(the Helm chart fills it from a Secret, so a password never sits in the config)."))
 
     def resolved_url(self) -> str:
+        """The URL in effect in this process: the variable's, the config's, or the default."""
+        import os
+
         from serving.default_model import fabriek_home
         from serving.ledger import default_ledger_url
 
-        return self.url or default_ledger_url(fabriek_home().resolve())
+        from_env = os.environ.get(self.url_env) if self.url_env else None
+        return from_env or self.url or default_ledger_url(fabriek_home().resolve())

@@ -62,7 +62,7 @@ def build_app_from_config(config: PlatformConfig) -> Application:
                         cache_salt_secret_file=auth.resolved_cache_salt_secret_file(),
                         key_reload_interval_s=auth.key_reload_interval_s,
                         admission_controller=bind_admission_controller(config),
-                        ledger_url=config.ledger.resolved_url(),
+                        ledger=config.ledger,
                         model_dirs={m.id: local_model_dir(m) for m in config.models},
                         max_tokens_caps={t.id: t.quota.max_tokens for t in config.tenants
                                          if t.quota.max_tokens is not None})

@@ -36,6 +36,7 @@ from routers import Admission, Rejection, Route, Tenancy, Tenant
 from serving.admission_gate import CLIENT_CLOSED, AdmissionGate, Visit
 from serving.body_limit import BodySizeLimit
 from serving.errors import APIError, error_response, install_error_handlers
+from serving.admission_specs import LedgerSpec
 from serving.ledger import UsageLedger
 from serving.llm_server import Stamped
 from serving.metrics import PlatformMetrics
@@ -67,7 +68,8 @@ class OpenAIIngress:
         tenancy: tenants and class policies from the platform config.
         key_file / cache_salt_secret_file / key_reload_interval_s: see ``TenantAccess``.
         admission_controller: handle of the shared ``AdmissionController``.
-        ledger_url: SQLAlchemy URL of the usage ledger.
+        ledger: where the usage ledger is (its URL is resolved in the replica, whose
+            environment may hold it).
         model_dirs: model id -> local directory with its tokenizer (None: not local).
         max_tokens_caps: tenant id -> its ``max_tokens`` cap (the default when a request
             names none), for tenants that have one.
@@ -76,7 +78,7 @@ class OpenAIIngress:
     def __init__(self, engines: Mapping[Route, DeploymentHandle], model_cards: Mapping[str, dict],
                  max_request_bytes: int, *, tenancy: Tenancy, key_file: Path,
                  cache_salt_secret_file: Path, key_reload_interval_s: float = 1.0,
-                 admission_controller: DeploymentHandle, ledger_url: str,
+                 admission_controller: DeploymentHandle, ledger: LedgerSpec,
                  model_dirs: Mapping[str, Path | None], max_tokens_caps: Mapping[str, int]):
         # Streaming handles per (route, method), configured once: Ray builds a new handle
         # on every attribute access (`handle.chat` is `handle.options(method_name=...)`).
@@ -88,7 +90,8 @@ class OpenAIIngress:
                                     key_reload_interval_s=key_reload_interval_s)
         self._model_cards = dict(model_cards)
         self._max_request_bytes = max_request_bytes
-        self._gate = AdmissionGate(admission_controller, UsageLedger(ledger_url), PlatformMetrics())
+        self._gate = AdmissionGate(admission_controller, UsageLedger(ledger.resolved_url()),
+                                   PlatformMetrics())
         self._prompt_tokens = PromptTokenCounter(model_dirs)
         self._max_tokens_caps = dict(max_tokens_caps)
 

@@ -105,7 +105,7 @@ class Secret(_Values):
         "Hex secret (>= 64 digits) of the per-tenant prefix-cache salt; empty: generated "
         "once and kept across upgrades."))
     usageDatabaseUrl: str = Field(description=(
-        "URL of the usage database, handed to the pods as FABRIEK_USAGE_DATABASE_URL; empty: none."))
+        "URL of the usage database, handed to the pods as FABRIEK_USAGE_DATABASE_URL, which the usage ledger reads (platform.ledger.url_env); empty: SQLite inside each ingress pod, lost with the pod."))
 
 
 class RayAuth(_Values):

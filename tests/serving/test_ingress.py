@@ -22,6 +22,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRespo
 from vllm.entrypoints.serve.engine.protocol import UsageInfo
 
 from routers import KeyFile, Route, cache_salt_for, load_or_create_secret
+from serving.admission_specs import LedgerSpec
 from serving.app import bind_admission_controller
 from serving.config import load_config
 from serving.ingress import OpenAIIngress
@@ -86,7 +87,7 @@ def server(tmp_path_factory):
     app = ingress.bind(engines, {MODEL: {}, "other": {}}, 4096, tenancy=CONFIG.tenancy(),
                        key_file=keys.path, cache_salt_secret_file=home / "salt.secret",
                        key_reload_interval_s=0.2, admission_controller=bind_admission_controller(CONFIG),
-                       ledger_url=f"sqlite:///{home / 'usage.db'}", model_dirs={MODEL: None, "other": None},
+                       ledger=LedgerSpec(url=f"sqlite:///{home / 'usage.db'}"), model_dirs={MODEL: None, "other": None},
                        max_tokens_caps={})
     # _blocking=False: the app never becomes RUNNING, which is the point of the test.
     serve._run(app, _blocking=False, name="not-ready", route_prefix="/")
