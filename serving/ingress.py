@@ -55,6 +55,8 @@ POOL_HEADER = "x-fabriek-pool"
 REPLICA_HEADER = "x-fabriek-replica"
 # The request's id in the usage ledger (and the engine's logs), on answers and refusals.
 REQUEST_ID_HEADER = "x-fabriek-request-id"
+# Which ingress replica answered (with several, quotas still hold: they are shared).
+INGRESS_HEADER = "x-fabriek-ingress"
 
 
 @serve.ingress()
@@ -94,6 +96,7 @@ class OpenAIIngress:
                                    PlatformMetrics())
         self._prompt_tokens = PromptTokenCounter(model_dirs)
         self._max_tokens_caps = dict(max_tokens_caps)
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="fabriek", summary="OpenAI-compatible API of the fabriek AI facility",
@@ -145,9 +148,11 @@ class OpenAIIngress:
         try:
             response = await self._admit_and_answer(tenant, body, method, request_id)
         except APIError as err:
-            err.headers = {**(err.headers or {}), REQUEST_ID_HEADER: request_id}
+            err.headers = {**(err.headers or {}), REQUEST_ID_HEADER: request_id,
+                           INGRESS_HEADER: self._replica_id}
             raise
         response.headers[REQUEST_ID_HEADER] = request_id
+        response.headers[INGRESS_HEADER] = self._replica_id
         return response
 
     async def _admit_and_answer(self, tenant: Tenant, body: OpenAIRequest, method: str,

@@ -42,6 +42,15 @@ def test_requests_per_minute_answer_429_with_retry_after(fabriek_server):
             model=MODEL_ID, messages=QUESTION, max_tokens=4)
 
 
+def test_quotas_hold_across_both_ingress_replicas(fabriek_server):
+    # 4 requests per minute, 8 sent back to back through HAProxy to two ingress replicas:
+    # a per-replica quota would let up to 8 through.
+    answers = [chat(fabriek_server, "quota-shared") for _ in range(8)]
+    assert [a.status_code for a in answers].count(200) == 4
+    assert [a.status_code for a in answers[4:]] == [429] * 4
+    assert len({a.headers["x-fabriek-ingress"] for a in answers}) == 2
+
+
 def test_tokens_are_reserved_while_running_and_settled_after(fabriek_server):
     # 400 tokens per minute: a running request reserving ~320 leaves too little for a second.
     headers = {"Authorization": f"Bearer {fabriek_server.keys['quota-tpm']}"}
@@ -139,3 +148,63 @@ def _eventually(check, timeout_s: float = 20.0):
             assert result, "condition not met in time"
             return result
         time.sleep(0.25)
+
+
+def test_killed_ingress_loses_no_usage_record(fabriek_server):
+    """SIGKILL both ingress replicas mid-load: every request they accepted has its record."""
+    import concurrent.futures
+    import signal
+
+    import psutil
+
+    headers = {"Authorization": f"Bearer {fabriek_server.keys['pilot-demo']}"}
+    seen_ids: list[str] = []
+    streaming = threading_event()
+
+    def long_stream():
+        body = {"model": MODEL_ID, "messages": QUESTION, "max_tokens": 400, "stream": True,
+                "ignore_eos": True}
+        try:
+            with httpx.stream("POST", f"{fabriek_server.base_url}/v1/chat/completions", json=body,
+                              headers=headers, timeout=60) as response:
+                seen_ids.append(response.headers[REQUEST_ID_HEADER])
+                for _ in response.iter_lines():
+                    streaming.set()
+        except httpx.HTTPError:
+            pass  # cut off by the kill, as expected
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for _ in range(4):
+            pool.submit(long_stream)
+        assert streaming.wait(60)
+        assert _eventually(lambda: len(seen_ids) == 4, timeout_s=60)  # all four streaming
+        # Only this server's replicas: another `fabriek serve` may run on the machine.
+        family = psutil.Process(fabriek_server.process.pid).children(recursive=True)
+        replicas = [p for p in family if "ServeReplica:fabriek:OpenAIIngress" in " ".join(p.cmdline())]
+        assert len(replicas) == 2
+        for process in replicas:
+            process.send_signal(signal.SIGKILL)
+    assert len(seen_ids) == 4
+    ledger = UsageLedger(fabriek_server.ledger_url)
+    records = {r.request_id: r for r in ledger.records(tenant_id="pilot-demo")}
+    ledger.close()
+    # Each accepted request's record was committed before its first token.
+    assert all(i in records for i in seen_ids)
+    assert {records[i].status for i in seen_ids} <= {"started", "ok"}
+    assert "in progress" in fabriek_server.cli("usage", "--tenant", "pilot-demo") or \
+        all(records[i].status == "ok" for i in seen_ids)
+    # Ray Serve replaces the killed replicas; the API answers again.
+    assert _eventually(lambda: _status(fabriek_server) == 200, timeout_s=180)
+
+
+def threading_event():
+    import threading
+
+    return threading.Event()
+
+
+def _status(server) -> int:
+    try:
+        return chat(server, "gov-demo").status_code
+    except httpx.HTTPError:
+        return 0
