@@ -3,7 +3,7 @@
 A request is admitted by narrowing a list of candidate routes (engine deployments, one per
 pool and model) with filters; the first filter that leaves nothing refuses the request and
 is named in the typed ``Rejection``. Callers map rejections to their protocol (HTTP status
-codes in ``serving``, status codes of a later gRPC API), so nothing here speaks HTTP.
+codes and gRPC status codes in ``serving``), so nothing here speaks HTTP or gRPC.
 """
 
 from __future__ import annotations
@@ -47,15 +47,22 @@ class RejectionReason(StrEnum):
     MODEL_NOT_FOUND = "model_not_found"     # the tenant may not use the model (or it does not exist)
     NO_POOL = "no_pool"                     # the tenant's class may use no pool serving the model
     POOL_UNAVAILABLE = "pool_unavailable"   # the tenant's pools serve it, but none is ready
+    QUOTA_EXCEEDED = "quota_exceeded"       # the tenant's quota is spent (a quota filter sets retry_after_s)
 
 
 @dataclass(frozen=True)
 class Rejection:
-    """A refused request: why, which step refused it, and a message safe to show the client."""
+    """A refused request: why, which step refused it, and a message safe to show the client.
+
+    Args:
+        retry_after_s: when the client may retry, if the refusing step knows (a quota's
+            refill); callers fall back to a default per reason.
+    """
 
     reason: RejectionReason
     refused_by: str
     message: str
+    retry_after_s: float | None = None
 
 
 @dataclass(frozen=True)

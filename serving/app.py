@@ -10,6 +10,7 @@ Usable wherever Ray Serve takes an import path, for example a Serve config file:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -43,7 +44,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 
 def build_app_from_config(config: PlatformConfig) -> Application:
-    """Bind the ingress to one engine deployment per pool and model.
+    """Bind the ingress (HTTP and gRPC) to one engine deployment per pool and model.
 
     A model may be served by several pools (the default config serves the same model to
     government and commercial tenants on separate pools): each (pool, model) is its own
@@ -53,10 +54,14 @@ def build_app_from_config(config: PlatformConfig) -> Application:
     engines = build_engine_deployments(config)
     handles = {Route(e.pool, e.model_id): e.app for e in engines}
     cards = {e.model_id: {"max_model_len": e.engine_args.get("max_model_len")} for e in engines}
+    # Token counting (gRPC CountTokens) needs the tokenizer on the ingress's node: local
+    # model directories have it; object-store models are only mirrored onto engine nodes.
+    tokenizers = {e.model_id: str(Path(e.model_source) / "tokenizer.json") for e in engines
+                  if isinstance(e.model_source, str) and (Path(e.model_source) / "tokenizer.json").is_file()}
     auth = config.auth
     ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress", **config.ingress.deployment)
     # Paths are resolved here, on the driver, so every ingress replica uses the same files.
     return ingress.bind(handles, cards, config.http.max_request_bytes, tenancy=config.tenancy(),
                         key_file=auth.resolved_key_file(),
                         cache_salt_secret_file=auth.resolved_cache_salt_secret_file(),
-                        key_reload_interval_s=auth.key_reload_interval_s)
+                        key_reload_interval_s=auth.key_reload_interval_s, tokenizer_files=tokenizers)

@@ -1,54 +1,56 @@
-"""The OpenAI-compatible HTTP ingress: a Ray Serve deployment running a FastAPI app.
+"""The ingress deployment: the OpenAI-compatible HTTP API (FastAPI) and the gRPC API, side by side.
 
-It authenticates the tenant by its API key, validates requests with vLLM's OpenAI
-protocol models, has the policy core admit them to an engine deployment of the tenant's
-own pool, sets the tenant's engine-side isolation fields and relays the answer. Streamed answers are relayed batch by
-batch as the engine produces them (see ``serving.llm_server``); nothing here waits on a
-timer, so the ingress adds only the cost of one handle call to time-to-first-token.
+Both front doors call the same ``Gateway``: it authenticates the tenant by its API key,
+has the policy core admit the request to an engine deployment of the tenant's own pool,
+sets the tenant's engine-side isolation fields and calls the engine. This module only
+reads HTTP requests and writes HTTP answers; ``serving.grpc_service`` does the same for
+gRPC. Streamed answers are relayed batch by batch as the engine produces them (see
+``serving.llm_server``); nothing here waits on a timer, so the ingress adds only the cost
+of one handle call to time-to-first-token.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import AsyncIterator, Mapping
 
 from fastapi import FastAPI
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from vllm.entrypoints.serve.engine.protocol import ErrorResponse, ModelCard, ModelList
+from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelList
 from vllm.utils.gc_utils import freeze_gc_heap
 
 # Ray's workaround for a pydantic bug that leaves unpicklable iterators in chat
 # messages; it must run before a request crosses to another actor.
 from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
 
-from routers import Admission, Route, Tenancy, Tenant
+from routers import Route, Tenancy
 from serving.body_limit import BodySizeLimit
 from serving.errors import APIError, error_response, install_error_handlers
-from serving.llm_server import Stamped
+from serving.gateway import Gateway, OpenAIRequest
+from serving.grpc_service import InferenceService
 from serving.openai_requests import parse_openai_request
-from serving.readiness import EngineReadiness
-from serving.tenant_access import RETRY_AFTER_NOT_READY_S, TenantAccess
-
-logger = logging.getLogger("fabriek.ingress")
-
-OpenAIRequest = ChatCompletionRequest | CompletionRequest
+from serving.protos.fabriek.v1 import inference_pb2 as pb
+from serving.token_counter import TokenCounter
 
 # Response headers naming where a request ran: the pool it was admitted to, and the
 # engine replica that answered, as that replica identified itself (serving.llm_server).
+# The gRPC API sends the same names as trailing metadata.
 POOL_HEADER = "x-fabriek-pool"
 REPLICA_HEADER = "x-fabriek-replica"
 
 
 @serve.ingress()
 class OpenAIIngress:
-    """HTTP front door: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``.
+    """HTTP front door (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``)
+    and gRPC front door (``fabriek.v1.InferenceService``, served through Ray Serve's gRPC proxy).
+
+    Ray Serve's gRPC proxy calls the ingress method named after each RPC, so the methods
+    ``Chat`` ... ``CountTokens`` below are the service; they only delegate.
 
     Args:
         engines: route (pool and model) -> engine deployment, in config order.
@@ -56,21 +58,19 @@ class OpenAIIngress:
         max_request_bytes: largest accepted request body; larger ones get 413.
         tenancy: tenants and class policies from the platform config.
         key_file / cache_salt_secret_file / key_reload_interval_s: see ``TenantAccess``.
+        tokenizer_files: model id -> its ``tokenizer.json`` on this node, for token counting.
     """
 
     def __init__(self, engines: Mapping[Route, DeploymentHandle], model_cards: Mapping[str, dict],
                  max_request_bytes: int, *, tenancy: Tenancy, key_file: Path,
-                 cache_salt_secret_file: Path, key_reload_interval_s: float = 1.0):
-        # Streaming handles per (route, method), configured once: Ray builds a new handle
-        # on every attribute access (`handle.chat` is `handle.options(method_name=...)`).
-        self._streaming = {(r, method): getattr(h.options(stream=True), method)
-                           for r, h in engines.items() for method in ("chat", "completions")}
-        self._readiness = EngineReadiness(engines)
-        self._access = TenantAccess(tenancy, engines, key_file=key_file,
-                                    cache_salt_secret_file=cache_salt_secret_file,
-                                    key_reload_interval_s=key_reload_interval_s)
+                 cache_salt_secret_file: Path, key_reload_interval_s: float = 1.0,
+                 tokenizer_files: Mapping[str, str] | None = None):
+        self._gateway = Gateway(engines, tenancy=tenancy, key_file=key_file,
+                                cache_salt_secret_file=cache_salt_secret_file,
+                                key_reload_interval_s=key_reload_interval_s)
         self._model_cards = dict(model_cards)
         self._max_request_bytes = max_request_bytes
+        self._grpc = InferenceService(self._gateway, self._model_cards, TokenCounter(tokenizer_files or {}))
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="fabriek", summary="OpenAI-compatible API of the fabriek AI facility",
@@ -81,15 +81,17 @@ class OpenAIIngress:
         app.add_api_route("/v1/completions", self.completions, methods=["POST"])
         app.add_api_route("/v1/models", self.models, methods=["GET"], response_model=ModelList)
         app.add_api_route("/health", self.health, methods=["GET"])
-        self._readiness.start()
+        self._gateway.readiness.start()
         # As the engine replica does (serving.llm_server): keep full collections off the
         # import-time heap, which would otherwise stall every stream passing through.
         freeze_gc_heap()
         return app
 
+    # --- HTTP ---------------------------------------------------------------------------
+
     async def chat(self, request: Request) -> Response:
         """OpenAI chat completions, streamed (SSE) or not."""
-        tenant = self._access.authenticate(request)  # before the body is even read
+        tenant = self._gateway.authenticate(request.headers.get("authorization"))  # before the body
         body = await parse_openai_request(request, ChatCompletionRequest)
         try:
             body = _sanitize_chat_completion_request(body)
@@ -99,67 +101,68 @@ class OpenAIIngress:
 
     async def completions(self, request: Request) -> Response:
         """OpenAI text completions, streamed (SSE) or not."""
-        tenant = self._access.authenticate(request)
+        tenant = self._gateway.authenticate(request.headers.get("authorization"))
         return await self._relay(tenant, await parse_openai_request(request, CompletionRequest), "completions")
 
     async def models(self, request: Request) -> ModelList:
         """The models the calling tenant may use."""
-        tenant = self._access.authenticate(request)
+        tenant = self._gateway.authenticate(request.headers.get("authorization"))
         return ModelList(data=[ModelCard(id=m, owned_by="fabriek", root=m, **self._model_cards[m])
                                for m in sorted(tenant.model_ids) if m in self._model_cards])
 
     async def health(self) -> JSONResponse:
         """200 when every engine of every pool answers its health probe, else 503."""
         pools: dict[str, dict[str, str]] = {}
-        for route, state in self._readiness.status().items():
+        for route, state in self._gateway.readiness.status().items():
             pools.setdefault(route.pool, {})[route.model_id] = state
         is_ready = all(s == "ready" for p in pools.values() for s in p.values())
         return JSONResponse({"status": "ok" if is_ready else "starting", "pools": pools},
                             status_code=200 if is_ready else 503)
 
-    async def _relay(self, tenant: Tenant, body: OpenAIRequest, method: str) -> Response:
-        admission = self._access.admit(tenant, body.model, self._readiness.is_ready)
-        _apply_tenant_fields(body, admission)
-        route = admission.route
-        stream: DeploymentResponseGenerator = self._streaming[(route, method)].remote(body)
-        try:
-            first = await stream.__anext__()
-        except (RayActorError, DeploymentUnavailableError, BackPressureError) as err:
-            logger.warning("engine %s/%s unavailable: %s", route.pool, route.model_id, type(err).__name__)
-            raise APIError(503, f"The model `{route.model_id}` is unavailable; retry shortly.",
-                           retry_after_s=RETRY_AFTER_NOT_READY_S) from None
-        except StopAsyncIteration:
-            raise APIError(500, "the engine returned no response") from None
-        except BaseException:
-            # The client went away (cancellation) or the call failed: stop the engine too.
-            stream.cancel()
-            raise
-        headers = {POOL_HEADER: route.pool}
-        if isinstance(first, Stamped):
-            headers[REPLICA_HEADER] = f"{first.deployment}#{first.replica_id}"
-            first = first.item
-        if isinstance(first, list) and first and isinstance(first[0], ErrorResponse):
-            first = first[0]  # a streamed request the engine refused before its first token
-        if isinstance(first, ErrorResponse):
-            return error_response(first.error.code, first.error.message, param=first.error.param,
-                                  headers=headers)
-        if not isinstance(first, list):
+    async def _relay(self, tenant, body: OpenAIRequest, method: str) -> Response:
+        answer = await self._gateway.call(tenant, body, method)
+        headers = {POOL_HEADER: answer.route.pool}
+        if answer.replica is not None:
+            headers[REPLICA_HEADER] = answer.replica
+        if answer.error is not None:
+            error = answer.error.error
+            return error_response(error.code, error.message, param=error.param, headers=headers)
+        if not isinstance(answer.first, list):
             # A complete, non-streamed response; serialize once, here.
-            return Response(first.model_dump_json(), media_type="application/json", headers=headers)
-        return StreamingResponse(_server_sent_events(first, stream), media_type="text/event-stream",
-                                 headers=headers)
+            return Response(answer.first.model_dump_json(), media_type="application/json", headers=headers)
+        return StreamingResponse(_server_sent_events(answer.first, answer.rest),
+                                 media_type="text/event-stream", headers=headers)
 
+    # --- gRPC: fabriek.v1.InferenceService (serving/protos/fabriek/v1/inference.proto) ---
 
-def _apply_tenant_fields(body: OpenAIRequest, admission: Admission) -> None:
-    """Overwrite what the engine must know of the tenant; whatever the client sent is ignored.
+    async def Chat(self, request: pb.ChatRequest, grpc_context: RayServegRPCContext) -> pb.ChatResponse:  # noqa: N802
+        """RPC ``Chat``: a whole chat answer."""
+        return await self._grpc.chat(request, grpc_context)
 
-    ``cache_salt`` keeps the tenant's prefix-cache entries to itself, ``priority`` is its
-    class's band, ``user`` names the tenant (for the engine's own accounting).
-    """
-    body.model = admission.route.model_id
-    body.cache_salt = admission.cache_salt
-    body.priority = admission.priority
-    body.user = admission.tenant.id
+    async def ChatStream(self, request: pb.ChatRequest, grpc_context: RayServegRPCContext):  # noqa: N802
+        """RPC ``ChatStream``: a chat answer, streamed."""
+        async for message in self._grpc.chat_stream(request, grpc_context):
+            yield message
+
+    async def Complete(self, request: pb.CompletionRequest,  # noqa: N802
+                       grpc_context: RayServegRPCContext) -> pb.CompletionResponse:
+        """RPC ``Complete``: a whole text completion."""
+        return await self._grpc.complete(request, grpc_context)
+
+    async def CompleteStream(self, request: pb.CompletionRequest, grpc_context: RayServegRPCContext):  # noqa: N802
+        """RPC ``CompleteStream``: a text completion, streamed."""
+        async for message in self._grpc.complete_stream(request, grpc_context):
+            yield message
+
+    async def ListModels(self, request: pb.ListModelsRequest,  # noqa: N802
+                         grpc_context: RayServegRPCContext) -> pb.ListModelsResponse:
+        """RPC ``ListModels``: the models the calling tenant may use."""
+        return self._grpc.list_models(request, grpc_context)
+
+    async def CountTokens(self, request: pb.CountTokensRequest,  # noqa: N802
+                          grpc_context: RayServegRPCContext) -> pb.CountTokensResponse:
+        """RPC ``CountTokens``: tokens of a text under the model's tokenizer."""
+        return self._grpc.count_tokens(request, grpc_context)
 
 
 async def _server_sent_events(first: list[str], rest: DeploymentResponseGenerator) -> AsyncIterator[str]:

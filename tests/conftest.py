@@ -35,6 +35,7 @@ class FabriekServer:
 
     process: subprocess.Popen
     http_port: int
+    grpc_port: int
     dashboard_port: int
     config_path: Path
     keys: dict[str, str]  # tenant id -> API key, made by `fabriek keys create`
@@ -44,6 +45,16 @@ class FabriekServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def ray_address(self) -> str:
+        """The GCS address of the server's Ray head, as `fabriek serve` printed it."""
+        [line] = [line for line in self.lines if line.startswith("fabriek: Ray address:")]
+        return line.split(":", 2)[2].split()[0]
 
     @property
     def ray_logs_dir(self) -> Path:
@@ -97,11 +108,11 @@ def fabriek_server(tmp_path_factory) -> FabriekServer:
     server = FabriekServer(
         process=subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path),
-             "--http-port", str(http_port := free_port()),
+             "--http-port", str(http_port := free_port()), "--grpc-port", str(grpc_port := free_port()),
              "--dashboard-port", str(dashboard_port := free_port())],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}),
-        http_port=http_port, dashboard_port=dashboard_port, config_path=config_path, keys={})
+        http_port=http_port, grpc_port=grpc_port, dashboard_port=dashboard_port, config_path=config_path, keys={})
     for tenant in DEMO_TENANTS:
         server.keys[tenant] = server.cli("keys", "create", "--tenant", tenant).splitlines()[-1]
     ready = threading.Event()
