@@ -2,8 +2,10 @@
 
     python -m serving.protos.generate
 
-protoc names imports after the proto path (``from fabriek.v1 import ...``); the stubs live
-in the ``serving.protos`` package, so that one import is rewritten to the package path.
+protoc names modules after the proto path (``fabriek.v1.inference_pb2``); the stubs live in
+the ``serving.protos`` package, so the grpc stub's import and the module name the message
+classes carry are rewritten to the package path. The latter matters: Ray's gRPC proxy
+pickles request messages to the ingress replica, and pickle imports a class by that name.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ def generate(out_dir: Path) -> list[Path]:
         for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
             path = out_dir / f"{stem}{suffix}"
             module = stem.rsplit("/", 1)[0].replace("/", ".")
-            path.write_text(path.read_text().replace(f"from {module} import", f"from {PACKAGE}.{module} import"))
+            text = path.read_text().replace(f"from {module} import", f"from {PACKAGE}.{module} import")
+            text = text.replace(f"'{stem.replace('/', '.')}_pb2'", f"'{PACKAGE}.{stem.replace('/', '.')}_pb2'")
+            path.write_text(text)
             written.append(path.relative_to(out_dir))
     return written
 
