@@ -8,6 +8,7 @@ unfinished requests (``FabriekLLMServer.num_unfinished_requests``).
 
 from __future__ import annotations
 
+import functools
 import time
 
 import grpc
@@ -223,3 +224,27 @@ def test_retry_info_is_a_standard_status_detail():
     assert status.details[0].Unpack(info) and info.retry_delay.seconds == 30
     assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert context.metadata["retry-after"] == "30"
+
+
+def test_example_client_generated_from_the_proto_streams_a_chat(fabriek_server, tmp_path):
+    """What a startup does: generate its own client from the proto, then run the example."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from grpc_tools import protoc
+
+    root = Path(__file__).resolve().parents[2]
+    assert protoc.main(["protoc", f"-I{root / 'serving/protos'}", f"--python_out={tmp_path}",
+                        f"--grpc_python_out={tmp_path}", str(root / "serving/protos/fabriek/v1/inference.proto")]) == 0
+    run = functools.partial(
+        subprocess.run, [sys.executable, str(root / "examples/grpc_chat.py"), "--target", fabriek_server.grpc_target,
+                         "--max-tokens", "24", "What is the capital of the Netherlands?"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    answered = run(env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path),
+                        "FABRIEK_API_KEY": fabriek_server.keys["pilot-demo"]})
+    assert answered.returncode == 0, answered.stderr[-2000:]
+    assert "Amsterdam" in answered.stdout
+    assert "served by pool commercial" in answered.stderr
+    refused = run(env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path), "FABRIEK_API_KEY": "fk_forged"})
+    assert refused.returncode == 1 and "error UNAUTHENTICATED" in refused.stderr
