@@ -3,7 +3,7 @@
 A request is admitted by narrowing a list of candidate routes (engine deployments, one per
 pool and model) with filters; the first filter that leaves nothing refuses the request and
 is named in the typed ``Rejection``. Callers map rejections to their protocol (HTTP status
-codes in ``serving``, status codes of a later gRPC API), so nothing here speaks HTTP.
+codes and gRPC status codes in ``serving``), so nothing here speaks HTTP or gRPC.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 
 from routers import Admission, Rejection, RejectionReason, Tenant
 from serving.admission_controller import Lease
+from serving.errors import STATUS_BY_REASON
 from serving.ledger import (CANCELLED, ERROR, OK, REJECTED, RequestEnd, RequestStart,
                             UsageLedger)
 from serving.metrics import PlatformMetrics
@@ -86,14 +87,15 @@ class AdmissionGate:
         assert isinstance(decision, Lease)
         return Visit(request_id, labels, time.monotonic(), decision.queue_s)
 
-    def refuse(self, tenant: Tenant, model_id: str | None, request_id: str, status: int, reason: str,
+    def refuse(self, tenant: Tenant, model_id: str | None, request_id: str, rejection: Rejection,
                protocol: str) -> None:
         """Records a request refused before it reached a pool (unknown model, pool down)."""
         labels = {"pool": "", "tenant_class": str(tenant.tenant_class), "model": model_id or ""}
-        self._metrics.observe_rejection(labels, reason, status)
+        status = status_of(rejection)
+        self._metrics.observe_rejection(labels, str(rejection.reason), status)
         self._in_background(self._ledger.record, RequestStart(
             request_id, tenant.id, str(tenant.tenant_class), None, model_id, protocol),
-            RequestEnd(REJECTED, status, reason=reason))
+            RequestEnd(REJECTED, status, reason=str(rejection.reason)))
 
     @staticmethod
     def first_token(visit: Visit) -> None:
@@ -132,7 +134,6 @@ class AdmissionGate:
 
 
 def status_of(rejection: Rejection) -> int:
-    """The HTTP-style status of an admission refusal (gRPC maps the reason itself)."""
-    from serving.tenant_access import STATUS_BY_REASON
-
+    """The HTTP-style status of an admission refusal, for the ledger and metrics (the gRPC
+    API answers with its own codes, mapped from the same reasons)."""
     return STATUS_BY_REASON[rejection.reason]

@@ -10,6 +10,7 @@ Usable wherever Ray Serve takes an import path, for example a Serve config file:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -18,7 +19,7 @@ from ray.serve.deployment import Application
 from routers import Route
 from serving.admission_controller import AdmissionController
 from serving.config import PlatformConfig, load_config
-from serving.engines import build_engine_deployments, local_model_dir
+from serving.engines import build_engine_deployments
 from serving.ingress import OpenAIIngress
 
 APP_NAME = "fabriek"
@@ -44,7 +45,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 
 def build_app_from_config(config: PlatformConfig) -> Application:
-    """Bind the ingress to one engine deployment per pool and model.
+    """Bind the ingress (HTTP and gRPC) to one engine deployment per pool and model.
 
     A model may be served by several pools (the default config serves the same model to
     government and commercial tenants on separate pools): each (pool, model) is its own
@@ -54,6 +55,10 @@ def build_app_from_config(config: PlatformConfig) -> Application:
     engines = build_engine_deployments(config)
     handles = {Route(e.pool, e.model_id): e.app for e in engines}
     cards = {e.model_id: {"max_model_len": e.engine_args.get("max_model_len")} for e in engines}
+    # Token counting (gRPC CountTokens) needs the tokenizer on the ingress's node: local
+    # model directories have it; object-store models are only mirrored onto engine nodes.
+    tokenizers = {e.model_id: str(Path(e.model_source) / "tokenizer.json") for e in engines
+                  if isinstance(e.model_source, str) and (Path(e.model_source) / "tokenizer.json").is_file()}
     auth = config.auth
     ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress", **config.ingress.deployment)
     # Paths are resolved here, on the driver, so every ingress replica uses the same files.
@@ -63,7 +68,7 @@ def build_app_from_config(config: PlatformConfig) -> Application:
                         key_reload_interval_s=auth.key_reload_interval_s,
                         admission_controller=bind_admission_controller(config),
                         ledger=config.ledger,
-                        model_dirs={m.id: local_model_dir(m) for m in config.models},
+                        tokenizer_files=tokenizers,
                         max_tokens_caps={t.id: t.quota.max_tokens for t in config.tenants
                                          if t.quota.max_tokens is not None})
 

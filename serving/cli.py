@@ -11,7 +11,7 @@ def _serve(args: argparse.Namespace) -> int:
     from serving.config import load_config, with_overrides
     from serving.launcher import serve_locally
 
-    config = with_overrides(load_config(args.config), http_port=args.http_port,
+    config = with_overrides(load_config(args.config), http_port=args.http_port, grpc_port=args.grpc_port,
                             dashboard_port=args.dashboard_port)
     return serve_locally(config)
 
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, default=None,
                        help="platform config YAML (default: the shipped local CPU config)")
     serve.add_argument("--http-port", type=int, default=None, help="HTTP API port (default: from config, 8000)")
+    serve.add_argument("--grpc-port", type=int, default=None, help="gRPC API port (default: from config, 9000)")
     serve.add_argument("--dashboard-port", type=int, default=None, help="Ray dashboard port (default: 8265)")
     serve.set_defaults(run=_serve)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
@@ -187,8 +187,24 @@ class HttpSpec(_Frozen):
         "Largest request body accepted; larger ones get 413."))
 
 
+class GrpcSpec(_Frozen):
+    """The gRPC API (``fabriek.v1.InferenceService``), served by Ray Serve's gRPC proxy."""
+
+    # What Ray Serve's gRPC proxy (and, with the haproxy front end, every ingress replica)
+    # imports to register the service; the Helm chart renders the same path.
+    SERVICER_FUNCTION: ClassVar[str] = (
+        "serving.protos.fabriek.v1.inference_pb2_grpc.add_InferenceServiceServicer_to_server")
+
+    port: int = Field(9000, ge=1, le=65535, description=(
+        "gRPC port of the API; it binds the same address as `http.host`."))
+
+    def ray_options(self) -> dict[str, Any]:
+        """Ray Serve's ``gRPCOptions`` for this API."""
+        return {"port": self.port, "grpc_servicer_functions": [self.SERVICER_FUNCTION]}
+
+
 class IngressSpec(_Frozen):
-    """The ingress deployment that terminates HTTP and calls the engines."""
+    """The ingress deployment that terminates HTTP and gRPC and calls the engines."""
 
     deployment: DeploymentOptions = Field(
         default_factory=lambda: {"num_replicas": 1, "max_ongoing_requests": 1000,
@@ -248,6 +264,7 @@ class PlatformConfig(_Frozen):
     auth: AuthSpec = Field(default_factory=AuthSpec)
     ledger: LedgerSpec = Field(default_factory=LedgerSpec)
     http: HttpSpec = Field(default_factory=HttpSpec)
+    grpc: GrpcSpec = Field(default_factory=GrpcSpec)
     ingress: IngressSpec = Field(default_factory=IngressSpec)
     serve: ServeRuntimeSpec = Field(default_factory=ServeRuntimeSpec)
     local: LocalClusterSpec = Field(default_factory=LocalClusterSpec)
@@ -341,12 +358,14 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> PlatformCo
         raise ConfigError(f"{origin}: invalid platform config\n{_describe(err)}") from None
 
 
-def with_overrides(config: PlatformConfig, *, http_port: int | None = None,
+def with_overrides(config: PlatformConfig, *, http_port: int | None = None, grpc_port: int | None = None,
                    dashboard_port: int | None = None) -> PlatformConfig:
     """A copy of `config` with command-line overrides applied, validated again."""
     data = config.model_dump(by_alias=True)
     if http_port is not None:
         data["http"]["port"] = http_port
+    if grpc_port is not None:
+        data["grpc"]["port"] = grpc_port
     if dashboard_port is not None:
         data["local"]["dashboard_port"] = dashboard_port
     return load_config(data)

@@ -33,6 +33,7 @@ class EngineDeployment:
     model_id: str
     engine_args: dict[str, Any]
     app: Application
+    model_source: str | dict[str, str]  # a local directory, or an object-store mirror config
 
 
 def resolve_model_source(model: ModelSpec) -> str | dict[str, str]:
@@ -53,16 +54,6 @@ def resolve_model_source(model: ModelSpec) -> str | dict[str, str]:
     if source.startswith(OBJECT_STORE_SCHEMES):
         return {"bucket_uri": source}
     return str(Path(source).expanduser().resolve())
-
-
-def local_model_dir(model: ModelSpec) -> Path | None:
-    """Where the model's files (its tokenizer) are on this machine; None for object stores."""
-    source = model.source
-    if source.startswith(BUILTIN_SCHEME):
-        return default_model_dir()
-    if source.startswith(OBJECT_STORE_SCHEMES):
-        return None
-    return Path(source).expanduser().resolve()
 
 
 def engine_args_for(pool: PoolSpec, model: ModelSpec) -> dict[str, Any]:
@@ -107,5 +98,6 @@ def build_engine_deployments(config: PlatformConfig) -> list[EngineDeployment]:
             llm_config = llm_config_for(pool, config.model(model_id), sources[model_id])
             app = build_llm_deployment(llm_config, name_prefix=f"{pool.name}--",
                                        deployment_cls=FabriekLLMServer)
-            deployments.append(EngineDeployment(pool.name, model_id, llm_config.engine_kwargs, app))
+            deployments.append(EngineDeployment(pool.name, model_id, llm_config.engine_kwargs, app,
+                                                sources[model_id]))
     return deployments

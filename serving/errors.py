@@ -13,6 +13,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 
+from routers import RejectionReason
+from serving.tenant_access import Refused
+
 # Error `type` names as OpenAI's API and client use them.
 _TYPE_BY_STATUS = {
     400: "BadRequestError",
@@ -23,6 +26,25 @@ _TYPE_BY_STATUS = {
     413: "RequestTooLargeError",
     429: "RateLimitError",
     503: "ServiceUnavailableError",
+}
+
+
+# A model the tenant may not use is a 404, exactly like a model that does not exist: a
+# tenant cannot tell another tenant's models from absent ones (the OpenAI API does the same).
+# The gRPC API maps the same reasons in serving.grpc_status.
+# The request's id in the usage ledger (and the engine's logs), on answers and refusals.
+REQUEST_ID_HEADER = "x-fabriek-request-id"
+
+STATUS_BY_REASON = {
+    RejectionReason.UNAUTHENTICATED: 401,
+    RejectionReason.MODEL_REQUIRED: 400,
+    RejectionReason.MODEL_NOT_FOUND: 404,
+    RejectionReason.NO_POOL: 403,
+    RejectionReason.POOL_UNAVAILABLE: 503,
+    RejectionReason.QUOTA_EXCEEDED: 429,
+    # Caps: waiting would not help, and a 429 would make clients retry in vain.
+    RejectionReason.REQUEST_TOO_LARGE: 400,
+    RejectionReason.POOL_SATURATED: 503,
 }
 
 
@@ -52,6 +74,19 @@ def error_response(status: int, message: str, *, param: str | None = None,
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+def refusal_response(refused: Refused) -> JSONResponse:
+    """The HTTP error of a refusal of the policy core: status by reason, ``Retry-After`` if any."""
+    status = STATUS_BY_REASON[refused.rejection.reason]
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if refused.request_id is not None:
+        headers[REQUEST_ID_HEADER] = refused.request_id
+    param = "model" if status in (400, 404) else None
+    if refused.rejection.reason is RejectionReason.REQUEST_TOO_LARGE:
+        param = "max_tokens" if "max_tokens" in refused.rejection.message else "messages"
+    return error_response(status, refused.rejection.message, param=param,
+                          retry_after_s=refused.retry_after_s, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error the app raises, expected or not, OpenAI-shaped."""
 
@@ -59,6 +94,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(_: Request, err: APIError) -> JSONResponse:
         return error_response(err.status, err.message, param=err.param,
                               retry_after_s=err.retry_after_s, headers=err.headers)
+
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, err: Refused) -> JSONResponse:
+        return refusal_response(err)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:

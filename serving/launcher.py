@@ -65,12 +65,16 @@ def serve_locally(config: PlatformConfig) -> int:
         # ray.init installs its own SIGTERM handler (dump and die); put ours back.
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         node_id = ray.get_runtime_context().get_node_id()
-        serve.start(http_options={"host": http.host, "port": http.port})
+        serve.start(http_options={"host": http.host, "port": http.port},
+                    grpc_options=config.grpc.ray_options())
         _say(f"API base URL:  {api_url}/v1")
+        _say(f"gRPC API:      {http.host}:{config.grpc.port} (fabriek.v1.InferenceService, "
+             "serving/protos/fabriek/v1/inference.proto)")
         _say(f"Ray dashboard: http://{context.dashboard_url}" if context.dashboard_url
              else "Ray dashboard: disabled")
         _say(f"Ray logs:      {Path(context.address_info['session_dir']) / 'logs'}")
         _say(f"Metrics:       http://127.0.0.1:{local.metrics_export_port}/metrics (Prometheus)")
+        _say(f"Ray address:   {context.address_info['gcs_address']} (`ray status --address ...`)")
         _say(f"API keys:      {config.auth.resolved_key_file()} "
              "(`fabriek keys create --tenant TENANT` makes one)")
         if RAY_TOKEN_PATH.is_file():

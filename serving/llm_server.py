@@ -134,6 +134,15 @@ class FabriekLLMServer(LLMServer):
         """``LLMServer.completions``, its first item stamped with this replica's identity."""
         return self._stamped(await super().completions(request, raw_request_info))
 
+    def num_unfinished_requests(self) -> int:
+        """Requests vLLM's engine holds right now; an aborted request leaves it at once.
+
+        For operators and the tests: a client that cancels, or whose deadline passes, must
+        leave nothing generating here.
+        """
+        # Ray's VLLMEngine keeps vLLM's AsyncLLM here; vLLM's own count is the ground truth.
+        return self.engine._engine_client.get_num_unfinished_requests()
+
     def _stamped(self, stream: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
         context = serve.get_replica_context()
         return stamp_first(stream, context.deployment, context.replica_id.unique_id)

@@ -1,4 +1,4 @@
-"""Parsing OpenAI request bodies into vLLM's protocol models, with 400s that explain."""
+"""Parsing OpenAI requests (HTTP bodies, gRPC messages) into vLLM's protocol models, with 400s that explain."""
 
 from __future__ import annotations
 
@@ -25,6 +25,15 @@ async def parse_openai_request(request: Request, model: type[RequestModel]) -> R
         raise APIError(400, f"request body is not valid JSON: {type(err).__name__}: {err}") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
+    return validate_openai_request(data, model)
+
+
+def validate_openai_request(data: dict, model: type[RequestModel]) -> RequestModel:
+    """Validate request fields (from a JSON body or a gRPC message) as `model`.
+
+    Raises:
+        APIError: 400 naming the first invalid field.
+    """
     try:
         return model.model_validate(data)
     except ValidationError as err:

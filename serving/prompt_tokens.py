@@ -10,10 +10,9 @@ European languages: reservations err on the safe side.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
-from tokenizers import Tokenizer
+from serving.token_counter import TokenCounter
 
 # Chat templates wrap each message in role markers: ~4 tokens for Llama/Mistral-style
 # templates, plus a few to open the assistant's turn.
@@ -23,23 +22,19 @@ BYTES_PER_TOKEN_ESTIMATE = 3
 
 
 class PromptTokenCounter:
-    """Counts prompt tokens per model id.
+    """Counts prompt tokens per model id, with the tokenizers this node has.
 
     Args:
-        model_dirs: model id -> local directory that may hold ``tokenizer.json``.
+        counter: the models' tokenizers (shared with the gRPC API's token counting).
     """
 
-    def __init__(self, model_dirs: Mapping[str, Path | None]):
-        self._tokenizers: dict[str, Tokenizer | None] = {}
-        for model_id, directory in model_dirs.items():
-            path = directory / "tokenizer.json" if directory is not None else None
-            self._tokenizers[model_id] = Tokenizer.from_file(str(path)) if path and path.is_file() else None
+    def __init__(self, counter: TokenCounter):
+        self._counter = counter
 
     def count_text(self, model_id: str, text: str) -> int:
-        tokenizer = self._tokenizers.get(model_id)
-        if tokenizer is None:
+        if not self._counter.can_count(model_id):
             return -(-len(text.encode()) // BYTES_PER_TOKEN_ESTIMATE)
-        return len(tokenizer.encode(text, add_special_tokens=False).ids)
+        return self._counter.count(model_id, text)
 
     def count_chat(self, model_id: str, messages: list[Mapping[str, Any]]) -> int:
         """Tokens of the messages' text and their template markers."""

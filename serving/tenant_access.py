@@ -1,8 +1,9 @@
-"""The policy core (``routers``) wired to HTTP: keys from headers, rejections as status codes.
+"""The policy core (``routers``) wired to the APIs: who is calling, and which route serves them.
 
-Authentication and admission are decided by ``routers``; this module only reads the
-``Authorization`` header, asks the readiness tracker which routes are up, and turns
-typed rejections into OpenAI-shaped HTTP errors.
+Authentication and admission are decided by ``routers``; this module only takes the
+``authorization`` value (an HTTP header or gRPC metadata), asks the readiness tracker which
+routes are up, and raises refusals as ``Refused``. Each protocol maps ``Refused`` with one
+table: HTTP statuses in ``serving.errors``, gRPC status codes in ``serving.grpc_status``.
 """
 
 from __future__ import annotations
@@ -11,29 +12,39 @@ import math
 from pathlib import Path
 from typing import Callable, Iterable
 
-from starlette.requests import Request
-
 from routers import (Admission, AdmissionPipeline, AdmissionRequest, Authenticator, Candidate, KeyFile,
                      KeyFileWatcher, Rejection, RejectionReason, Route, Tenancy, Tenant,
                      load_or_create_secret)
-from serving.errors import APIError
 
 # How long a client should wait before retrying while its pool is not ready.
 RETRY_AFTER_NOT_READY_S = 5
-
-# A model the tenant may not use is a 404, exactly like a model that does not exist: a
-# tenant cannot tell another tenant's models from absent ones (the OpenAI API does the same).
-STATUS_BY_REASON = {
-    RejectionReason.UNAUTHENTICATED: 401,
-    RejectionReason.MODEL_REQUIRED: 400,
-    RejectionReason.MODEL_NOT_FOUND: 404,
-    RejectionReason.NO_POOL: 403,
-    RejectionReason.POOL_UNAVAILABLE: 503,
-    # Caps: waiting would not help, and a 429 would make clients retry in vain.
-    RejectionReason.REQUEST_TOO_LARGE: 400,
-    RejectionReason.QUOTA_EXCEEDED: 429,
-    RejectionReason.POOL_SATURATED: 503,
+# Retry delays when the refusing step gave none; reasons not here are not worth retrying.
+DEFAULT_RETRY_AFTER_S = {
+    RejectionReason.POOL_UNAVAILABLE: RETRY_AFTER_NOT_READY_S,
+    RejectionReason.QUOTA_EXCEEDED: RETRY_AFTER_NOT_READY_S,
+    RejectionReason.POOL_SATURATED: 2,
 }
+
+
+class Refused(Exception):
+    """A request the policy core (or an unavailable engine) refused, for the API to report.
+
+    Args:
+        rejection: the typed rejection: reason, refusing step, client-safe message.
+    """
+
+    def __init__(self, rejection: Rejection, request_id: str | None = None):
+        super().__init__(rejection.message)
+        self.rejection = rejection
+        self.request_id = request_id  # set once the request has a usage record
+
+    @property
+    def retry_after_s(self) -> int | None:
+        """Whole seconds the client should wait before retrying; None: do not retry as is."""
+        delay = self.rejection.retry_after_s
+        if delay is None:
+            delay = DEFAULT_RETRY_AFTER_S.get(self.rejection.reason)
+        return None if delay is None else max(1, round(delay))
 
 
 class TenantAccess:
@@ -54,43 +65,33 @@ class TenantAccess:
             KeyFileWatcher(KeyFile(key_file), check_interval_s=key_reload_interval_s), tenancy)
         self._pipeline = AdmissionPipeline(tenancy, load_or_create_secret(cache_salt_secret_file))
 
-    def authenticate(self, request: Request) -> Tenant:
-        """The tenant of the request's bearer key.
+    def authenticate(self, authorization: str | None) -> Tenant:
+        """The tenant of a bearer key.
+
+        Args:
+            authorization: the ``Authorization`` header or ``authorization`` metadata value.
 
         Raises:
-            APIError: 401 for a missing, malformed, unknown or revoked key.
+            Refused: UNAUTHENTICATED for a missing, malformed, unknown or revoked key.
         """
-        decision = self._authenticator.authenticate(request.headers.get("authorization"))
+        decision = self._authenticator.authenticate(authorization)
         if isinstance(decision, Rejection):
-            raise as_api_error(decision)
+            raise Refused(decision)
         return decision
 
     def admit(self, tenant: Tenant, model_id: str | None, is_ready: Callable[[Route], bool]) -> Admission:
         """Admit the tenant's request for ``model_id`` to one ready route of its pools.
 
         Raises:
-            APIError: 400 no model named (and several allowed), 404 model not allowed or
-                unknown, 403 no pool of the class serves it, 503 its pools are not ready.
+            Refused: MODEL_REQUIRED (no model named, several allowed), MODEL_NOT_FOUND (not
+                allowed or unknown), NO_POOL (no pool of the class serves it),
+                POOL_UNAVAILABLE (its pools are not ready).
         """
         model = self._pipeline.resolve_model(tenant, model_id)
         if isinstance(model, Rejection):
-            raise as_api_error(model)
+            raise Refused(model)
         candidates = [Candidate(r, is_ready(r)) for r in self._routes]
         decision = self._pipeline.admit(AdmissionRequest(tenant, model), candidates)
         if isinstance(decision, Rejection):
-            raise as_api_error(decision)
+            raise Refused(decision)
         return decision
-
-
-def as_api_error(rejection: Rejection) -> APIError:
-    """The HTTP error of a refusal of the policy core."""
-    status = STATUS_BY_REASON[rejection.reason]
-    if status == 401:
-        return APIError(401, rejection.message, headers={"WWW-Authenticate": "Bearer"})
-    if rejection.retry_after_s is not None or status == 503:
-        retry_s = rejection.retry_after_s or RETRY_AFTER_NOT_READY_S
-        return APIError(status, rejection.message, retry_after_s=math.ceil(retry_s))
-    if rejection.reason is RejectionReason.REQUEST_TOO_LARGE:
-        return APIError(status, rejection.message, param="max_tokens" if "max_tokens" in rejection.message
-                        else "messages")
-    return APIError(status, rejection.message, param="model" if status in (400, 404) else None)

@@ -28,6 +28,7 @@ QUOTA_TENANTS = {
     "quota-conc": {"max_concurrent_requests": 1},
     "quota-caps": {"max_tokens": 16, "max_prompt_tokens": 64},
     "quota-shared": {"requests_per_minute": 4},
+    "quota-grpc": {"requests_per_minute": 1},
 }
 
 
@@ -44,6 +45,7 @@ class FabriekServer:
 
     process: subprocess.Popen
     http_port: int
+    grpc_port: int
     dashboard_port: int
     config_path: Path
     ledger_url: str
@@ -55,6 +57,16 @@ class FabriekServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def ray_address(self) -> str:
+        """The GCS address of the server's Ray head, as `fabriek serve` printed it."""
+        [line] = [line for line in self.lines if line.startswith("fabriek: Ray address:")]
+        return line.split(":", 2)[2].split()[0]
 
     @property
     def ray_logs_dir(self) -> Path:
@@ -115,11 +127,11 @@ def fabriek_server(tmp_path_factory) -> FabriekServer:
     server = FabriekServer(
         process=subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path),
-             "--http-port", str(http_port := free_port()),
+             "--http-port", str(http_port := free_port()), "--grpc-port", str(grpc_port := free_port()),
              "--dashboard-port", str(dashboard_port := free_port())],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}),
-        http_port=http_port, dashboard_port=dashboard_port, config_path=config_path,
+        http_port=http_port, grpc_port=grpc_port, dashboard_port=dashboard_port, config_path=config_path,
         ledger_url=ledger_url, metrics_port=metrics_port, keys={})
     for tenant in (*DEMO_TENANTS, *QUOTA_TENANTS):
         server.keys[tenant] = server.cli("keys", "create", "--tenant", tenant).splitlines()[-1]

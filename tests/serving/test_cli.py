@@ -9,7 +9,8 @@ from serving.cli import build_parser, main
 
 def test_serve_defaults_to_the_shipped_config():
     args = build_parser().parse_args(["serve"])
-    assert args.config is None and args.http_port is None
+    assert args.config is None and args.http_port is None and args.grpc_port is None
+    assert build_parser().parse_args(["serve", "--grpc-port", "9100"]).grpc_port == 9100
 
 
 def test_config_check_reports_a_valid_config(capsys):

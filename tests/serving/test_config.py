@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -121,6 +123,29 @@ def test_overrides_are_validated():
     assert with_overrides(config, http_port=9001, dashboard_port=9002).http.port == 9001
     with pytest.raises(ConfigError, match="http.port"):
         with_overrides(config, http_port=0)
+    assert with_overrides(config, grpc_port=9100).grpc.port == 9100
+    with pytest.raises(ConfigError, match="grpc.port"):
+        with_overrides(config, grpc_port=70000)
+
+
+def test_grpc_options_are_what_ray_serve_takes_and_can_import():
+    from ray.serve.config import gRPCOptions
+
+    config = load_config(VALID)
+    assert config.grpc.port == 9000
+    options = gRPCOptions(**config.grpc.ray_options())
+    assert options.port == 9000
+    [add_servicer] = options.grpc_servicer_func_callable  # imported as Ray's proxy imports it
+    assert add_servicer.__name__ == "add_InferenceServiceServicer_to_server"
+
+
+def test_serve_config_file_serves_grpc_with_the_same_servicer():
+    import yaml
+
+    from serving.config import GrpcSpec
+
+    serve_config = yaml.safe_load((Path(__file__).parents[2] / "deploy" / "serve-config.yaml").read_text())
+    assert serve_config["grpc_options"] == {"port": 9000, "grpc_servicer_functions": [GrpcSpec.SERVICER_FUNCTION]}
 
 
 @pytest.mark.parametrize(("serve", "expected"), [

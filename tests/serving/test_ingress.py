@@ -1,4 +1,5 @@
-"""The ingress on a real Ray Serve app with stand-in engines: tenants, pools, and not-ready 503s.
+"""The ingress on a real Ray Serve app with stand-in engines: tenants, pools, and not-ready 503s,
+over HTTP and over gRPC (Ray Serve's Python gRPC proxy; the end-to-end suite goes through HAProxy).
 
 Two stand-in engines sit behind the real ingress and the real Serve HTTP proxy: one that
 never finishes loading (a real vLLM engine is ready too quickly to catch this window), and
@@ -12,6 +13,7 @@ import asyncio
 import json
 import time
 
+import grpc
 import httpx
 import openai
 import pytest
@@ -21,10 +23,16 @@ from ray.serve.llm.openai_api_models import ChatCompletionResponse
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponseChoice, ChatMessage
 from vllm.entrypoints.serve.engine.protocol import UsageInfo
 
-from routers import KeyFile, Route, cache_salt_for, load_or_create_secret
+from google.rpc import error_details_pb2, status_pb2
+
+from routers import KeyFile, RejectionReason, Route, cache_salt_for, load_or_create_secret
 from serving.admission_specs import LedgerSpec
 from serving.app import bind_admission_controller
-from serving.config import load_config
+from serving.config import GrpcSpec, load_config
+from serving.errors import STATUS_BY_REASON
+from serving.grpc_status import CODE_BY_HTTP_STATUS, CODE_BY_REASON
+from serving.protos.fabriek.v1 import inference_pb2 as pb
+from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub
 from serving.ingress import OpenAIIngress
 from serving.llm_server import stamp_first
 from tests.conftest import free_port
@@ -79,15 +87,16 @@ def server(tmp_path_factory):
     tenant_keys = {t: keys.create(t, {"gov", "pilot", "lab"}) for t in ("gov", "pilot", "lab")}
     ray.shutdown()  # a no-op unless an earlier test left a Ray instance in this process
     ray.init(num_cpus=4, include_dashboard=False, namespace="fabriek-tests")
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port, grpc_port = free_port(), free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                grpc_options={"port": grpc_port, "grpc_servicer_functions": [GrpcSpec.SERVICER_FUNCTION]})
     ingress = serve.deployment(OpenAIIngress, ray_actor_options={"num_cpus": 0})
     engines = {Route("loading", MODEL): LoadingEngine.bind(), Route("echo", MODEL): EchoEngine.bind(),
                Route("echo", "other"): EchoEngine.options(name="EchoOther").bind()}
     app = ingress.bind(engines, {MODEL: {}, "other": {}}, 4096, tenancy=CONFIG.tenancy(),
                        key_file=keys.path, cache_salt_secret_file=home / "salt.secret",
                        key_reload_interval_s=0.2, admission_controller=bind_admission_controller(CONFIG),
-                       ledger=LedgerSpec(url=f"sqlite:///{home / 'usage.db'}"), model_dirs={MODEL: None, "other": None},
+                       ledger=LedgerSpec(url=f"sqlite:///{home / 'usage.db'}"),
                        max_tokens_caps={})
     # _blocking=False: the app never becomes RUNNING, which is the point of the test.
     serve._run(app, _blocking=False, name="not-ready", route_prefix="/")
@@ -101,7 +110,7 @@ def server(tmp_path_factory):
         except (httpx.TransportError, ValueError):
             pass
         time.sleep(0.5)
-    yield {"url": url, "keys": {t: k for t, (k, _) in tenant_keys.items()},
+    yield {"url": url, "grpc_target": f"127.0.0.1:{grpc_port}", "keys": {t: k for t, (k, _) in tenant_keys.items()},
            "records": {t: r for t, (_, r) in tenant_keys.items()}, "key_file": keys,
            "secret": load_or_create_secret(home / "salt.secret")}
     serve.shutdown()
@@ -191,3 +200,65 @@ def test_new_and_revoked_keys_apply_while_running(server):
     while post(server, None, {"messages": QUESTION, "model": MODEL}, key=key).status_code != 401:
         assert time.monotonic() < deadline, "revoked key still accepted"
         time.sleep(0.1)
+
+
+# --- gRPC: the same policy through the same Gateway ------------------------------------
+
+
+def test_every_rejection_has_an_http_status_and_a_grpc_code_that_agree():
+    assert set(STATUS_BY_REASON) == set(CODE_BY_REASON) == set(RejectionReason)
+    for reason, status in STATUS_BY_REASON.items():
+        assert CODE_BY_HTTP_STATUS[status] == CODE_BY_REASON[reason] or status == 403, reason
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    with grpc.insecure_channel(server["grpc_target"]) as channel:
+        yield InferenceServiceStub(channel)
+
+
+def grpc_key(server, tenant):
+    return [("authorization", f"Bearer {server['keys'][tenant]}")]
+
+
+def test_grpc_engine_gets_the_tenant_fields(server, stub):
+    response, call = stub.Chat.with_call(pb.ChatRequest(model=MODEL, messages=[pb.ChatMessage(
+        role=pb.ROLE_USER, content="hoi")]), metadata=grpc_key(server, "pilot"), timeout=30)
+    assert json.loads(response.content) == {"model": MODEL, "user": "pilot", "priority": 0,
+                                            "cache_salt": cache_salt_for(server["secret"], "pilot")}
+    trailing = dict(call.trailing_metadata())
+    assert trailing["x-fabriek-pool"] == "echo" and trailing["x-fabriek-replica"].startswith("EchoEngine#")
+
+
+def test_grpc_tenant_of_a_loading_pool_is_unavailable_with_a_retry_delay(server, stub):
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Chat(pb.ChatRequest(model=MODEL, messages=[pb.ChatMessage(role=pb.ROLE_USER, content="hoi")]),
+                  metadata=grpc_key(server, "gov"), timeout=30)
+    assert time.monotonic() - started < 5
+    error = raised.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    trailing = dict(error.trailing_metadata())
+    assert trailing["retry-after"] == "5"
+    status = status_pb2.Status.FromString(trailing["grpc-status-details-bin"])
+    retry = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(retry) and retry.retry_delay.seconds == 5
+
+
+def test_grpc_model_may_be_omitted_only_when_the_tenant_has_one(server, stub):
+    request = pb.ChatRequest(messages=[pb.ChatMessage(role=pb.ROLE_USER, content="hoi")])
+    assert stub.Chat(request, metadata=grpc_key(server, "pilot"), timeout=30).content
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Chat(request, metadata=grpc_key(server, "lab"), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_grpc_lists_only_the_tenants_models(server, stub):
+    assert [m.id for m in stub.ListModels(pb.ListModelsRequest(), metadata=grpc_key(server, "lab"),
+                                          timeout=10).models] == [MODEL, "other"]
+
+
+def test_grpc_count_tokens_without_a_local_tokenizer_is_failed_precondition(server, stub):
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.CountTokens(pb.CountTokensRequest(text="hoi"), metadata=grpc_key(server, "pilot"), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -1,0 +1,244 @@
+"""fabriek's gRPC API against its HTTP API: same server, same tenant, same load, same run.
+
+Starts one `fabriek serve` (shipped config) and drives its first tenant's pool over both
+protocols with streaming clients (``grpc.aio`` and ``httpx``), in alternating rounds so
+that both see the same machine (other work on it drifts over minutes, not seconds):
+  * TTFT p50/p99 at concurrency 1 (sequential streamed chats, time to the first content),
+  * output tokens/s at concurrency 16 (closed loop, greedy, the same prompts on both, so
+    both generate the same tokens; counted from each answer's usage).
+
+Usage (after `make install`; about 5 minutes on a 2-core CPU machine):
+    .venv/bin/python loadtests/bench_grpc_vs_http.py [--rounds 3] [--out results/bench_grpc_vs_http.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from routers import KeyFile  # noqa: E402
+from serving.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
+from serving.protos.fabriek.v1 import inference_pb2 as pb  # noqa: E402
+from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub  # noqa: E402
+
+PROMPTS = [
+    "What is the capital of the Netherlands?",
+    "Explain in one paragraph why dikes matter in the Netherlands.",
+    "Write a short poem about cycling in the rain.",
+    "List three facts about windmills.",
+    "Summarize the plot of a detective story set in Amsterdam.",
+    "How does a heat pump work?",
+    "Give advice for someone learning Dutch.",
+    "What should a citizen know about applying for a passport?",
+]
+CONCURRENCY = 16
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class HttpClient:
+    """Streamed chat completions over the OpenAI-compatible HTTP API."""
+
+    name = "http"
+
+    def __init__(self, port: int, api_key: str):
+        self._base = f"http://127.0.0.1:{port}"
+        self._client = httpx.AsyncClient(timeout=300, headers={"Authorization": f"Bearer {api_key}"},
+                                         limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+
+    async def chat(self, prompt: str, max_tokens: int) -> tuple[float, int]:
+        """(TTFT seconds, completion tokens) of one streamed chat."""
+        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+        started = time.perf_counter()
+        ttft, tokens = None, 0
+        async with self._client.stream("POST", f"{self._base}/v1/chat/completions", json=body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if ttft is None and event.get("choices") and event["choices"][0]["delta"].get("content"):
+                    ttft = time.perf_counter() - started
+                if event.get("usage"):
+                    tokens = event["usage"]["completion_tokens"]
+        return ttft, tokens
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class GrpcClient:
+    """Streamed chats over ``fabriek.v1.InferenceService/ChatStream``, one shared channel."""
+
+    name = "grpc"
+
+    def __init__(self, port: int, api_key: str):
+        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self._stub = InferenceServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {api_key}"),)
+
+    async def chat(self, prompt: str, max_tokens: int) -> tuple[float, int]:
+        """(TTFT seconds, completion tokens) of one streamed chat."""
+        request = pb.ChatRequest(messages=[pb.ChatMessage(role=pb.ROLE_USER, content=prompt)],
+                                 sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=0))
+        started = time.perf_counter()
+        ttft, tokens = None, 0
+        async for message in self._stub.ChatStream(request, metadata=self._metadata, timeout=300):
+            if ttft is None and message.content_delta:
+                ttft = time.perf_counter() - started
+            if message.usage.completion_tokens:
+                tokens = message.usage.completion_tokens
+        return ttft, tokens
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+async def ttfts_ms(client, requests: int, max_tokens: int) -> list[float]:
+    return [(await client.chat(PROMPTS[i % len(PROMPTS)], max_tokens))[0] * 1000 for i in range(requests)]
+
+
+async def throughput(client, requests: int, max_tokens: int) -> tuple[int, float]:
+    """(output tokens, wall seconds) of ``requests`` chats from CONCURRENCY closed-loop workers."""
+    queue = list(range(requests))
+    totals: list[int] = []
+
+    async def worker():
+        while queue:
+            i = queue.pop()
+            totals.append((await client.chat(PROMPTS[i % len(PROMPTS)], max_tokens))[1])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return sum(totals), time.perf_counter() - started
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def measure(http_port: int, grpc_port: int, api_key: str, args) -> dict:
+    # This process imported Ray and vLLM's models (for the config): keep their heap out of
+    # the garbage collector, or a full collection shows up as server TTFT.
+    gc.collect()
+    gc.freeze()
+    clients = [HttpClient(http_port, api_key), GrpcClient(grpc_port, api_key)]
+    results = {c.name: {"ttfts_ms": [], "tokens": 0, "wall_s": 0.0} for c in clients}
+    try:
+        await asyncio.sleep(args.settle_s)
+        for client in clients:  # warm-up: connections, lazy initialization on both paths
+            for i in range(10):
+                await client.chat(PROMPTS[i % len(PROMPTS)], 8)
+        for round_ in range(args.rounds):
+            # Alternate which protocol goes first, so neither always follows the other.
+            for client in clients if round_ % 2 == 0 else clients[::-1]:
+                result = results[client.name]
+                result["ttfts_ms"] += await ttfts_ms(client, args.requests_c1, args.max_tokens_c1)
+                tokens, wall = await throughput(client, args.requests_c16, args.max_tokens_c16)
+                result["tokens"] += tokens
+                result["wall_s"] += wall
+                print(f"round {round_ + 1} {client.name}: TTFT p50 {statistics.median(result['ttfts_ms']):.1f} ms, "
+                      f"{tokens / wall:.1f} tok/s", flush=True)
+    finally:
+        for client in clients:
+            await client.close()
+    return {name: {"ttft_p50_ms": statistics.median(r["ttfts_ms"]), "ttft_p99_ms": percentile(r["ttfts_ms"], 0.99),
+                   "ttft_mean_ms": statistics.fmean(r["ttfts_ms"]), "c1_requests": len(r["ttfts_ms"]),
+                   "c16_output_tokens": r["tokens"], "c16_wall_s": r["wall_s"],
+                   "c16_output_tokens_per_s": r["tokens"] / r["wall_s"], "ttfts_ms": r["ttfts_ms"]}
+            for name, r in results.items()}
+
+
+def start_fabriek(logs: Path) -> tuple[subprocess.Popen, int, int, str]:
+    """`fabriek serve` on free ports with a key file of its own; returns process, ports, key."""
+    config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    config["auth"].update(key_file=str(logs / "bench-keys.json"), cache_salt_secret_file=str(logs / "bench-salt.secret"))
+    config["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
+    config_path = logs / "bench-platform.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    tenants = load_config(config_path).tenants
+    api_key, _ = KeyFile(logs / "bench-keys.json").create(tenants[0].id, {t.id for t in tenants})
+    http_port, grpc_port = free_port(), free_port()
+    log = logs / "fabriek.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path), "--http-port", str(http_port),
+         "--grpc-port", str(grpc_port), "--dashboard-port", str(free_port())],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+    started = time.monotonic()
+    while time.monotonic() - started < 900:
+        if process.poll() is not None:
+            sys.exit(f"fabriek exited during start-up; see {log}")
+        if "fabriek ready" in log.read_text():
+            print(f"fabriek ready in {time.monotonic() - started:.0f} s", flush=True)
+            return process, http_port, grpc_port, api_key
+        time.sleep(0.5)
+    stop(process)
+    sys.exit(f"fabriek not ready after 900 s; see {log}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=120)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per protocol")
+    parser.add_argument("--requests-c1", type=int, default=30, help="sequential requests per round (TTFT)")
+    parser.add_argument("--max-tokens-c1", type=int, default=8)
+    parser.add_argument("--requests-c16", type=int, default=48, help="requests per round at concurrency 16")
+    parser.add_argument("--max-tokens-c16", type=int, default=64)
+    parser.add_argument("--settle-s", type=float, default=20, help="idle time after start-up before measuring")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "bench_grpc_vs_http.json")
+    args = parser.parse_args()
+    logs = args.out.parent / "bench_grpc_vs_http_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    process, http_port, grpc_port, api_key = start_fabriek(logs)
+    try:
+        results = asyncio.run(measure(http_port, grpc_port, api_key, args))
+    finally:
+        stop(process)
+    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                          "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+              "args": {k: str(v) for k, v in vars(args).items()}, "results": results}
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\n{'':6}{'TTFT p50':>12}{'TTFT p99':>12}{'tok/s @16':>12}")
+    for name, r in results.items():
+        print(f"{name:6}{r['ttft_p50_ms']:>10.1f}ms{r['ttft_p99_ms']:>10.1f}ms{r['c16_output_tokens_per_s']:>12.1f}")
+    http, rpc = results["http"], results["grpc"]
+    print(f"grpc vs http: TTFT p50 {rpc['ttft_p50_ms'] - http['ttft_p50_ms']:+.1f} ms, throughput "
+          f"{rpc['c16_output_tokens_per_s'] / http['c16_output_tokens_per_s']:.2f}x; "
+          f"load average before/after {load_before[0]:.2f}/{os.getloadavg()[0]:.2f}; written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
