@@ -170,6 +170,11 @@ def run(name: str, config: dict, args, logs: Path) -> dict:
 
 
 def main() -> None:
+    import logging
+
+    # Importing serving configures logging; a log line per client request would cost the
+    # load generator CPU that the servers under test need.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phase-s", type=float, default=60, help="length of each phase")
     parser.add_argument("--interval-s", type=float, default=0.5, help="government request interval")

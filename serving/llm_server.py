@@ -28,6 +28,8 @@ from ray import serve
 from ray.serve.llm import LLMServer
 from vllm.utils.gc_utils import freeze_gc_heap
 
+from serving.cpu_affinity import pin_to_pool_cores
+
 T = TypeVar("T")
 
 
@@ -119,7 +121,9 @@ class FabriekLLMServer(LLMServer):
     """``LLMServer`` whose streams send their first chunk at once and name their replica."""
 
     async def start(self) -> None:
-        """Start the engine, then freeze the start-up heap out of the garbage collector."""
+        """Pin to the pool's cores, start the engine, then freeze the start-up heap out of
+        the garbage collector."""
+        pin_to_pool_cores()  # before vLLM starts its processes: they inherit it
         await super().start()
         # vLLM's own API server does this after start-up; Ray's replica does not. Without
         # it a full collection walks torch's and vLLM's millions of start-up objects and

@@ -1,0 +1,42 @@
+"""A CPU pool's whole engine on its own cores, not only vLLM's compute threads.
+
+vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` pins the model's OpenMP threads, but the replica
+process (request handling, detokenizing, streaming) and vLLM's engine-core process are
+free to run on any core: under a flood they take CPU from the other pool's engine. The
+engine replica therefore pins itself, before it starts vLLM (whose processes inherit the
+affinity), to the cores its pool's binding names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger("fabriek.cpu_affinity")
+
+
+def cores_of(threads_bind: str) -> set[int] | None:
+    """The cores a ``VLLM_CPU_OMP_THREADS_BIND`` value names (``0``, ``0-3,8``, ``0-1|2-3``);
+    None for ``auto`` or ``nobind``, which name none."""
+    if threads_bind in ("auto", "nobind", ""):
+        return None
+    cores: set[int] = set()
+    for rank in threads_bind.split("|"):
+        for part in rank.split(","):
+            first, _, last = part.partition("-")
+            cores.update(range(int(first), int(last or first) + 1))
+    return cores
+
+
+def pin_to_pool_cores() -> set[int] | None:
+    """Pins this process to its pool's cores, if the pool binds any; returns them."""
+    cores = cores_of(os.environ.get("VLLM_CPU_OMP_THREADS_BIND", ""))
+    if cores is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    available = os.sched_getaffinity(0)
+    if not cores <= available:
+        logger.warning("pool cores %s are not all available (have %s); not pinning", sorted(cores),
+                       sorted(available))
+        return None
+    os.sched_setaffinity(0, cores)
+    return cores
