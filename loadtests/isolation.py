@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from loadtests.bench_vs_vllm import free_port, start, stop, wait_ready  # noqa: E402
 from routers import KeyFile  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH  # noqa: E402
+from serving.cpu_affinity import cores_of  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 GOV_QUESTION = "What should a citizen know about applying for a passport?"
@@ -119,7 +120,23 @@ async def flood(client: httpx.AsyncClient, base: str, stop_at: float, key: str) 
     return statuses
 
 
-async def phases(base: str, keys: dict[str, str], args) -> dict:
+def flood_process(base: str, duration_s: float, key: str, cores: set[int] | None, out) -> None:
+    """The flood in a process of its own, on the commercial pool's cores when it has any:
+    its client-side cost is the commercial tenant's, as it would be on a machine of its
+    own, not the government client's."""
+    if cores:
+        os.sched_setaffinity(0, cores)
+
+    async def run():
+        limits = httpx.Limits(max_connections=FLOOD_WORKERS, max_keepalive_connections=FLOOD_WORKERS)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            return await flood(client, base, time.perf_counter() + duration_s, key)
+    out.put({str(k): v for k, v in asyncio.run(run()).items()})
+
+
+async def phases(base: str, keys: dict[str, str], args, flood_cores: set[int] | None) -> dict:
+    import multiprocessing
+
     gc.collect()
     gc.freeze()
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
@@ -128,14 +145,18 @@ async def phases(base: str, keys: dict[str, str], args) -> dict:
         await government(client, base, 5, 0.5, keys["gov-demo"])  # warm-up
         alone, alone_statuses = await government(client, base, args.phase_s, args.interval_s,
                                                  keys["gov-demo"])
-        stop_at = time.perf_counter() + args.phase_s + 5
-        flooding = asyncio.create_task(flood(client, base, stop_at, keys["pilot-demo"]))
+        context = multiprocessing.get_context("spawn")
+        results = context.Queue()
+        flooding = context.Process(target=flood_process, args=(
+            base, args.phase_s + 5, keys["pilot-demo"], flood_cores, results))
+        flooding.start()
         await asyncio.sleep(5)  # let the flood fill the pool first
         flooded, flooded_statuses = await government(client, base, args.phase_s, args.interval_s,
                                                      keys["gov-demo"])
-        flood_statuses = await flooding
+        flood_statuses = await asyncio.to_thread(results.get)
+        flooding.join()
     return {"alone": summary(alone, alone_statuses), "with_flood": summary(flooded, flooded_statuses),
-            "flood": {str(k): v for k, v in flood_statuses.items()}}
+            "flood": flood_statuses}
 
 
 def summary(ttfts: list[float], statuses: Counter) -> dict:
@@ -162,7 +183,9 @@ def run(name: str, config: dict, args, logs: Path) -> dict:
                      "--http-port", str(port), "--dashboard-port", str(free_port())], log)
     try:
         print(f"{name}: ready in {wait_ready(f'http://127.0.0.1:{port}/health', process, log):.0f} s", flush=True)
-        result = asyncio.run(phases(f"http://127.0.0.1:{port}", keys, args))
+        commercial = next(p for p in config["pools"] if p["name"] in config["classes"]["commercial"]["pools"])
+        flood_cores = cores_of(commercial["cpu_threads_bind"]) if commercial.get("cpu_threads_bind") else None
+        result = asyncio.run(phases(f"http://127.0.0.1:{port}", keys, args, flood_cores))
     finally:
         stop(process)
     print(f"{name}: {json.dumps(result)}", flush=True)
