@@ -3,8 +3,9 @@ fire-and-forget call to release, through a Ray Serve handle as the ingress makes
 
 Reports the acquire round trip (p50/p99) one request at a time, and how many
 acquire+release pairs per second the single controller replica sustains with 64 callers.
+``--plain-actor`` runs the same class as a plain Ray actor instead, for comparison.
 
-Usage: .venv/bin/python loadtests/admission_overhead.py [--requests 2000]
+Usage: .venv/bin/python loadtests/admission_overhead.py [--requests 2000] [--plain-actor]
 """
 
 from __future__ import annotations
@@ -62,15 +63,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--callers", type=int, default=64)
+    parser.add_argument("--plain-actor", action="store_true", help="a plain Ray actor, not Serve")
     args = parser.parse_args()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    controller = serve.deployment(AdmissionController, name="AdmissionController",
-                                  max_ongoing_requests=100_000, ray_actor_options={"num_cpus": 0})
     limits = {f"t{i}": QuotaLimits(requests_per_minute=10**9, tokens_per_minute=10**12) for i in range(8)}
     limits["t"] = limits["t0"]
-    handle = serve.run(controller.bind(limits, {ROUTE: PoolLimits(1024, 1024, 30)},
-                                       {ROUTE: {t: 1.0 for t in limits}}), name="overhead")
+    init_args = (limits, {ROUTE: PoolLimits(1024, 1024, 30)}, {ROUTE: {t: 1.0 for t in limits}})
+    if args.plain_actor:
+        handle = ray.remote(num_cpus=0)(AdmissionController).remote(*init_args)
+    else:
+        controller = serve.deployment(AdmissionController, name="AdmissionController",
+                                      max_ongoing_requests=100_000, ray_actor_options={"num_cpus": 0})
+        handle = serve.run(controller.bind(*init_args), name="overhead")
     result = asyncio.run(measure(handle, args.requests, args.callers))
+    result["via"] = "plain Ray actor" if args.plain_actor else "Ray Serve handle"
     print(json.dumps(result, indent=1))
     serve.shutdown()
     ray.shutdown()

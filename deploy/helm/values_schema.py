@@ -120,9 +120,9 @@ class RayAuth(_Values):
 class Grpc(_Values):
     """Ray Serve's gRPC proxy."""
 
-    port: int = Field(ge=1, le=65535, description="gRPC port of the Serve proxy and its Service.")
     servicerFunctions: list[str] = Field(description=(
-        "Import paths of the gRPC servicer adders (`grpc_servicer_functions`); empty: no gRPC API."))
+        "Import paths of the gRPC servicer adders (`grpc_servicer_functions`); the port is "
+        "platform.grpc.port."))
 
 
 class Service(_Values):
@@ -136,7 +136,7 @@ class Services(_Values):
     """Services the chart creates (KubeRay adds its own head and serve Services)."""
 
     http: Service = Field(description="The OpenAI-compatible API (platform.http.port, 8000).")
-    grpc: Service = Field(description="The gRPC API (grpc.port, 9000).")
+    grpc: Service = Field(description="The gRPC API (platform.grpc.port, 9000).")
     dashboard: Service = Field(description="The Ray dashboard (8265); keep it cluster-internal.")
 
 

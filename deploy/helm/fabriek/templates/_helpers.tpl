@@ -64,6 +64,10 @@ reads the same files).
 {{- ((.Values.platform.http).port) | default 8000 | int -}}
 {{- end -}}
 
+{{- define "fabriek.grpcPort" -}}
+{{- ((.Values.platform.grpc).port) | default 9000 | int -}}
+{{- end -}}
+
 {{/*
 Ray Serve's config for the RayService: the same application entry as
 deploy/serve-config.yaml, with the platform config inline.
@@ -71,7 +75,7 @@ deploy/serve-config.yaml, with the platform config inline.
 {{- define "fabriek.serveConfig" -}}
 {{- $app := dict "name" "fabriek" "route_prefix" "/" "import_path" "serving.app:build_app" "args" (dict "config" (include "fabriek.platformConfig" . | fromYaml)) -}}
 {{- $http := dict "host" "0.0.0.0" "port" (include "fabriek.httpPort" . | int) -}}
-{{- $grpc := dict "port" (.Values.grpc.port | int) "grpc_servicer_functions" .Values.grpc.servicerFunctions -}}
+{{- $grpc := dict "port" (include "fabriek.grpcPort" . | int) "grpc_servicer_functions" .Values.grpc.servicerFunctions -}}
 {{- toYaml (dict "proxy_location" "EveryNode" "http_options" $http "grpc_options" $grpc "applications" (list $app)) -}}
 {{- end -}}
 
@@ -110,7 +114,7 @@ database URL from the Secret.
 - name: serve
   containerPort: {{ include "fabriek.httpPort" . }}
 - name: grpc
-  containerPort: {{ .Values.grpc.port }}
+  containerPort: {{ include "fabriek.grpcPort" . }}
 - name: metrics
   containerPort: {{ .Values.metrics.port }}
 {{- end -}}
