@@ -34,21 +34,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from loadtests.bench_vs_vllm import PROMPTS  # noqa: E402  (the same prompts as the vLLM bench)
 from routers import KeyFile  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
 from serving.protos.fabriek.v1 import inference_pb2 as pb  # noqa: E402
 from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub  # noqa: E402
 
-PROMPTS = [
-    "What is the capital of the Netherlands?",
-    "Explain in one paragraph why dikes matter in the Netherlands.",
-    "Write a short poem about cycling in the rain.",
-    "List three facts about windmills.",
-    "Summarize the plot of a detective story set in Amsterdam.",
-    "How does a heat pump work?",
-    "Give advice for someone learning Dutch.",
-    "What should a citizen know about applying for a passport?",
-]
 CONCURRENCY = 16
 
 
