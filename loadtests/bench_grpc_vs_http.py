@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,19 +33,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loadtests.bench_vs_vllm import PROMPTS  # noqa: E402  (the same prompts as the vLLM bench)
+from loadtests.bench_vs_vllm import PROMPTS, free_port, one_request  # noqa: E402  (shared with the vLLM bench)
 from routers import KeyFile  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
 from serving.protos.fabriek.v1 import inference_pb2 as pb  # noqa: E402
 from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub  # noqa: E402
 
 CONCURRENCY = 16
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class HttpClient:
@@ -61,21 +54,7 @@ class HttpClient:
 
     async def chat(self, prompt: str, max_tokens: int) -> tuple[float, int]:
         """(TTFT seconds, completion tokens) of one streamed chat."""
-        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-                "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
-        started = time.perf_counter()
-        ttft, tokens = None, 0
-        async with self._client.stream("POST", f"{self._base}/v1/chat/completions", json=body) as response:
-            response.raise_for_status()
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                if ttft is None and event.get("choices") and event["choices"][0]["delta"].get("content"):
-                    ttft = time.perf_counter() - started
-                if event.get("usage"):
-                    tokens = event["usage"]["completion_tokens"]
-        return ttft, tokens
+        return await one_request(self._client, self._base, None, prompt, max_tokens, ignore_eos=False)
 
     async def close(self) -> None:
         await self._client.aclose()

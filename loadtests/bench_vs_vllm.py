@@ -119,12 +119,18 @@ def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float 
     sys.exit(f"server not ready after {timeout_s} s; see {log}")
 
 
-async def one_request(client: httpx.AsyncClient, base: str, model: str, prompt: str,
-                      max_tokens: int) -> tuple[float, int]:
-    """Stream one chat completion; return (TTFT seconds, completion tokens)."""
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True,
+async def one_request(client: httpx.AsyncClient, base: str, model: str | None, prompt: str,
+                      max_tokens: int, ignore_eos: bool = True) -> tuple[float, int]:
+    """Stream one chat completion; return (TTFT seconds, completion tokens).
+
+    ``model`` None leaves it out (fabriek picks the tenant's only model)."""
+    body = {"messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
+    if model is not None:
+        body["model"] = model
+    if ignore_eos:
+        body["ignore_eos"] = True
     started = time.perf_counter()
     ttft = None
     tokens = 0
