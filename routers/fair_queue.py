@@ -8,7 +8,7 @@ Three orders are kept apart:
 
 The queue is bounded twice: in total (``max_queued``) and per tenant (its weighted share of
 the slots, so a flood of one tenant cannot fill the queue for everyone). What does not fit
-is shed at once, with a retry hint; nothing waits longer than ``max_queue_wait_s``.
+is shed at once, with a retry hint; the caller cancels what waited ``max_queue_wait_s``.
 Pure and synchronous: the caller owns the clock and the waiting (futures, timers).
 """
 
@@ -76,49 +76,49 @@ class FairQueue:
 
     limits: PoolLimits
     weights: Mapping[str, float]
+    # Counters kept beside the queues: offer and dispatch run once per request.
     _running: dict[str, int] = field(default_factory=dict)
     _waiting: dict[int, dict[str, deque[Ticket]]] = field(default_factory=dict)
-    _num_waiting: int = 0
+    _waiting_by_tenant: dict[str, int] = field(default_factory=dict)
+    num_running: int = 0
+    num_waiting: int = 0
 
-    @property
-    def num_running(self) -> int:
-        return sum(self._running.values())
-
-    @property
-    def num_waiting(self) -> int:
-        return self._num_waiting
+    def __post_init__(self) -> None:
+        self._total_weight = sum(self.weights.values()) or 1.0
 
     def running_of(self, tenant_id: str) -> int:
         return self._running.get(tenant_id, 0)
 
     def waiting_of(self, tenant_id: str) -> int:
-        return sum(len(band.get(tenant_id, ())) for band in self._waiting.values())
+        return self._waiting_by_tenant.get(tenant_id, 0)
 
     def queue_share(self, tenant_id: str) -> int:
         """Waiting slots the tenant may hold: its weighted share of ``max_queued`` (at least 1)."""
-        total = sum(self.weights.values()) or 1.0
         weight = self.weights.get(tenant_id, 1.0)
-        return max(1, math.floor(self.limits.max_queued * weight / max(total, weight)))
+        return max(1, math.floor(self.limits.max_queued * weight / max(self._total_weight, weight)))
 
     def offer(self, ticket: Ticket) -> Offer | Rejection:
-        """Runs the ticket now, queues it, or sheds it. Newcomers never overtake waiters."""
+        """Runs the ticket now, queues it, or sheds it. Newcomers never overtake waiters.
+
+        The caller bounds the wait: it ``cancel``s a ticket that waited too long."""
         # Invariant: tickets wait only while the pool is full (every release dispatches).
-        if self._num_waiting == 0 and self.num_running < self.limits.max_running:
-            self._running[ticket.tenant_id] = self._running.get(ticket.tenant_id, 0) + 1
+        if self.num_waiting == 0 and self.num_running < self.limits.max_running:
+            self._start(ticket.tenant_id)
             return Offer.ADMITTED
-        if self._num_waiting >= self.limits.max_queued or \
+        if self.num_waiting >= self.limits.max_queued or \
                 self.waiting_of(ticket.tenant_id) >= self.queue_share(ticket.tenant_id):
             return Rejection(RejectionReason.POOL_SATURATED, "fair_queue",
                              "The pool is at capacity; retry shortly.",
                              retry_after_s=self.limits.retry_after_s)
         self._waiting.setdefault(ticket.band, {}).setdefault(ticket.tenant_id, deque()).append(ticket)
-        self._num_waiting += 1
+        self._count_waiting(ticket.tenant_id, +1)
         return Offer.QUEUED
 
     def release(self, tenant_id: str) -> list[Ticket]:
         """A running request of the tenant ended: returns the tickets that now run."""
         if self._running.get(tenant_id, 0) > 0:
             self._running[tenant_id] -= 1
+            self.num_running -= 1
         return self._dispatch()
 
     def cancel(self, ticket: Ticket) -> bool:
@@ -127,20 +127,20 @@ class FairQueue:
         if not queue or ticket not in queue:
             return False
         queue.remove(ticket)
-        self._num_waiting -= 1
+        self._count_waiting(ticket.tenant_id, -1)
         return True
 
-    def expired(self, now: float) -> list[Ticket]:
-        """Removes and returns the tickets that waited longer than ``max_queue_wait_s``."""
-        late = [t for band in self._waiting.values() for queue in band.values() for t in queue
-                if now - t.enqueued_at >= self.limits.max_queue_wait_s]
-        for ticket in late:
-            self.cancel(ticket)
-        return late
+    def _start(self, tenant_id: str) -> None:
+        self._running[tenant_id] = self._running.get(tenant_id, 0) + 1
+        self.num_running += 1
+
+    def _count_waiting(self, tenant_id: str, delta: int) -> None:
+        self._waiting_by_tenant[tenant_id] = self._waiting_by_tenant.get(tenant_id, 0) + delta
+        self.num_waiting += delta
 
     def _dispatch(self) -> list[Ticket]:
         admitted = []
-        while self.num_running < self.limits.max_running and self._num_waiting:
+        while self.num_running < self.limits.max_running and self.num_waiting:
             band = min(b for b, tenants in self._waiting.items() if any(tenants.values()))
             tenants = self._waiting[band]
             # Fewest running per unit of weight first; the earliest waiter breaks ties.
@@ -148,7 +148,7 @@ class FairQueue:
                             key=lambda t: (self._running.get(t, 0) / self.weights.get(t, 1.0),
                                            tenants[t][0].enqueued_at))
             ticket = tenants[tenant_id].popleft()
-            self._num_waiting -= 1
-            self._running[tenant_id] = self._running.get(tenant_id, 0) + 1
+            self._count_waiting(tenant_id, -1)
+            self._start(tenant_id)
             admitted.append(ticket)
         return admitted

@@ -17,6 +17,7 @@ from ray import serve
 from ray.serve.deployment import Application
 
 from routers import Route
+from routers.quota import QuotaLimits
 from serving.admission_controller import AdmissionController
 from serving.config import PlatformConfig, load_config
 from serving.engines import build_engine_deployments
@@ -69,8 +70,7 @@ def build_app_from_config(config: PlatformConfig) -> Application:
                         admission_controller=bind_admission_controller(config),
                         ledger=config.ledger,
                         tokenizer_files=tokenizers,
-                        max_tokens_caps={t.id: t.quota.max_tokens for t in config.tenants
-                                         if t.quota.max_tokens is not None})
+                        quotas=quotas_of(config))
 
 
 def bind_admission_controller(config: PlatformConfig) -> Application:
@@ -79,14 +79,16 @@ def bind_admission_controller(config: PlatformConfig) -> Application:
     It only keeps counters (no CPU reservation); a single replica is what makes quotas and
     fairness exact across ingress replicas (see ``serving.admission_controller``).
     """
-    classes = {t.id: t.tenant_class for t in config.tenants}
-    routes = [Route(p.name, m) for p in config.pools for m in p.models]
-    route_limits = {r: next(p.admission.to_limits() for p in config.pools if p.name == r.pool)
-                    for r in routes}
+    route_limits = {Route(p.name, m): p.admission.to_limits() for p in config.pools for m in p.models}
+    # Each route's fair shares count only the tenants that may use it.
     route_weights = {r: {t.id: t.weight for t in config.tenants
-                         if r.pool in config.classes[classes[t.id]].pools and r.model_id in t.models}
-                     for r in routes}
+                         if r.pool in config.classes[t.tenant_class].pools and r.model_id in t.models}
+                     for r in route_limits}
     controller = serve.deployment(AdmissionController, name="AdmissionController", num_replicas=1,
                                   max_ongoing_requests=100_000, ray_actor_options={"num_cpus": 0})
-    return controller.bind({t.id: t.quota.to_limits() for t in config.tenants}, route_limits,
-                           route_weights)
+    return controller.bind(quotas_of(config), route_limits, route_weights)
+
+
+def quotas_of(config: PlatformConfig) -> dict[str, QuotaLimits]:
+    """Tenant id -> quota, as both the controller and the ingress take them."""
+    return {t.id: t.quota.to_limits() for t in config.tenants}

@@ -25,7 +25,8 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 
 from routers import Admission, Rejection, RejectionReason, Route, Tenancy, Tenant
-from serving.admission_gate import CLIENT_CLOSED, AdmissionGate, Visit
+from routers.quota import QuotaLimits
+from serving.admission_gate import CLIENT_CLOSED, AdmissionGate, status_of
 from serving.admission_specs import LedgerSpec
 from serving.ledger import UsageLedger
 from serving.llm_server import Stamped
@@ -74,6 +75,11 @@ class EngineAnswer:
         if self._finish is not None:
             self._finish(status, prompt_tokens, completion_tokens)
 
+    def finish_response(self) -> None:
+        """Ends a complete (unstreamed) answer with the usage it reports."""
+        usage = getattr(self.first, "usage", None)
+        self.finish(200, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+
 
 class Gateway:
     """Tenants, readiness and engine handles, shared by the HTTP and gRPC front doors.
@@ -84,14 +90,15 @@ class Gateway:
         admission_controller: handle of the shared ``AdmissionController``.
         ledger: where the usage ledger is (resolved here, in the replica's environment).
         token_counter: the models' tokenizers on this node.
-        max_tokens_caps: tenant id -> its ``max_tokens`` cap (also its default).
+        quotas: tenant id -> its quota (the same limits the controller enforces); here for
+            the ``max_tokens`` cap and to know whose prompts must be counted.
         max_model_lens: model id -> context length, to bound a reservation without ``max_tokens``.
     """
 
     def __init__(self, engines: Mapping[Route, DeploymentHandle], *, tenancy: Tenancy, key_file: Path,
                  cache_salt_secret_file: Path, key_reload_interval_s: float,
                  admission_controller: DeploymentHandle, ledger: LedgerSpec, token_counter: TokenCounter,
-                 max_tokens_caps: Mapping[str, int], max_model_lens: Mapping[str, int | None]):
+                 quotas: Mapping[str, QuotaLimits], max_model_lens: Mapping[str, int | None]):
         # Streaming handles per (route, method), configured once: Ray builds a new handle
         # on every attribute access (`handle.chat` is `handle.options(method_name=...)`).
         self._streaming = {(r, method): getattr(h.options(stream=True), method)
@@ -103,7 +110,11 @@ class Gateway:
         self._gate = AdmissionGate(admission_controller, UsageLedger(ledger.resolved_url()),
                                    PlatformMetrics())
         self._prompt_tokens = PromptTokenCounter(token_counter)
-        self._max_tokens_caps = dict(max_tokens_caps)
+        self._max_tokens_caps = {t: q.max_tokens for t, q in quotas.items() if q.max_tokens is not None}
+        # Tokenizing a prompt costs up to milliseconds per request: only for tenants whose
+        # token quota or prompt cap needs the count.
+        self._counts_prompts = frozenset(t for t, q in quotas.items()
+                                         if q.tokens_per_minute is not None or q.max_prompt_tokens is not None)
         self._max_model_lens = dict(max_model_lens)
 
     def authenticate(self, authorization: str | None) -> Tenant:
@@ -144,7 +155,8 @@ class Gateway:
         apply_tenant_fields(body, admission)
         body.request_id = request_id  # the engine's logs and metrics carry the same id
         route = admission.route
-        prompt_tokens = self._count_prompt(route.model_id, body, method)
+        prompt_tokens = (self._count_prompt(route.model_id, body, method)
+                         if tenant.id in self._counts_prompts else 0)
         max_tokens = self._limit_output(body, tenant, prompt_tokens)
         strips_usage = _ask_for_usage(body)
         visit = await self._gate.enter(admission, request_id, prompt_tokens, max_tokens, protocol)
@@ -153,7 +165,7 @@ class Gateway:
         try:
             answer = await self._first_item(route, body, method, request_id)
         except Refused as refused:
-            self._gate.leave(visit, 503)
+            self._gate.leave(visit, status_of(refused.rejection))
             refused.request_id = request_id
             raise
         except BaseException as err:

@@ -121,8 +121,7 @@ class InferenceService:
         if answer is None:
             return empty()
         context.set_trailing_metadata(_where(answer))
-        usage = getattr(answer.first, "usage", None)
-        answer.finish(200, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+        answer.finish_response()
         return convert(answer.first)
 
     async def _stream(self, request, context: RayServegRPCContext, method: str,

@@ -30,6 +30,7 @@ from vllm.utils.gc_utils import freeze_gc_heap
 from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
 
 from routers import Route, Tenancy
+from routers.quota import QuotaLimits
 from serving.body_limit import BodySizeLimit
 from serving.admission_gate import CLIENT_CLOSED
 from serving.admission_specs import LedgerSpec
@@ -69,7 +70,7 @@ class OpenAIIngress:
         tokenizer_files: model id -> its ``tokenizer.json`` on this node, for token counting.
         admission_controller: handle of the shared ``AdmissionController``.
         ledger: where the usage ledger is (its URL is resolved in the replica).
-        max_tokens_caps: tenant id -> its ``max_tokens`` cap, for tenants that have one.
+        quotas: tenant id -> its quota (caps, and whose prompts to count).
     """
 
     def __init__(self, engines: Mapping[Route, DeploymentHandle], model_cards: Mapping[str, dict],
@@ -77,14 +78,14 @@ class OpenAIIngress:
                  cache_salt_secret_file: Path, key_reload_interval_s: float = 1.0,
                  tokenizer_files: Mapping[str, str] | None = None,
                  admission_controller: DeploymentHandle, ledger: LedgerSpec,
-                 max_tokens_caps: Mapping[str, int] | None = None):
+                 quotas: Mapping[str, QuotaLimits] | None = None):
         token_counter = TokenCounter(tokenizer_files or {})
         self._model_cards = dict(model_cards)
         self._gateway = Gateway(engines, tenancy=tenancy, key_file=key_file,
                                 cache_salt_secret_file=cache_salt_secret_file,
                                 key_reload_interval_s=key_reload_interval_s,
                                 admission_controller=admission_controller, ledger=ledger,
-                                token_counter=token_counter, max_tokens_caps=max_tokens_caps or {},
+                                token_counter=token_counter, quotas=quotas or {},
                                 max_model_lens={m: c.get("max_model_len") for m, c in model_cards.items()})
         self._max_request_bytes = max_request_bytes
         self._grpc = InferenceService(self._gateway, self._model_cards, token_counter)
@@ -148,8 +149,7 @@ class OpenAIIngress:
             return error_response(error.code, error.message, param=error.param, headers=headers)
         if not isinstance(answer.first, list):
             # A complete, non-streamed response; serialize once, here.
-            usage = answer.first.usage
-            answer.finish(200, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+            answer.finish_response()
             return Response(answer.first.model_dump_json(), media_type="application/json", headers=headers)
         return StreamingResponse(_server_sent_events(answer), media_type="text/event-stream",
                                  headers=headers)

@@ -74,35 +74,41 @@ def test_a_flood_cannot_take_the_whole_queue():
     assert queue.offer(ticket("other")) is Offer.QUEUED
 
 
-def test_waiting_is_bounded_in_time():
+def test_a_cancelled_waiter_leaves_and_is_never_dispatched():
+    # The caller cancels a ticket whose wait ran out (serving.admission_controller).
     queue = FairQueue(PoolLimits(max_running=1, max_queued=10, max_queue_wait_s=5), {"a": 1})
     queue.offer(ticket("a"))
     old, new = ticket("a", at=0.0), ticket("a", at=3.0)
     queue.offer(old)
     queue.offer(new)
-    assert queue.expired(now=5.0) == [old]
-    assert queue.num_waiting == 1
-    assert queue.cancel(new) and not queue.cancel(new)
-    assert queue.num_waiting == 0
+    assert queue.cancel(old) and not queue.cancel(old)
+    assert queue.num_waiting == 1 and queue.waiting_of("a") == 1
+    assert queue.release("a") == [new]
+    assert queue.num_waiting == 0 and queue.num_running == 1
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["offer", "release", "expire"]),
+@given(st.lists(st.tuples(st.sampled_from(["offer", "release", "cancel"]),
                           st.sampled_from(["a", "b", "c"]), st.sampled_from([0, 10])),
                 max_size=80),
        st.integers(1, 4), st.integers(0, 6))
 def test_bounds_always_hold(ops, max_running, max_queued):
     queue = FairQueue(PoolLimits(max_running, max_queued, max_queue_wait_s=3), {"a": 1, "b": 2, "c": 1})
-    now = 0.0
+    now, offered = 0.0, []
     for op, tenant, band in ops:
         now += 1.0
         if op == "offer":
-            queue.offer(ticket(tenant, band, at=now))
+            offered.append(ticket(tenant, band, at=now))
+            queue.offer(offered[-1])
         elif op == "release":
             queue.release(tenant)
-        else:
-            queue.expired(now)
+        elif offered:
+            queue.cancel(offered.pop(0))  # the oldest: its wait ran out
         assert queue.num_running <= max_running
         assert queue.num_waiting <= max_queued
+        # The counters agree with the queues themselves.
+        assert queue.num_running == sum(queue.running_of(t) for t in "abc")
+        assert queue.num_waiting == sum(queue.waiting_of(t) for t in "abc") == sum(
+            len(q) for band in queue._waiting.values() for q in band.values())
         # Nobody waits while a slot is free.
         assert queue.num_waiting == 0 or queue.num_running == max_running

@@ -97,7 +97,7 @@ def server(tmp_path_factory):
                        key_file=keys.path, cache_salt_secret_file=home / "salt.secret",
                        key_reload_interval_s=0.2, admission_controller=bind_admission_controller(CONFIG),
                        ledger=LedgerSpec(url=f"sqlite:///{home / 'usage.db'}"),
-                       max_tokens_caps={})
+                       quotas={})
     # _blocking=False: the app never becomes RUNNING, which is the point of the test.
     serve._run(app, _blocking=False, name="not-ready", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
