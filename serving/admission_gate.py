@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from routers import Admission, Rejection, RejectionReason, Tenant
@@ -37,7 +37,7 @@ class Visit:
     admitted_at: float
     queue_s: float
     first_token_at: float | None = None
-    is_done: bool = field(default=False)
+    is_done: bool = False
 
 
 class AdmissionGate:

@@ -29,12 +29,12 @@ _TYPE_BY_STATUS = {
 }
 
 
-# A model the tenant may not use is a 404, exactly like a model that does not exist: a
-# tenant cannot tell another tenant's models from absent ones (the OpenAI API does the same).
-# The gRPC API maps the same reasons in serving.grpc_status.
 # The request's id in the usage ledger (and the engine's logs), on answers and refusals.
 REQUEST_ID_HEADER = "x-fabriek-request-id"
 
+# A model the tenant may not use is a 404, exactly like a model that does not exist: a
+# tenant cannot tell another tenant's models from absent ones (the OpenAI API does the same).
+# The gRPC API maps the same reasons in serving.grpc_status.
 STATUS_BY_REASON = {
     RejectionReason.UNAUTHENTICATED: 401,
     RejectionReason.MODEL_REQUIRED: 400,

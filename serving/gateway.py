@@ -20,9 +20,8 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
-from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-
 from vllm.entrypoints.generate.base.protocol import StreamOptions
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
 from routers import Admission, Rejection, RejectionReason, Route, Tenancy, Tenant
 from routers.quota import QuotaLimits

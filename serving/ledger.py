@@ -80,6 +80,12 @@ class RequestEnd:
     reason: str | None = None
 
 
+def _end_values(end: RequestEnd) -> dict:
+    return dict(status=end.status, status_code=end.status_code, reason=end.reason,
+                prompt_tokens=end.prompt_tokens, completion_tokens=end.completion_tokens,
+                queue_ms=end.queue_ms, ttft_ms=end.ttft_ms, latency_ms=end.latency_ms)
+
+
 def default_ledger_url(home: Path) -> str:
     return f"sqlite:///{home / 'usage.db'}"
 
@@ -110,27 +116,26 @@ class UsageLedger:
 
     def start(self, start: RequestStart, now: float | None = None) -> None:
         """Records an admitted request; committed when this returns."""
-        with self._engine.begin() as connection:
-            connection.execute(UsageRecord.__table__.insert().values(
-                request_id=start.request_id, started_at=time.time() if now is None else now,
-                tenant_id=start.tenant_id, tenant_class=start.tenant_class, pool=start.pool,
-                model=start.model, protocol=start.protocol, status=STARTED,
-                reserved_tokens=start.reserved_tokens, trace_id=start.trace_id))
+        self._insert(start, time.time() if now is None else now, status=STARTED)
 
     def finish(self, request_id: str, end: RequestEnd, now: float | None = None) -> None:
         """Completes a started record."""
         with self._engine.begin() as connection:
             connection.execute(update(UsageRecord).where(UsageRecord.request_id == request_id).values(
-                finished_at=time.time() if now is None else now, status=end.status,
-                status_code=end.status_code, reason=end.reason, prompt_tokens=end.prompt_tokens,
-                completion_tokens=end.completion_tokens, queue_ms=end.queue_ms,
-                ttft_ms=end.ttft_ms, latency_ms=end.latency_ms))
+                finished_at=time.time() if now is None else now, **_end_values(end)))
 
     def record(self, start: RequestStart, end: RequestEnd) -> None:
-        """One finished record in one write (a request refused before it was admitted)."""
+        """A finished record in one write (a request refused before it was admitted)."""
         now = time.time()
-        self.start(start, now)
-        self.finish(start.request_id, end, now)
+        self._insert(start, now, finished_at=now, **_end_values(end))
+
+    def _insert(self, start: RequestStart, now: float, **values) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(UsageRecord.__table__.insert().values(
+                request_id=start.request_id, started_at=now, tenant_id=start.tenant_id,
+                tenant_class=start.tenant_class, pool=start.pool, model=start.model,
+                protocol=start.protocol, reserved_tokens=start.reserved_tokens,
+                trace_id=start.trace_id, **values))
 
     def records(self, tenant_id: str | None = None, since: float | None = None) -> list[UsageRecord]:
         """The records, oldest first (for tests and audits)."""

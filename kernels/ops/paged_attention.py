@@ -336,10 +336,10 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
         # Statistics share the partials' token/head index: [tokens, heads, splits].
         partial_max = torch.empty(partial_out.shape[:3], dtype=torch.float32, device=query.device)
         partial_sum = torch.empty_like(partial_max)
+        part_strides = partial_out.stride()[:3]
     else:
         partial_out = partial_max = partial_sum = out  # unused by the single-pass kernel
-    part_strides = (partial_out.stride(0), partial_out.stride(1), partial_out.stride(2)) \
-        if num_kv_splits > 1 else (0, 0, 0)
+        part_strides = (0, 0, 0)
 
     grid = (num_tokens // block_q + num_seqs, num_kv_heads, num_kv_splits)
     _paged_attention_kernel[grid](
