@@ -41,14 +41,15 @@ def retry_delay_s(error: grpc.RpcError, default_s: float = 1.0) -> float:
 
 
 def stream_chat(stub: InferenceServiceStub, api_key: str, question: str, *, model: str = "",
-                max_tokens: int = 128, deadline_s: float = 60.0, attempts: int = 3) -> pb.Usage:
+                max_tokens: int = 128, temperature: float = 0.7, deadline_s: float = 60.0,
+                attempts: int = 3) -> pb.Usage:
     """Print the answer as it streams in; return its token usage.
 
     Raises:
         grpc.RpcError: a final error (see the table in inference.proto).
     """
     request = pb.ChatRequest(model=model, messages=[pb.ChatMessage(role=pb.ROLE_USER, content=question)],
-                             sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=0.7))
+                             sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=temperature))
     metadata = [("authorization", f"Bearer {api_key}")]
     for attempt in range(1, attempts + 1):
         try:
@@ -79,13 +80,15 @@ def main() -> int:
     parser.add_argument("--target", default="127.0.0.1:9000", help="host:port of fabriek's gRPC API")
     parser.add_argument("--model", default="", help="model id (default: your tenant's only model)")
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 for the same answer every time")
     parser.add_argument("--deadline-s", type=float, default=60.0)
     args = parser.parse_args()
     with grpc.insecure_channel(args.target) as channel:  # use grpc.secure_channel behind TLS
         stub = InferenceServiceStub(channel)
         try:
             usage = stream_chat(stub, os.environ["FABRIEK_API_KEY"], args.question, model=args.model,
-                                max_tokens=args.max_tokens, deadline_s=args.deadline_s)
+                                max_tokens=args.max_tokens, temperature=args.temperature,
+                                deadline_s=args.deadline_s)
         except grpc.RpcError as error:
             # UNAUTHENTICATED: fix the key. NOT_FOUND: no such model for your tenant.
             # INVALID_ARGUMENT: fix the request. DEADLINE_EXCEEDED: raise --deadline-s.

@@ -239,7 +239,8 @@ def test_example_client_generated_from_the_proto_streams_a_chat(fabriek_server, 
                         f"--grpc_python_out={tmp_path}", str(root / "serving/protos/fabriek/v1/inference.proto")]) == 0
     run = functools.partial(
         subprocess.run, [sys.executable, str(root / "examples/grpc_chat.py"), "--target", fabriek_server.grpc_target,
-                         "--max-tokens", "24", "What is the capital of the Netherlands?"],
+                         # Greedy: a sampled answer may name another city (CI once saw one).
+                         "--max-tokens", "24", "--temperature", "0", "What is the capital of the Netherlands?"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     answered = run(env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path),
                         "FABRIEK_API_KEY": fabriek_server.keys["pilot-demo"]})
