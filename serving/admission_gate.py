@@ -21,6 +21,7 @@ from serving.errors import STATUS_BY_REASON
 from serving.ledger import (CANCELLED, ERROR, OK, REJECTED, RequestEnd, RequestStart,
                             UsageLedger)
 from serving.metrics import PlatformMetrics
+from serving.request_timings import Timings
 
 logger = logging.getLogger("fabriek.admission")
 
@@ -102,25 +103,30 @@ class AdmissionGate:
         if visit.first_token_at is None:
             visit.first_token_at = time.monotonic()
 
-    def leave(self, visit: Visit, status: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
-        """Ends a visit once: releases the lease, completes the record, counts the metrics."""
+    def leave(self, visit: Visit, status: int, prompt_tokens: int = 0,
+              completion_tokens: int = 0) -> Timings | None:
+        """Ends a visit once: releases the lease, completes the record, counts the metrics.
+
+        Returns:
+            the request's timings, or None when the visit had already ended.
+        """
         if visit.is_done:
-            return
+            return None
         visit.is_done = True
         now = time.monotonic()
         # Fire and forget: the answer does not wait for the bookkeeping.
         self._controller.release.remote(visit.request_id, prompt_tokens + completion_tokens)
-        ttft_s = visit.first_token_at - visit.admitted_at if visit.first_token_at else None
+        # From the client's view, queueing included.
+        ttft_s = visit.first_token_at - visit.admitted_at + visit.queue_s if visit.first_token_at else None
         latency_s = now - visit.admitted_at + visit.queue_s
         outcome = OK if status < 400 else CANCELLED if status == CLIENT_CLOSED else ERROR
         self._in_background(self._ledger.finish, visit.request_id, RequestEnd(
             outcome, status, prompt_tokens, completion_tokens, queue_ms=visit.queue_s * 1e3,
-            ttft_ms=None if ttft_s is None else (ttft_s + visit.queue_s) * 1e3,
-            latency_ms=latency_s * 1e3))
+            ttft_ms=None if ttft_s is None else ttft_s * 1e3, latency_ms=latency_s * 1e3))
+        timings = Timings(visit.queue_s, ttft_s, latency_s)
         self._metrics.observe_finished(visit.labels, status, prompt_tokens=prompt_tokens,
-                                       completion_tokens=completion_tokens, queue_s=visit.queue_s,
-                                       ttft_s=None if ttft_s is None else ttft_s + visit.queue_s,
-                                       latency_s=latency_s)
+                                       completion_tokens=completion_tokens, timings=timings)
+        return timings
 
     def _in_background(self, write, *args) -> None:
         task = asyncio.get_running_loop().create_task(asyncio.to_thread(write, *args))

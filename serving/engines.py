@@ -7,6 +7,7 @@ resource ``pool_<name>``, which only that pool's nodes advertise.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
+from serving import tracing
 from serving.config import (BUILTIN_SCHEME, OBJECT_STORE_SCHEMES, POOL_RESOURCE_PER_REPLICA, ModelSpec,
                             PlatformConfig, PoolSpec)
 from serving.default_model import DEFAULT_MODEL_NAME, ModelPrepareError, default_model_dir, verify_model_dir
@@ -67,7 +69,9 @@ def engine_args_for(pool: PoolSpec, model: ModelSpec) -> dict[str, Any]:
 
 def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[str, str]) -> LLMConfig:
     """Build the Ray Serve LLM config of `model` on `pool`."""
-    engine_kwargs = engine_args_for(pool, model)
+    # Read where the app is built: the launcher, or the Serve controller in the cluster.
+    tracing_args, tracing_env = tracing.vllm_tracing(os.environ)
+    engine_kwargs = {**engine_args_for(pool, model), **tracing_args}
     # Ray merges runtime_env one level deep: keep the pool's own env_vars beside ours.
     actor_options = pool.deployment.get("ray_actor_options") or {}
     pool_env = dict((actor_options.get("runtime_env") or {}).get("env_vars") or {})
@@ -83,7 +87,7 @@ def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[st
         placement_group_config={"bundle_per_worker": {**_WORKER_BUNDLE[pool.accelerator],
                                                       pool.ray_resource: POOL_RESOURCE_PER_REPLICA}},
         deployment_config=dict(pool.deployment),
-        runtime_env={"env_vars": {**pool_env, **_OFFLINE_ENV}},
+        runtime_env={"env_vars": {**pool_env, **tracing_env, **_OFFLINE_ENV}},
         # Engine stats feed the Prometheus metrics on the Ray metrics endpoint.
         log_engine_metrics=True,
     )

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from opentelemetry import trace
+from opentelemetry.trace import Span
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
@@ -25,6 +27,7 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
 from routers import Admission, Rejection, RejectionReason, Route, Tenancy, Tenant
 from routers.quota import QuotaLimits
+from serving import tracing
 from serving.admission_gate import CLIENT_CLOSED, AdmissionGate, status_of
 from serving.admission_specs import LedgerSpec
 from serving.ledger import UsageLedger
@@ -38,8 +41,9 @@ from serving.token_counter import TokenCounter
 logger = logging.getLogger("fabriek.gateway")
 
 OpenAIRequest = ChatCompletionRequest | CompletionRequest
-# Engine methods of FabriekLLMServer that answer OpenAI requests.
-ENGINE_METHODS = ("chat", "completions")
+# Engine methods of FabriekLLMServer that answer OpenAI requests, and their GenAI operation names.
+OPERATIONS = {"chat": "chat", "completions": "text_completion"}
+ENGINE_METHODS = tuple(OPERATIONS)
 
 
 @dataclass
@@ -144,6 +148,22 @@ class Gateway:
             Refused: the policy refused the request (pool, quota, queue), or its engine is
                 unavailable; it carries the request id once the request has a record.
         """
+        # The request's span: its admission and the engine call (Ray Serve's handle spans,
+        # vLLM's request span) open beneath it; it ends when the answer is finished.
+        span = tracing.start_request_span(OPERATIONS[method], body.model, protocol)
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                return await self._call(tenant, body, method, protocol, span)
+        except Refused as refused:
+            tracing.mark_refused(span, str(refused.rejection.reason), status_of(refused.rejection))
+            span.end()
+            raise
+        except BaseException:
+            span.end()
+            raise
+
+    async def _call(self, tenant: Tenant, body: OpenAIRequest, method: str, protocol: str,
+                    span: Span) -> EngineAnswer:
         request_id = f"fabriek-{uuid.uuid4().hex}"
         try:
             admission = self._access.admit(tenant, body.model, self.readiness.is_ready)
@@ -158,9 +178,15 @@ class Gateway:
                          if tenant.id in self._counts_prompts else 0)
         max_tokens = self._limit_output(body, tenant, prompt_tokens)
         strips_usage = _ask_for_usage(body)
-        visit = await self._gate.enter(admission, request_id, prompt_tokens, max_tokens, protocol)
-        if isinstance(visit, Rejection):
-            raise Refused(visit, request_id)
+        tracing.mark_admitted(span, request_id=request_id, pool=route.pool,
+                              tenant_class=str(tenant.tenant_class), model=route.model_id,
+                              max_tokens=max_tokens)
+        with trace.use_span(tracing.start_admission_span(), end_on_exit=True) as admission_span:
+            visit = await self._gate.enter(admission, request_id, prompt_tokens, max_tokens, protocol)
+            if isinstance(visit, Rejection):
+                tracing.mark_admission(admission_span, refused_for=str(visit.reason))
+                raise Refused(visit, request_id)
+            tracing.mark_admission(admission_span, queue_s=visit.queue_s)
         try:
             answer = await self._first_item(route, body, method, request_id)
         except Refused as refused:
@@ -171,7 +197,14 @@ class Gateway:
             self._gate.leave(visit, CLIENT_CLOSED if isinstance(err, asyncio.CancelledError) else 500)
             raise
         answer.strips_usage = strips_usage
-        answer._finish = lambda status, prompt, completion: self._gate.leave(visit, status, prompt, completion)
+
+        def finish(status: int, prompt: int, completion: int) -> None:
+            timings = self._gate.leave(visit, status, prompt, completion)
+            if timings is not None:
+                tracing.end_request_span(span, status=status, prompt_tokens=prompt,
+                                         completion_tokens=completion, timings=timings,
+                                         replica=answer.replica)
+        answer._finish = finish
         if answer.error is not None:
             answer.finish(answer.error.error.code)
         else:

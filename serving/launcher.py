@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from serving import tracing
 from serving.config import BUILTIN_SCHEME, PlatformConfig
 
 # Where Ray keeps (and, in token mode, creates) the cluster's auth token.
@@ -54,6 +55,8 @@ def serve_locally(config: PlatformConfig) -> int:
         _say("starting a local Ray head")
         # Ray's processes read these at start; they inherit the driver's environment.
         os.environ.update(config.serve.ray_env())
+        if tracing.traces_exporter(os.environ) is not None:
+            os.environ.setdefault("OTEL_SERVICE_NAME", tracing.DEFAULT_SERVICE_NAME)
         # This one node plays every pool's nodes: it advertises each pool's resource, which
         # the pool's engine deployments require (serving.engines); the CPU binding in the
         # config keeps their engines on separate cores.
@@ -66,7 +69,8 @@ def serve_locally(config: PlatformConfig) -> int:
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         node_id = ray.get_runtime_context().get_node_id()
         serve.start(http_options={"host": http.host, "port": http.port},
-                    grpc_options=config.grpc.ray_options())
+                    grpc_options=config.grpc.ray_options(),
+                    tracing_config=tracing.serve_tracing_config(os.environ))
         _say(f"API base URL:  {api_url}/v1")
         _say(f"gRPC API:      {http.host}:{config.grpc.port} (fabriek.v1.InferenceService, "
              "serving/protos/fabriek/v1/inference.proto)")
@@ -74,6 +78,7 @@ def serve_locally(config: PlatformConfig) -> int:
              else "Ray dashboard: disabled")
         _say(f"Ray logs:      {Path(context.address_info['session_dir']) / 'logs'}")
         _say(f"Metrics:       http://127.0.0.1:{local.metrics_export_port}/metrics (Prometheus)")
+        _say(f"Traces:        {tracing.describe(os.environ)}")
         _say(f"Ray address:   {context.address_info['gcs_address']} (`ray status --address ...`)")
         _say(f"API keys:      {config.auth.resolved_key_file()} "
              "(`fabriek keys create --tenant TENANT` makes one)")

@@ -21,14 +21,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 from dataclasses import dataclass
 from typing import Any, AsyncGenerator, AsyncIterator, Generic, TypeVar
 
 from ray import serve
+from ray.llm._internal.serve.core.protocol import RawRequestInfo  # not re-exported by ray.serve.llm
 from ray.serve.llm import LLMServer
 from vllm.utils.gc_utils import freeze_gc_heap
 
+from serving import tracing
 from serving.cpu_affinity import pin_to_pool_cores
+
+# vLLM traces requests only when given an OTLP endpoint (serving.engines does so from the
+# same variables); otherwise it would warn about every request that carries a trace context.
+_VLLM_TRACES = bool(tracing.vllm_tracing(os.environ)[0])
 
 T = TypeVar("T")
 
@@ -132,11 +139,11 @@ class FabriekLLMServer(LLMServer):
 
     async def chat(self, request, raw_request_info=None) -> AsyncGenerator[Any, None]:
         """``LLMServer.chat``, its first item stamped with this replica's identity."""
-        return self._stamped(await super().chat(request, raw_request_info))
+        return self._stamped(await super().chat(request, _with_trace_headers(raw_request_info)))
 
     async def completions(self, request, raw_request_info=None) -> AsyncGenerator[Any, None]:
         """``LLMServer.completions``, its first item stamped with this replica's identity."""
-        return self._stamped(await super().completions(request, raw_request_info))
+        return self._stamped(await super().completions(request, _with_trace_headers(raw_request_info)))
 
     def num_unfinished_requests(self) -> int:
         """Requests vLLM's engine holds right now; an aborted request leaves it at once.
@@ -154,3 +161,12 @@ class FabriekLLMServer(LLMServer):
     def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
         # Ray's setting (experimental_configs.stream_batching_interval_ms, 50 ms default).
         return FirstChunkBatcher(generator, self._get_batch_interval_ms() / 1000).stream()
+
+
+def _with_trace_headers(raw_request_info: RawRequestInfo | None) -> RawRequestInfo | None:
+    """The request's headers with the current trace context: vLLM reads ``traceparent`` off
+    them, so its request span becomes a child of this replica's span."""
+    headers = tracing.trace_headers() if _VLLM_TRACES else {}
+    if not headers:
+        return raw_request_info
+    return RawRequestInfo(headers={**(raw_request_info.headers if raw_request_info else {}), **headers})

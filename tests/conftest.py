@@ -97,12 +97,23 @@ def _collect_output(server: FabriekServer, ready: threading.Event) -> None:
 
 
 @pytest.fixture(scope="session")
-def fabriek_server(tmp_path_factory) -> FabriekServer:
+def otlp_collector():
+    """Where the session's server sends its traces (tests/serving/test_e2e_tracing.py)."""
+    from tests.otlp_collector import OtlpCollector
+
+    collector = OtlpCollector()
+    yield collector
+    collector.stop()
+
+
+@pytest.fixture(scope="session")
+def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
     """`fabriek serve` with the shipped CPU config, started once per session.
 
     Every port is a free one and the key file and salt secret are the session's own, so the
     suite runs beside a `make serve` on the same machine. Both demo tenants get a key from
-    the `fabriek keys create` code path before the server starts.
+    the `fabriek keys create` code path before the server starts. Tracing is on, by the
+    standard OTEL_* variables, to the session's OTLP collector; spans leave every 0.2 s.
     """
     import yaml
 
@@ -130,7 +141,9 @@ def fabriek_server(tmp_path_factory) -> FabriekServer:
              "--http-port", str(http_port := free_port()), "--grpc-port", str(grpc_port := free_port()),
              "--dashboard-port", str(dashboard_port := free_port())],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}),
+            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_collector.endpoint,
+                                         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_BSP_SCHEDULE_DELAY": "200"}),
         http_port=http_port, grpc_port=grpc_port, dashboard_port=dashboard_port, config_path=config_path,
         ledger_url=ledger_url, metrics_port=metrics_port, keys={})
     for tenant in (*DEMO_TENANTS, *QUOTA_TENANTS):

@@ -178,12 +178,31 @@ class Monitor(_Values):
     labels: dict[str, str] = Field(description="Extra labels, e.g. the one your Prometheus selects.")
 
 
+class GrafanaDashboard(_Values):
+    """fabriek's Grafana dashboard as a ConfigMap, for Grafana's dashboard sidecar."""
+
+    enabled: bool = Field(description="Create the ConfigMap.")
+    labels: dict[str, str] = Field(description="Labels the sidecar selects (its default: grafana_dashboard).")
+
+
 class Metrics(_Values):
     """Ray's Prometheus metrics (port 8080 on every pod, engine metrics included)."""
 
     port: int = Field(ge=1, le=65535, description="Ray's metrics export port.")
     serviceMonitor: Monitor = Field(description="A ServiceMonitor on a headless metrics Service.")
     podMonitor: Monitor = Field(description="A PodMonitor on the Ray pods.")
+    grafanaDashboard: GrafanaDashboard
+
+
+class Tracing(_Values):
+    """OpenTelemetry traces of every request (serving/tracing.py), off while no endpoint is set."""
+
+    otlpEndpoint: str = Field(pattern=r"^(https?://.+)?$", description=(
+        "OTLP endpoint of your collector, e.g. http://otel-collector.monitoring:4317; empty: off."))
+    protocol: Literal["grpc", "http/protobuf"] = Field(description="OTLP protocol of that endpoint.")
+    samplingRatio: float = Field(ge=0, le=1, description=(
+        "Share of new traces kept; a request whose traceparent says sampled is always kept."))
+    serviceName: str = Field(min_length=1, description="service.name of the spans.")
 
 
 class ChartValues(_Values):
@@ -209,6 +228,7 @@ class ChartValues(_Values):
     networkPolicy: NetworkPolicy
     podDisruptionBudget: PodDisruptionBudget
     metrics: Metrics
+    tracing: Tracing
     serviceAccount: dict[str, Any] = Field(description=(
         "`create` (bool), `name` and `annotations` of the pods' ServiceAccount."))
     podSecurityContext: K8sObject = Field(description="Pod securityContext of every Ray pod.")

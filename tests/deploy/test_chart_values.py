@@ -71,6 +71,41 @@ def test_pod_monitor_enabled(helm):
     assert not by_kind(objects, "ServiceMonitor")
 
 
+def test_grafana_dashboard_ships_the_committed_json(helm):
+    import json
+
+    objects = helm.template({"metrics": {"grafanaDashboard": {"enabled": True}}})
+    [config_map] = [o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].endswith("grafana-dashboard")]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    committed = (CHART / "dashboards" / "fabriek.json").read_text()
+    assert json.loads(config_map["data"]["fabriek.json"]) == json.loads(committed)
+    assert not [o for o in by_kind(helm.template({}), "ConfigMap") if "grafana" in o["metadata"]["name"]]
+
+
+def test_tracing_sets_the_otel_environment_and_serves_tracing_config(helm):
+    from serving.tracing import serve_tracing_config
+
+    objects = helm.template({"tracing": {"otlpEndpoint": "http://otel-collector.monitoring:4317",
+                                         "samplingRatio": 0.25}})
+    [service] = by_kind(objects, "RayService")
+    serve = yaml.safe_load(service["spec"]["serveConfigV2"])
+    for spec in _pod_specs(objects).values():
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.monitoring:4317"
+        # The serve config says what fabriek derives from that environment: one source.
+        assert serve["tracing_config"] == serve_tracing_config(
+            {k: v for k, v in env.items() if v is not None}).model_dump()
+    assert serve["tracing_config"]["sampling_ratio"] == 0.25
+
+
+def test_tracing_off_by_default(helm):
+    objects = helm.template({})
+    [service] = by_kind(objects, "RayService")
+    assert "tracing_config" not in yaml.safe_load(service["spec"]["serveConfigV2"])
+    for spec in _pod_specs(objects).values():
+        assert not [e for e in spec["containers"][0]["env"] if e["name"].startswith("OTEL_")]
+
+
 def test_existing_secret_is_mounted_instead_of_a_generated_one(helm):
     objects = helm.template({"secret": {"existingSecret": "fabriek-keys"}})
     assert not by_kind(objects, "Secret")

@@ -76,7 +76,12 @@ deploy/serve-config.yaml, with the platform config inline.
 {{- $app := dict "name" "fabriek" "route_prefix" "/" "import_path" "serving.app:build_app" "args" (dict "config" (include "fabriek.platformConfig" . | fromYaml)) -}}
 {{- $http := dict "host" "0.0.0.0" "port" (include "fabriek.httpPort" . | int) -}}
 {{- $grpc := dict "port" (include "fabriek.grpcPort" . | int) "grpc_servicer_functions" .Values.grpc.servicerFunctions -}}
-{{- toYaml (dict "proxy_location" "EveryNode" "http_options" $http "grpc_options" $grpc "applications" (list $app)) -}}
+{{- $config := dict "proxy_location" "EveryNode" "http_options" $http "grpc_options" $grpc "applications" (list $app) -}}
+{{- with .Values.tracing }}{{ if .otlpEndpoint -}}
+{{- /* What serving.tracing.serve_tracing_config derives from the OTEL_* variables below. */ -}}
+{{- $_ := set $config "tracing_config" (dict "enabled" true "exporter_import_path" "serving.tracing:span_processors" "sampling_ratio" .samplingRatio) -}}
+{{- end }}{{ end -}}
+{{- toYaml $config -}}
 {{- end -}}
 
 {{/*
@@ -101,6 +106,18 @@ database URL from the Secret.
   value: {{ (hasKey $serve "haproxy_stats_port") | ternary $serve.haproxy_stats_port 8404 | int | toString | quote }}
 - name: RAY_SERVE_HAPROXY_METRICS_PORT
   value: {{ (hasKey $serve "haproxy_metrics_port") | ternary $serve.haproxy_metrics_port 9101 | int | toString | quote }}
+{{- with .Values.tracing }}{{ if .otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .otlpEndpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ .protocol | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: parentbased_traceidratio
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ .samplingRatio | toString | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .serviceName | quote }}
+{{- end }}{{ end }}
 - name: FABRIEK_USAGE_DATABASE_URL
   valueFrom:
     secretKeyRef:
