@@ -210,7 +210,8 @@ def run_vllm(model_dir: str, model_id: str, engine_args: dict, args, logs: Path,
     return run_server("vllm", cmd, port, "/v1/models", model_id, args, logs, env)
 
 
-def run_fabriek(model_id: str, args, logs: Path) -> PhaseResult:
+def run_fabriek(model_id: str, args, logs: Path, env: dict[str, str] | None = None,
+                name: str = "fabriek") -> PhaseResult:
     """fabriek with the config's key file moved into `logs` and a key of its first tenant."""
     config = yaml.safe_load((args.config or DEFAULT_CONFIG_PATH).read_text())
     auth = config.setdefault("auth", {}) or {}
@@ -223,7 +224,7 @@ def run_fabriek(model_id: str, args, logs: Path) -> PhaseResult:
     port = free_port()
     cmd = [sys.executable, "-m", "serving.cli", "serve", "--http-port", str(port),
            "--dashboard-port", str(free_port()), "--config", str(config_path)]
-    return run_server("fabriek", cmd, port, "/health", model_id, args, logs)
+    return run_server(name, cmd, port, "/health", model_id, args, logs, env)
 
 
 def run_ray_stock(model_id: str, args, logs: Path) -> PhaseResult:

@@ -185,6 +185,10 @@ def run(name: str, config: dict, args, logs: Path) -> dict:
         print(f"{name}: ready in {wait_ready(f'http://127.0.0.1:{port}/health', process, log):.0f} s", flush=True)
         commercial = next(p for p in config["pools"] if p["name"] in config["classes"]["commercial"]["pools"])
         flood_cores = cores_of(commercial["cpu_threads_bind"]) if commercial.get("cpu_threads_bind") else None
+        system = config["local"].get("system_cpus")
+        if system:
+            # The government client is the outside world: not on the government engine's cores.
+            os.sched_setaffinity(0, cores_of(system))
         result = asyncio.run(phases(f"http://127.0.0.1:{port}", keys, args, flood_cores))
     finally:
         stop(process)
@@ -204,6 +208,8 @@ def main() -> None:
     parser.add_argument("--settle-s", type=float, default=15)
     parser.add_argument("--timeout-s", type=float, default=60, help="client timeout per request")
     parser.add_argument("--only", choices=["isolated", "shared"], default=None)
+    parser.add_argument("--system-cpus", default=None,
+                        help="override local.system_cpus of the isolated config (e.g. 1)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "isolation.json")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +218,10 @@ def main() -> None:
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                "pool_capacity": POOL_CAPACITY, "flood_workers": FLOOD_WORKERS,
                "phase_s": args.phase_s, "government_interval_s": args.interval_s}
-    for name, config in (("isolated", isolated_config()), ("shared", shared_config())):
+    isolated = isolated_config()
+    if args.system_cpus is not None:
+        isolated["local"]["system_cpus"] = args.system_cpus
+    for name, config in (("isolated", isolated), ("shared", shared_config())):
         if args.only in (None, name):
             results[name] = run(name, config, args, logs)
     args.out.write_text(json.dumps(results, indent=1))

@@ -22,6 +22,7 @@ from serving.ledger import (CANCELLED, ERROR, OK, REJECTED, RequestEnd, RequestS
                             UsageLedger)
 from serving.metrics import PlatformMetrics
 from serving.request_timings import Timings
+from serving.tracing import current_trace_id
 
 logger = logging.getLogger("fabriek.admission")
 
@@ -61,7 +62,8 @@ class AdmissionGate:
         """Acquire a lease for an admitted route and write the started record, together."""
         route, tenant = admission.route, admission.tenant
         start = RequestStart(request_id, tenant.id, str(tenant.tenant_class), route.pool,
-                             route.model_id, protocol, reserved_tokens=prompt_tokens + max_tokens)
+                             route.model_id, protocol, reserved_tokens=prompt_tokens + max_tokens,
+                             trace_id=current_trace_id())
         started = time.monotonic()
         decision, written = await asyncio.gather(
             self._controller.acquire.remote(request_id, tenant.id, admission.priority, route,
@@ -95,7 +97,8 @@ class AdmissionGate:
         status = status_of(rejection)
         self._metrics.observe_rejection(labels, str(rejection.reason), status)
         self._in_background(self._ledger.record, RequestStart(
-            request_id, tenant.id, str(tenant.tenant_class), None, model_id, protocol),
+            request_id, tenant.id, str(tenant.tenant_class), None, model_id, protocol,
+            trace_id=current_trace_id()),
             RequestEnd(REJECTED, status, reason=str(rejection.reason)))
 
     @staticmethod

@@ -250,6 +250,11 @@ class LocalClusterSpec(_Frozen):
     dashboard_port: int = Field(8265, ge=1, le=65535, description="Port of the Ray dashboard.")
     metrics_export_port: int = Field(8080, ge=1, le=65535, description=(
         "Port of Ray's Prometheus endpoint (/metrics): fabriek's, Ray Serve's and vLLM's metrics."))
+    system_cpus: str | None = Field(None, pattern=r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$", description=(
+        "Cores for everything but the engines (Ray's processes, HAProxy, the ingress and the "
+        "admission controller), e.g. `1` or `2-3`; each engine then moves to its pool's cores. "
+        "None: any core. On one machine this keeps the platform's own work (a flood's "
+        "refusals included) off a pool's cores; on a cluster, pools have nodes of their own."))
 
 
 class PlatformConfig(_Frozen):

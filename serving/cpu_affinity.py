@@ -33,10 +33,11 @@ def pin_to_pool_cores() -> set[int] | None:
     cores = cores_of(os.environ.get("VLLM_CPU_OMP_THREADS_BIND", ""))
     if cores is None or not hasattr(os, "sched_setaffinity"):
         return None
-    available = os.sched_getaffinity(0)
-    if not cores <= available:
-        logger.warning("pool cores %s are not all available (have %s); not pinning", sorted(cores),
-                       sorted(available))
+    try:
+        # May widen the inherited set: `fabriek serve` starts Ray on its system cores
+        # (local.system_cpus), which need not include the pool's.
+        os.sched_setaffinity(0, cores)
+    except OSError as err:  # a core this machine (or its cgroup) does not have
+        logger.warning("cannot pin to pool cores %s: %s; not pinning", sorted(cores), err)
         return None
-    os.sched_setaffinity(0, cores)
     return cores

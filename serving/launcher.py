@@ -12,6 +12,7 @@ from pathlib import Path
 
 from serving import tracing
 from serving.config import BUILTIN_SCHEME, PlatformConfig
+from serving.cpu_affinity import cores_of
 
 # Where Ray keeps (and, in token mode, creates) the cluster's auth token.
 RAY_TOKEN_PATH = Path.home() / ".ray" / "auth_token"
@@ -61,6 +62,10 @@ def serve_locally(config: PlatformConfig) -> int:
         # the pool's engine deployments require (serving.engines); the CPU binding in the
         # config keeps their engines on separate cores.
         pool_resources = {pool.ray_resource: 1.0 for pool in config.pools}
+        if local.system_cpus is not None:
+            # Every Ray process inherits this; engine replicas move to their pool's cores.
+            os.sched_setaffinity(0, cores_of(local.system_cpus))
+            _say(f"platform processes on cores {local.system_cpus}; engines on their pools' cores")
         context = ray.init(num_cpus=local.num_cpus, resources=pool_resources, include_dashboard=True,
                            dashboard_host=local.dashboard_host, dashboard_port=local.dashboard_port,
                            namespace="fabriek", log_to_driver=True,

@@ -193,6 +193,12 @@ def end_request_span(span: Span, *, status: int, prompt_tokens: int, completion_
     span.end()
 
 
+def current_trace_id() -> str | None:
+    """The current trace's id (32 hex digits) for the usage record, or None when untraced."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
 def vllm_tracing(environ: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     """vLLM's engine arguments and environment for its own request spans to join fabriek's
     traces: the same OTLP endpoint and protocol (vLLM reads only the traces-specific

@@ -32,6 +32,11 @@ QUOTA_TENANTS = {
 }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that stop the session's server run after all the others, whatever their file."""
+    items.sort(key=lambda item: item.get_closest_marker("stops_server") is not None)
+
+
 def free_port() -> int:
     """A TCP port that nothing listens on right now."""
     with socket.socket() as sock:
@@ -143,7 +148,9 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1",
                                          "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_collector.endpoint,
-                                         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_BSP_SCHEDULE_DELAY": "200"}),
+                                         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_BSP_SCHEDULE_DELAY": "200",
+                                         # Ray exports metrics every 10 s by default.
+                                         "RAY_metrics_report_interval_ms": "2000"}),
         http_port=http_port, grpc_port=grpc_port, dashboard_port=dashboard_port, config_path=config_path,
         ledger_url=ledger_url, metrics_port=metrics_port, keys={})
     for tenant in (*DEMO_TENANTS, *QUOTA_TENANTS):

@@ -76,6 +76,10 @@ class OtlpCollector(trace_service_pb2_grpc.TraceServiceServicer):
             self._spans.extend(received)
         return trace_service_pb2.ExportTraceServiceResponse()
 
+    def span_count(self) -> int:
+        with self._lock:
+            return len(self._spans)
+
     def spans(self, trace_id: str) -> list[ReceivedSpan]:
         with self._lock:
             return [span for span in self._spans if span.trace_id == trace_id]

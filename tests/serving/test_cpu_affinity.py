@@ -29,3 +29,17 @@ def test_pins_this_process_to_the_bound_cores(monkeypatch):
 def test_unavailable_cores_are_not_pinned(monkeypatch):
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "4096")
     assert pin_to_pool_cores() is None
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_pins_to_pool_cores_outside_the_inherited_system_cores(monkeypatch):
+    """`fabriek serve` starts Ray on `local.system_cpus`; an engine moves to its pool's cores."""
+    before = os.sched_getaffinity(0)
+    system, pool = max(before), min(before)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", str(pool))
+    try:
+        os.sched_setaffinity(0, {system})
+        assert pin_to_pool_cores() == {pool}
+        assert os.sched_getaffinity(0) == {pool}
+    finally:
+        os.sched_setaffinity(0, before)

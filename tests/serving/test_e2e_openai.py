@@ -286,8 +286,9 @@ def test_server_survives_bad_requests(client, http):
     assert answer.choices[0].message.content
 
 
-def test_zz_sigterm_shuts_down_cleanly(fabriek_server):
-    """Runs last in this module: it stops the session's server."""
+@pytest.mark.stops_server
+def test_sigterm_shuts_down_cleanly(fabriek_server):
+    """Stops the session's server: the suite runs it last."""
     server = psutil.Process(fabriek_server.process.pid)
     family = server.children(recursive=True)
     assert len(family) >= 3, "expected Ray's processes and the engine under the server"

@@ -13,6 +13,7 @@ import grpc
 import httpx
 import openai
 
+from serving.ledger import UsageLedger
 from serving.protos.fabriek.v1 import inference_pb2 as pb
 from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub
 from tests.otlp_collector import ReceivedSpan
@@ -88,6 +89,13 @@ def test_http_request_is_one_trace_from_ingress_to_vllm(fabriek_server, otlp_col
     assert vllm_request.parent_span_id == engine.span_id
     assert vllm_request.attributes["gen_ai.usage.completion_tokens"] == response.usage.completion_tokens
     assert_no_content(spans, marker, response.choices[0].message.content)
+    # The usage record names the trace: from a bill to the request's path.
+    ledger = UsageLedger(fabriek_server.ledger_url)
+    try:
+        [record] = [r for r in ledger.records(tenant_id="gov-demo") if r.request_id == attributes["fabriek.request_id"]]
+    finally:
+        ledger.close()
+    assert record.trace_id == trace_id
 
 
 def test_grpc_request_joins_the_trace_of_its_metadata(fabriek_server, otlp_collector):

@@ -1,0 +1,63 @@
+"""The Grafana dashboard: generated, well-formed, and about metrics fabriek defines.
+
+That every query names a metric a running server exports is checked end to end in
+tests/serving/test_e2e_metrics.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+from tests.deploy.conftest import CHART, REPO
+
+sys.path.insert(0, str(REPO / "deploy" / "helm"))
+import grafana_dashboard  # noqa: E402
+
+DASHBOARD = json.loads((CHART / "dashboards" / "fabriek.json").read_text())
+
+
+def _targets():
+    return [(panel, target) for panel in DASHBOARD["panels"] for target in panel.get("targets", ())]
+
+
+def test_committed_json_is_what_the_generator_writes():
+    assert grafana_dashboard.DASHBOARD_PATH.read_text() == grafana_dashboard.render(), (
+        "stale: run .venv/bin/python deploy/helm/grafana_dashboard.py")
+
+
+def test_panels_have_unique_ids_and_fit_the_grid():
+    ids = [panel["id"] for panel in DASHBOARD["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in DASHBOARD["panels"]:
+        grid = panel["gridPos"]
+        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24 and grid["h"] > 0
+
+
+def test_every_query_uses_the_chosen_datasource_and_balances_its_brackets():
+    assert _targets()
+    for panel, target in _targets():
+        assert panel["datasource"] == target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        expr = target["expr"]
+        for opening, closing in ("()", "{}", "[]"):
+            assert expr.count(opening) == expr.count(closing), (panel["title"], expr)
+        assert target["legendFormat"]
+
+
+def test_fabrieks_metrics_in_queries_are_the_ones_the_platform_defines():
+    # PlatformMetrics creates Ray metrics in __init__; read their names from its source rather
+    # than start Ray in this process.
+    source = (REPO / "serving" / "metrics.py").read_text()
+    defined = set(re.findall(r'"(fabriek_[a-z_]+)"', source))
+    used = {name for _, target in _targets() for name in re.findall(r"ray_(fabriek_[a-z_]+)", target["expr"])}
+    suffixes = ("_total", "_bucket", "_sum", "_count")
+    assert {next((n[: -len(s)] for s in suffixes if n.endswith(s)), n) for n in used} <= defined
+    # Every platform metric has a panel.
+    assert {next((n[: -len(s)] for s in suffixes if n.endswith(s)), n) for n in used} == defined
+
+
+def test_pool_and_tenant_class_filters_come_from_fabrieks_labels():
+    variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
+    assert variables["pool"]["definition"] == "label_values(ray_fabriek_requests_total, pool)"
+    assert variables["tenant_class"]["definition"] == "label_values(ray_fabriek_requests_total, tenant_class)"
