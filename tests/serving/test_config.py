@@ -73,6 +73,7 @@ def test_config_is_frozen():
     ("pools.0.accelerator", "tpu", "pools[0].accelerator"),
     ("http", {"port": 70000}, "http.port"),
     ("http", {"max_request_bytes": 10}, "http.max_request_bytes"),
+    ("local", {"system_cpus": "one"}, "local.system_cpus"),
     ("surprise", 1, "surprise: Extra inputs are not permitted"),
 ])
 def test_invalid_config_names_the_path_and_problem(path, value, expected):
