@@ -120,10 +120,12 @@ def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float 
 
 
 async def one_request(client: httpx.AsyncClient, base: str, model: str | None, prompt: str,
-                      max_tokens: int, ignore_eos: bool = True) -> tuple[float, int]:
+                      max_tokens: int, ignore_eos: bool = True,
+                      headers: dict[str, str] | None = None) -> tuple[float, int]:
     """Stream one chat completion; return (TTFT seconds, completion tokens).
 
-    ``model`` None leaves it out (fabriek picks the tenant's only model)."""
+    ``model`` None leaves it out (fabriek picks the tenant's only model); ``headers`` are
+    added to the client's."""
     body = {"messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
@@ -134,7 +136,7 @@ async def one_request(client: httpx.AsyncClient, base: str, model: str | None, p
     started = time.perf_counter()
     ttft = None
     tokens = 0
-    async with client.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
+    async with client.stream("POST", f"{base}/v1/chat/completions", json=body, headers=headers) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -188,14 +190,15 @@ async def measure(base: str, model: str, args: argparse.Namespace, name: str) ->
 
 
 def run_server(name: str, cmd: list[str], port: int, ready_path: str, model_id: str,
-               args, logs: Path, env: dict[str, str] | None = None) -> PhaseResult:
-    """Start one server, wait until `ready_path` answers 200, measure it, stop it."""
+               args, logs: Path, env: dict[str, str] | None = None, measure_with=None) -> PhaseResult:
+    """Start one server, wait until `ready_path` answers 200, measure it (``measure`` unless
+    ``measure_with`` is given), stop it."""
     log = logs / f"{name}.log"
     process = start(cmd, log, env)
     try:
         ready_s = wait_ready(f"http://127.0.0.1:{port}{ready_path}", process, log)
         print(f"{name} ready in {ready_s:.0f} s", flush=True)
-        return asyncio.run(measure(f"http://127.0.0.1:{port}", model_id, args, name))
+        return asyncio.run((measure_with or measure)(f"http://127.0.0.1:{port}", model_id, args, name))
     finally:
         stop(process)
 
@@ -211,7 +214,7 @@ def run_vllm(model_dir: str, model_id: str, engine_args: dict, args, logs: Path,
 
 
 def run_fabriek(model_id: str, args, logs: Path, env: dict[str, str] | None = None,
-                name: str = "fabriek") -> PhaseResult:
+                name: str = "fabriek", measure_with=None) -> PhaseResult:
     """fabriek with the config's key file moved into `logs` and a key of its first tenant."""
     config = yaml.safe_load((args.config or DEFAULT_CONFIG_PATH).read_text())
     auth = config.setdefault("auth", {}) or {}
@@ -224,7 +227,7 @@ def run_fabriek(model_id: str, args, logs: Path, env: dict[str, str] | None = No
     port = free_port()
     cmd = [sys.executable, "-m", "serving.cli", "serve", "--http-port", str(port),
            "--dashboard-port", str(free_port()), "--config", str(config_path)]
-    return run_server(name, cmd, port, "/health", model_id, args, logs, env)
+    return run_server(name, cmd, port, "/health", model_id, args, logs, env, measure_with)
 
 
 def run_ray_stock(model_id: str, args, logs: Path) -> PhaseResult:

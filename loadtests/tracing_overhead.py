@@ -1,35 +1,150 @@
 """What tracing costs: fabriek with OpenTelemetry tracing off against on, same machine, same load.
 
-"On" samples every request (the worst case) and exports every span over OTLP/gRPC to a
-collector in this process, which receives and decodes them: Ray Serve's spans, fabriek's and
-vLLM's. Platform metrics are always on, in both. Runs alternate (off, on, off, on, ...) so
-that drift of the machine shows up as spread within a setting rather than as a difference.
-Per run: TTFT at concurrency 1 and output tokens/s at concurrency 16, as in bench_vs_vllm.py.
+Three measurements:
+  * in-process: fabriek's own span work per request (no server);
+  * one server with tracing on, requests interleaved: traced in full (a sampled
+    ``traceparent``) against untraced (an unsampled one), one by one at concurrency 1 and
+    block by block at concurrency 16. Same processes, same placement: the difference is
+    the per-request cost of recording and exporting every span;
+  * servers started with tracing off and on, alternating (off, on, off, on, ...): this adds
+    what having tracing installed costs, but every start places processes anew, which
+    moves TTFT by several ms on its own.
+"On" exports every span over OTLP/gRPC to a collector in a process of its own, which
+receives and counts them: Ray Serve's spans, fabriek's and vLLM's. Platform metrics are
+always on. TTFT at concurrency 1, output tokens/s at concurrency 16, as in bench_vs_vllm.py.
 
-Usage (after `make install`; ~12 minutes for 2 rounds on a 2-core CPU machine):
+Usage (after `make install`; ~14 minutes with 2 rounds on a 2-core CPU machine):
     .venv/bin/python loadtests/tracing_overhead.py [--rounds 2] [--out results/tracing_overhead.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import gc
 import json
+import multiprocessing
 import os
 import platform
+import secrets
 import statistics
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
+
+import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loadtests.bench_vs_vllm import run_fabriek  # noqa: E402  (sets the clean server environment first)
+from loadtests.bench_vs_vllm import PROMPTS, one_request, run_fabriek  # noqa: E402  (clean server env first)
 from serving.config import load_config  # noqa: E402
 from tests.otlp_collector import OtlpCollector  # noqa: E402
 
 
+def collector_process(ports, stop, counted) -> None:
+    collector = OtlpCollector(keep_spans=False)
+    ports.put(collector.port)
+    stop.wait()
+    counted.put(collector.span_count())
+    collector.stop()
+
+
+def per_request_span_cost_us(requests: int = 2000) -> dict:
+    """fabriek's own span work per request (request and admission spans, attributes, end),
+    on an SDK tracer provider with a batching processor that drops what it exports; and
+    the same calls with tracing off."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from serving import tracing
+    from serving.request_timings import Timings
+
+    class Dropping(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    def one_request() -> None:
+        span = tracing.start_request_span("chat", "smollm2-135m-instruct", "http")
+        with tracing.activated(span):
+            tracing.mark_admitted(span, request_id="fabriek-0", pool="government", tenant_class="government",
+                                  model="smollm2-135m-instruct", max_tokens=64)
+            with tracing.activated(tracing.start_admission_span(), end_on_exit=True) as admission:
+                tracing.mark_admission(admission, queue_s=0.001)
+            tracing.trace_headers()
+        tracing.end_request_span(span, status=200, prompt_tokens=30, completion_tokens=64,
+                                 timings=Timings(0.001, 0.1, 1.0), replica="government--m#1")
+
+    def timed() -> float:
+        started = time.perf_counter()
+        for _ in range(requests):
+            one_request()
+        return (time.perf_counter() - started) / requests * 1e6
+
+    off_us = timed()
+    provider = TracerProvider()
+    processor = BatchSpanProcessor(Dropping())
+    provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+    tracing._tracer = trace.get_tracer("fabriek")
+    timed()  # warm-up
+    on_us = timed()
+    processor.shutdown()
+    return {"on_us": on_us, "off_us": off_us, "requests": requests}
+
+
+def traceparent(sampled: bool) -> dict[str, str]:
+    """A new W3C trace context from the client, sampled or not: Ray Serve samples by parent."""
+    return {"traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-{'01' if sampled else '00'}"}
+
+
+async def measure_interleaved(base: str, model: str, args, name: str) -> dict:
+    """On one tracing server: requests traced in full (sampled) against requests that are not
+    (unsampled), interleaved one by one at concurrency 1 and block by block at concurrency 16,
+    so that the difference is the per-request cost of tracing, free of start-to-start drift."""
+    gc.collect()
+    gc.freeze()
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=300, limits=limits,
+                                 headers={"Authorization": f"Bearer {args.api_key}"}) as client:
+        await asyncio.sleep(args.settle_s)
+        for i in range(20):
+            await one_request(client, base, model, PROMPTS[i % len(PROMPTS)], 8, headers=traceparent(i % 2 == 0))
+        ttfts = {True: [], False: []}
+        for i in range(2 * args.requests_c1):
+            sampled = i % 2 == 0
+            ttft, _ = await one_request(client, base, model, PROMPTS[(i // 2) % len(PROMPTS)], args.max_tokens_c1,
+                                        headers=traceparent(sampled))
+            ttfts[sampled].append(ttft * 1000)
+        throughput = {True: [], False: []}
+        for block in range(4):
+            sampled = block % 2 == 0
+            queue = list(range(args.requests_c16))
+            tokens = []
+
+            async def worker():
+                while queue:
+                    i = queue.pop()
+                    _, n = await one_request(client, base, model, PROMPTS[i % len(PROMPTS)], args.max_tokens_c16,
+                                             headers=traceparent(sampled))
+                    tokens.append(n)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(16)))
+            throughput[sampled].append(sum(tokens) / (time.perf_counter() - started))
+    return {name: {"ttft_p50_ms": statistics.median(ttfts[sampled]),
+                   "ttft_p99_ms": sorted(ttfts[sampled])[round(0.99 * (len(ttfts[sampled]) - 1))],
+                   "tokens_per_s_c16_blocks": throughput[sampled]}
+            for name, sampled in (("traced", True), ("untraced", False))}
+
+
 def main() -> None:
+    import logging
+
+    # Importing serving configures logging; a log line per client request costs the client CPU.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2, help="off/on pairs of server runs")
     parser.add_argument("--requests-c1", type=int, default=60)
@@ -44,8 +159,23 @@ def main() -> None:
     logs = args.out.parent
     logs.mkdir(parents=True, exist_ok=True)
 
-    collector = OtlpCollector()
-    tracing_on = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    micro = per_request_span_cost_us()
+    print(f"fabriek's spans per request, in-process: {micro['on_us']:.1f} us on, {micro['off_us']:.2f} us off",
+          flush=True)
+    # The collector counts what it receives in a process of its own: not in the client's GIL.
+    context = multiprocessing.get_context("spawn")
+    ports, stop, counted = context.Queue(), context.Event(), context.Queue()
+    sink = context.Process(target=collector_process, args=(ports, stop, counted))
+    sink.start()
+    tracing_on = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports.get()}",
+                  "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    interleaved = run_fabriek(model_id, args, logs, env=tracing_on, name="tracing-interleaved",
+                              measure_with=measure_interleaved)
+    traced, untraced = interleaved["traced"], interleaved["untraced"]
+    print(f"one server, interleaved: TTFT p50 traced {traced['ttft_p50_ms']:.1f} ms, untraced "
+          f"{untraced['ttft_p50_ms']:.1f} ms; tok/s @16 traced "
+          f"{statistics.fmean(traced['tokens_per_s_c16_blocks']):.1f}, untraced "
+          f"{statistics.fmean(untraced['tokens_per_s_c16_blocks']):.1f}", flush=True)
     runs = {"off": [], "on": []}
     for round_ in range(args.rounds):
         for setting, env in (("off", {}), ("on", tracing_on)):
@@ -53,8 +183,9 @@ def main() -> None:
             runs[setting].append(asdict(result))
             print(f"tracing {setting}: TTFT p50 {result.ttft_p50_ms:.1f} ms, "
                   f"{result.c16_output_tokens_per_s:.1f} tok/s @16", flush=True)
-    spans = collector.span_count()
-    collector.stop()
+    stop.set()
+    spans = counted.get()
+    sink.join()
 
     def summary(setting: str) -> dict:
         return {"ttft_p50_ms": statistics.median(r["ttft_p50_ms"] for r in runs[setting]),
@@ -64,7 +195,8 @@ def main() -> None:
 
     off, on = summary("off"), summary("on")
     report = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
-              "spans_received": spans, "off": off, "on": on,
+              "spans_received": spans, "per_request_span_cost": micro, "interleaved": interleaved,
+              "off": off, "on": on,
               "ttft_p50_delta_ms": on["ttft_p50_ms"] - off["ttft_p50_ms"],
               "throughput_ratio": on["tokens_per_s_c16"] / off["tokens_per_s_c16"], "runs": runs}
     args.out.write_text(json.dumps(report, indent=2))

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from opentelemetry import trace
 from opentelemetry.trace import Span
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -152,7 +151,7 @@ class Gateway:
         # vLLM's request span) open beneath it; it ends when the answer is finished.
         span = tracing.start_request_span(OPERATIONS[method], body.model, protocol)
         try:
-            with trace.use_span(span, end_on_exit=False):
+            with tracing.activated(span):
                 return await self._call(tenant, body, method, protocol, span)
         except Refused as refused:
             tracing.mark_refused(span, str(refused.rejection.reason), status_of(refused.rejection))
@@ -181,7 +180,7 @@ class Gateway:
         tracing.mark_admitted(span, request_id=request_id, pool=route.pool,
                               tenant_class=str(tenant.tenant_class), model=route.model_id,
                               max_tokens=max_tokens)
-        with trace.use_span(tracing.start_admission_span(), end_on_exit=True) as admission_span:
+        with tracing.activated(tracing.start_admission_span(), end_on_exit=True) as admission_span:
             visit = await self._gate.enter(admission, request_id, prompt_tokens, max_tokens, protocol)
             if isinstance(visit, Rejection):
                 tracing.mark_admission(admission_span, refused_for=str(visit.reason))

@@ -16,8 +16,9 @@ completion text.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, ContextManager, Mapping
 
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
@@ -126,9 +127,18 @@ def span_processors() -> list[Any]:
     return [BatchSpanProcessor(OTLPSpanExporter())]
 
 
+_provider_seen: object = None
+_provider_records = False
+
+
 def is_tracing() -> bool:
     """Whether this process records spans (Ray Serve installed an SDK tracer provider)."""
-    return type(trace.get_tracer_provider()).__module__.startswith("opentelemetry.sdk")
+    global _provider_seen, _provider_records
+    provider = trace.get_tracer_provider()
+    if provider is not _provider_seen:  # checked once per provider: on every request when off
+        _provider_seen = provider
+        _provider_records = type(provider).__module__.startswith("opentelemetry.sdk")
+    return _provider_records
 
 
 def start_request_span(operation: str, model: str | None, protocol: str) -> Span:
@@ -139,6 +149,13 @@ def start_request_span(operation: str, model: str | None, protocol: str) -> Span
     return _tracer.start_span(f"{operation} {model or ''}".strip(), kind=SpanKind.INTERNAL, attributes={
         "gen_ai.operation.name": operation, "gen_ai.request.model": model or "",
         "gen_ai.provider.name": "fabriek", "fabriek.protocol": protocol})
+
+
+def activated(span: Span, end_on_exit: bool = False) -> ContextManager[Span]:
+    """``trace.use_span``: ``span`` is the current span within; nothing at all when tracing is off."""
+    if span is INVALID_SPAN:
+        return contextlib.nullcontext(span)
+    return trace.use_span(span, end_on_exit=end_on_exit)
 
 
 def start_admission_span() -> Span:

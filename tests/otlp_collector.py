@@ -49,7 +49,13 @@ def _attributes(key_values) -> dict[str, Any]:
 class OtlpCollector(trace_service_pb2_grpc.TraceServiceServicer):
     """Receives OTLP trace exports on ``endpoint`` until ``stop``."""
 
-    def __init__(self):
+    def __init__(self, keep_spans: bool = True):
+        """Args:
+            keep_spans: keep every span for ``spans``/``wait_for``; False only counts them
+                (a load test's sink, which must not cost the machine more than a collector would).
+        """
+        self._keep_spans = keep_spans
+        self._count = 0
         self._spans: list[ReceivedSpan] = []
         self._lock = threading.Lock()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -62,6 +68,11 @@ class OtlpCollector(trace_service_pb2_grpc.TraceServiceServicer):
         return f"http://127.0.0.1:{self.port}"
 
     def Export(self, request, context):  # noqa: N802 (the OTLP service's method name)
+        if not self._keep_spans:
+            count = sum(len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans)
+            with self._lock:
+                self._count += count
+            return trace_service_pb2.ExportTraceServiceResponse()
         received = []
         for resource_spans in request.resource_spans:
             resource = _attributes(resource_spans.resource.attributes)
@@ -78,7 +89,7 @@ class OtlpCollector(trace_service_pb2_grpc.TraceServiceServicer):
 
     def span_count(self) -> int:
         with self._lock:
-            return len(self._spans)
+            return self._count + len(self._spans)
 
     def spans(self, trace_id: str) -> list[ReceivedSpan]:
         with self._lock:
