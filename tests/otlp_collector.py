@@ -95,17 +95,23 @@ class OtlpCollector(trace_service_pb2_grpc.TraceServiceServicer):
         with self._lock:
             return [span for span in self._spans if span.trace_id == trace_id]
 
-    def wait_for(self, trace_id: str, names: set[str], timeout_s: float = 60.0) -> list[ReceivedSpan]:
-        """The trace's spans once a span of each name prefix in ``names`` has arrived."""
+    def wait_for(self, trace_id: str, names: set[str], root_parent_id: str | None = None,
+                 timeout_s: float = 60.0) -> list[ReceivedSpan]:
+        """The trace's spans once a span of each name prefix in ``names`` has arrived and,
+        with ``root_parent_id``, every parent too (processes export on their own schedules:
+        a child can arrive before its parent)."""
         deadline = time.monotonic() + timeout_s
         while True:
             spans = self.spans(trace_id)
             missing = {n for n in names if not any(s.name.startswith(n) for s in spans)}
-            if not missing:
+            ids = {s.span_id for s in spans} | {root_parent_id}
+            if not missing and (root_parent_id is None or all(s.parent_span_id in ids for s in spans)):
                 return spans
             if time.monotonic() > deadline:
-                raise AssertionError(f"trace {trace_id}: no span named {sorted(missing)} after "
-                                     f"{timeout_s:.0f} s; got {sorted(s.name for s in spans)}")
+                if missing:
+                    raise AssertionError(f"trace {trace_id}: no span named {sorted(missing)} after "
+                                         f"{timeout_s:.0f} s; got {sorted(s.name for s in spans)}")
+                return spans  # the caller's tree check names the orphans
             time.sleep(0.2)
 
     def stop(self) -> None:

@@ -59,7 +59,7 @@ def test_http_request_is_one_trace_from_ingress_to_vllm(fabriek_server, otlp_col
         model=MODEL, messages=[{"role": "user", "content": f"Describe the {marker} in one line."}],
         max_tokens=12, temperature=0)
     response = raw.parse()
-    spans = otlp_collector.wait_for(trace_id, HOPS)
+    spans = otlp_collector.wait_for(trace_id, HOPS, parent_id)
 
     assert_one_tree(spans, parent_id)
     ingress, request = one(spans, f"replica_handle_request {INGRESS}"), one(spans, f"chat {MODEL}")
@@ -108,7 +108,7 @@ def test_grpc_request_joins_the_trace_of_its_metadata(fabriek_server, otlp_colle
             metadata=[("authorization", f"Bearer {fabriek_server.keys['pilot-demo']}"),
                       ("traceparent", traceparent)], timeout=60)
     spans = otlp_collector.wait_for(trace_id, {f"chat {MODEL}", "replica_handle_request commercial--",
-                                               "llm_request"})
+                                               "llm_request"}, parent_id)
     assert_one_tree(spans, parent_id)
     request = one(spans, f"chat {MODEL}")
     assert request.attributes["fabriek.protocol"] == "grpc"
