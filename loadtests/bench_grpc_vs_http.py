@@ -19,7 +19,6 @@ import gc
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loadtests.bench_vs_vllm import PROMPTS, free_port, one_request  # noqa: E402  (shared with the vLLM bench)
+from loadtests.bench_vs_vllm import PROMPTS, free_port, one_request, stop  # noqa: E402  (shared with the vLLM bench)
 from routers import KeyFile  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
 from serving.protos.fabriek.v1 import inference_pb2 as pb  # noqa: E402
@@ -168,15 +167,6 @@ def start_fabriek(logs: Path) -> tuple[subprocess.Popen, int, int, str]:
         time.sleep(0.5)
     stop(process)
     sys.exit(f"fabriek not ready after 900 s; see {log}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=120)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def main() -> None:

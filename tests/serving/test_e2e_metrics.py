@@ -3,6 +3,8 @@ and every query of the Grafana dashboard names a metric that endpoint really ser
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import re
 import time
@@ -48,9 +50,11 @@ def test_known_traffic_is_counted_exactly(fabriek_server):
 
     # Earlier tests' requests may still be on their way to the endpoint (Ray exports every
     # few seconds): count from a baseline that has stopped moving.
-    before = counts()
-    while (settled := (time.sleep(EXPORT_INTERVAL_S), counts())[1]) != before:
+    before, settled = None, counts()
+    while settled != before:
         before = settled
+        time.sleep(EXPORT_INTERVAL_S)
+        settled = counts()
     answers = [chat(fabriek_server, "pilot-demo", max_tokens=6).json() for _ in range(3)]
     expected = {"ok": 3, "ttft": 3, "latency": 3, "queue": 3,
                 "prompt": sum(a["usage"]["prompt_tokens"] for a in answers),
@@ -65,6 +69,27 @@ def test_known_traffic_is_counted_exactly(fabriek_server):
     assert delta == expected
 
 
+@contextlib.contextmanager
+def engines_working(fabriek_server, tenants: tuple[str, ...]):
+    """Long generations on the tenants' pools while the block runs: vLLM refreshes its gauges
+    (KV-cache use, running, waiting) only while an engine works, and Ray stops exporting a
+    gauge two export intervals after its last refresh (4 s on the test server)."""
+    with concurrent.futures.ThreadPoolExecutor(len(tenants)) as pool:
+        answers = [pool.submit(chat, fabriek_server, tenant, max_tokens=400, ignore_eos=True) for tenant in tenants]
+        yield
+    assert all(answer.result().status_code == 200 for answer in answers)
+
+
+def seen_while(fabriek_server, wanted, found_in, timeout_s: float = 20.0) -> set:
+    """What ``found_in(scrape)`` yields of ``wanted``, gathered over scrapes until all is seen."""
+    seen: set = set()
+    deadline = time.monotonic() + timeout_s
+    while not wanted <= seen and time.monotonic() < deadline:
+        seen |= found_in(scrape(fabriek_server)) & wanted
+        time.sleep(1)
+    return seen
+
+
 def test_every_dashboard_query_names_an_exported_metric(fabriek_server):
     # Traffic that makes each kind of series exist: answers (the same long prompt twice, for
     # prefix-cache hits) and a refusal.
@@ -77,29 +102,19 @@ def test_every_dashboard_query_names_an_exported_metric(fabriek_server):
     queries += [variable["definition"] for variable in dashboard["templating"]["list"] if "definition" in variable]
     wanted = {name for query in queries for name in re.findall(r"\b(ray_[a-z_:]+)", query)}
     assert len(wanted) >= 15
-    deadline = time.monotonic() + 90
-    while True:
-        missing = wanted - set(scrape(fabriek_server))
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    assert not missing, f"the dashboard queries metrics nobody exports: {sorted(missing)}"
+    with engines_working(fabriek_server, ("gov-demo",)):
+        seen = seen_while(fabriek_server, wanted, set)
+    assert not wanted - seen, f"the dashboard queries metrics nobody exports: {sorted(wanted - seen)}"
 
 
 def test_engine_metrics_join_their_deployment_as_the_dashboard_does(fabriek_server):
     """vLLM's series name a Ray worker; the dashboard finds its pool--model deployment through
     Ray Serve's per-replica series of the same worker."""
-    # vLLM refreshes its gauges while an engine works; Ray drops a gauge left unrefreshed.
-    for tenant in ("gov-demo", "pilot-demo"):
-        assert chat(fabriek_server, tenant, max_tokens=8).status_code == 200
-
-    def engines():
-        samples = scrape(fabriek_server)
+    def engines(samples) -> set:
         deployment_of = {labels["WorkerId"]: labels["deployment"]
                          for labels, _ in samples["ray_serve_replica_processing_queries"]}
         return {deployment_of.get(labels["WorkerId"]) for labels, _ in samples["ray_vllm_kv_cache_usage_perc"]}
 
-    deadline = time.monotonic() + 30
-    while (found := engines()) != ENGINES and time.monotonic() < deadline:
-        time.sleep(1)
+    with engines_working(fabriek_server, ("gov-demo", "pilot-demo")):
+        found = seen_while(fabriek_server, ENGINES, engines)
     assert found == ENGINES
