@@ -23,7 +23,7 @@ COMMERCIAL = {"pool": "commercial", "tenant_class": "commercial", "model": "smol
 
 def scrape(fabriek_server) -> dict[str, list[tuple[dict[str, str], float]]]:
     """Sample name -> (labels, value) of every series on the server's metrics endpoint."""
-    text = httpx.get(f"http://127.0.0.1:{fabriek_server.metrics_port}/metrics", timeout=10).text
+    text = httpx.get(f"http://127.0.0.1:{fabriek_server.metrics_port}/metrics", timeout=60).text
     samples = defaultdict(list)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -76,15 +76,18 @@ def engines_working(fabriek_server, tenants: tuple[str, ...]):
     gauge two export intervals after its last refresh (4 s on the test server)."""
     with concurrent.futures.ThreadPoolExecutor(len(tenants)) as pool:
         answers = [pool.submit(chat, fabriek_server, tenant, max_tokens=400, ignore_eos=True) for tenant in tenants]
-        yield
+        yield lambda: not all(answer.done() for answer in answers)
     assert all(answer.result().status_code == 200 for answer in answers)
 
 
-def seen_while(fabriek_server, wanted, found_in, timeout_s: float = 20.0) -> set:
-    """What ``found_in(scrape)`` yields of ``wanted``, gathered over scrapes until all is seen."""
+def seen_while(fabriek_server, working, wanted, found_in, timeout_s: float = 120.0) -> set:
+    """What ``found_in(scrape)`` yields of ``wanted``, gathered over scrapes until all is seen.
+
+    Scrapes go on as long as the engines work, not for a fixed time: on a busy CI machine one
+    scrape can take many seconds, and a generation may start well after its request was sent."""
     seen: set = set()
     deadline = time.monotonic() + timeout_s
-    while not wanted <= seen and time.monotonic() < deadline:
+    while not wanted <= seen and working() and time.monotonic() < deadline:
         seen |= found_in(scrape(fabriek_server)) & wanted
         time.sleep(1)
     return seen
@@ -102,8 +105,8 @@ def test_every_dashboard_query_names_an_exported_metric(fabriek_server):
     queries += [variable["definition"] for variable in dashboard["templating"]["list"] if "definition" in variable]
     wanted = {name for query in queries for name in re.findall(r"\b(ray_[a-z_:]+)", query)}
     assert len(wanted) >= 15
-    with engines_working(fabriek_server, ("gov-demo",)):
-        seen = seen_while(fabriek_server, wanted, set)
+    with engines_working(fabriek_server, ("gov-demo",)) as working:
+        seen = seen_while(fabriek_server, working, wanted, set)
     assert not wanted - seen, f"the dashboard queries metrics nobody exports: {sorted(wanted - seen)}"
 
 
@@ -115,6 +118,6 @@ def test_engine_metrics_join_their_deployment_as_the_dashboard_does(fabriek_serv
                          for labels, _ in samples["ray_serve_replica_processing_queries"]}
         return {deployment_of.get(labels["WorkerId"]) for labels, _ in samples["ray_vllm_kv_cache_usage_perc"]}
 
-    with engines_working(fabriek_server, ("gov-demo", "pilot-demo")):
-        found = seen_while(fabriek_server, ENGINES, engines)
+    with engines_working(fabriek_server, ("gov-demo", "pilot-demo")) as working:
+        found = seen_while(fabriek_server, working, ENGINES, engines)
     assert found == ENGINES
