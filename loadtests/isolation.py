@@ -1,11 +1,13 @@
 """Isolation under a commercial flood: government TTFT, alone and beside the flood.
 
 A commercial tenant floods its pool at 4x its capacity (closed-loop workers that retry
-at once after a refusal) while a government tenant sends steady chat traffic. Measured
+after a refusal: at once, or after Retry-After with ``--flood-retry retry-after``) while a
+government tenant sends steady chat traffic. Measured
 for two configs, each in two phases (government alone, then with the flood):
   * isolated: the shipped config (government and commercial pools, each on its own core);
   * shared: one pool serving both classes (no isolation), for contrast.
-Reports government TTFT p50/p99 and errors, and how the flood's requests were answered.
+Reports government TTFT p50/p99 and errors (as its client saw them, and as the ingress
+measured them), and how the flood's requests were answered.
 
 Usage (after `make install`; ~7 minutes on a 2-core CPU machine):
     .venv/bin/python loadtests/isolation.py [--phase-s 60] [--out results/isolation.json]
@@ -37,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from loadtests.bench_vs_vllm import free_port, start, stop, wait_ready  # noqa: E402
 from routers import KeyFile  # noqa: E402
+from serving.ledger import UsageLedger  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH  # noqa: E402
 from serving.cpu_affinity import cores_of  # noqa: E402
 
@@ -97,8 +100,11 @@ async def government(client: httpx.AsyncClient, base: str, duration_s: float, in
     return ttfts, statuses
 
 
-async def flood(client: httpx.AsyncClient, base: str, stop_at: float, key: str) -> Counter:
-    """Closed loop, FLOOD_WORKERS at once, each retrying at once after a refusal."""
+async def flood(client: httpx.AsyncClient, base: str, stop_at: float, key: str,
+                honour_retry_after: bool) -> Counter:
+    """Closed loop, FLOOD_WORKERS at once, each retrying after a refusal: at once (50 ms, a
+    client that ignores the platform), or after the answer's ``Retry-After`` (what the
+    official openai SDK does)."""
     statuses = Counter()
 
     async def worker():
@@ -112,7 +118,8 @@ async def flood(client: httpx.AsyncClient, base: str, stop_at: float, key: str) 
                         pass
                     statuses[response.status_code] += 1
                 if response.status_code != 200:
-                    await asyncio.sleep(0.05)
+                    retry_after = response.headers.get("retry-after") if honour_retry_after else None
+                    await asyncio.sleep(float(retry_after) if retry_after else 0.05)
             except httpx.HTTPError as err:
                 statuses[type(err).__name__] += 1
 
@@ -120,7 +127,8 @@ async def flood(client: httpx.AsyncClient, base: str, stop_at: float, key: str) 
     return statuses
 
 
-def flood_process(base: str, duration_s: float, key: str, cores: set[int] | None, out) -> None:
+def flood_process(base: str, duration_s: float, key: str, cores: set[int] | None,
+                  honour_retry_after: bool, out) -> None:
     """The flood in a process of its own, on the commercial pool's cores when it has any:
     its client-side cost is the commercial tenant's, as it would be on a machine of its
     own, not the government client's."""
@@ -130,7 +138,7 @@ def flood_process(base: str, duration_s: float, key: str, cores: set[int] | None
     async def run():
         limits = httpx.Limits(max_connections=FLOOD_WORKERS, max_keepalive_connections=FLOOD_WORKERS)
         async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-            return await flood(client, base, time.perf_counter() + duration_s, key)
+            return await flood(client, base, time.perf_counter() + duration_s, key, honour_retry_after)
     out.put({str(k): v for k, v in asyncio.run(run()).items()})
 
 
@@ -143,27 +151,49 @@ async def phases(base: str, keys: dict[str, str], args, flood_cores: set[int] | 
     async with httpx.AsyncClient(timeout=args.timeout_s, limits=limits) as client:
         await asyncio.sleep(args.settle_s)
         await government(client, base, 5, 0.5, keys["gov-demo"])  # warm-up
+        alone_window = [time.time()]
         alone, alone_statuses = await government(client, base, args.phase_s, args.interval_s,
                                                  keys["gov-demo"])
+        alone_window.append(time.time())
         context = multiprocessing.get_context("spawn")
         results = context.Queue()
         flooding = context.Process(target=flood_process, args=(
-            base, args.phase_s + 5, keys["pilot-demo"], flood_cores, results))
+            base, args.phase_s + 5, keys["pilot-demo"], flood_cores,
+            args.flood_retry == "retry-after", results))
         flooding.start()
         await asyncio.sleep(5)  # let the flood fill the pool first
+        flood_window = [time.time()]
         flooded, flooded_statuses = await government(client, base, args.phase_s, args.interval_s,
                                                      keys["gov-demo"])
+        flood_window.append(time.time())
         flood_statuses = await asyncio.to_thread(results.get)
         flooding.join()
     return {"alone": summary(alone, alone_statuses), "with_flood": summary(flooded, flooded_statuses),
-            "flood": flood_statuses}
+            "flood": flood_statuses, "windows": {"alone": alone_window, "with_flood": flood_window}}
 
 
 def summary(ttfts: list[float], statuses: Counter) -> dict:
-    ordered = sorted(ttfts)
     return {"requests": sum(statuses.values()), "statuses": {str(k): v for k, v in statuses.items()},
-            "ttft_p50_ms": statistics.median(ordered) if ordered else None,
-            "ttft_p99_ms": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] if ordered else None}
+            **percentiles(ttfts, "ttft")}
+
+
+def percentiles(values: list[float], name: str) -> dict:
+    ordered = sorted(values)
+    return {f"{name}_p50_ms": statistics.median(ordered) if ordered else None,
+            f"{name}_p99_ms": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] if ordered else None}
+
+
+def server_side(ledger_url: str, windows: dict[str, list[float]]) -> dict:
+    """Government TTFT as the ingress measured it (from the usage ledger), per phase: what
+    the client saw minus the front door (HAProxy, the HTTP server) and the client itself."""
+    ledger = UsageLedger(ledger_url)
+    try:
+        records = ledger.records(tenant_id="gov-demo")
+    finally:
+        ledger.close()
+    return {phase: percentiles([r.ttft_ms for r in records
+                                if start <= r.started_at <= end and r.ttft_ms is not None], "ttft")
+            for phase, (start, end) in windows.items()}
 
 
 def run(name: str, config: dict, args, logs: Path) -> dict:
@@ -192,6 +222,7 @@ def run(name: str, config: dict, args, logs: Path) -> dict:
         result = asyncio.run(phases(f"http://127.0.0.1:{port}", keys, args, flood_cores))
     finally:
         stop(process)
+    result["ingress_measured"] = server_side(config["ledger"]["url"], result.pop("windows"))
     print(f"{name}: {json.dumps(result)}", flush=True)
     return result
 
@@ -208,6 +239,8 @@ def main() -> None:
     parser.add_argument("--settle-s", type=float, default=15)
     parser.add_argument("--timeout-s", type=float, default=60, help="client timeout per request")
     parser.add_argument("--only", choices=["isolated", "shared"], default=None)
+    parser.add_argument("--flood-retry", choices=["at-once", "retry-after"], default="at-once",
+                        help="after a refusal, flood clients retry at once (50 ms) or honour Retry-After")
     parser.add_argument("--system-cpus", default=None,
                         help="override local.system_cpus of the isolated config (e.g. 1)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "isolation.json")
@@ -217,7 +250,8 @@ def main() -> None:
     logs.mkdir(exist_ok=True)
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                "pool_capacity": POOL_CAPACITY, "flood_workers": FLOOD_WORKERS,
-               "phase_s": args.phase_s, "government_interval_s": args.interval_s}
+               "phase_s": args.phase_s, "government_interval_s": args.interval_s,
+               "flood_retry": args.flood_retry}
     isolated = isolated_config()
     if args.system_cpus is not None:
         isolated["local"]["system_cpus"] = args.system_cpus

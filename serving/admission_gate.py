@@ -10,6 +10,7 @@ sees the request, so a killed ingress leaves a trace of every request it accepte
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from typing import Any
 from routers import Admission, Rejection, RejectionReason, Tenant
 from serving.admission_controller import Lease
 from serving.errors import STATUS_BY_REASON
-from serving.ledger import (CANCELLED, ERROR, OK, REJECTED, RequestEnd, RequestStart,
-                            UsageLedger)
+from serving.ledger import CANCELLED, ERROR, OK, REJECTED, RequestEnd, RequestStart
+from serving.ledger_writer import LedgerWriter
 from serving.metrics import PlatformMetrics
 from serving.request_timings import Timings
 from serving.tracing import current_trace_id
@@ -47,15 +48,14 @@ class AdmissionGate:
 
     Args:
         controller: handle of the application's ``AdmissionController`` deployment.
-        ledger: the usage ledger (blocking; written from worker threads).
+        ledger: the usage ledger's writer (group commit, its own thread).
         metrics: the platform metrics.
     """
 
-    def __init__(self, controller: Any, ledger: UsageLedger, metrics: PlatformMetrics):
+    def __init__(self, controller: Any, ledger: LedgerWriter, metrics: PlatformMetrics):
         self._controller = controller
         self._ledger = ledger
         self._metrics = metrics
-        self._background: set[asyncio.Task] = set()
 
     async def enter(self, admission: Admission, request_id: str, prompt_tokens: int,
                     max_tokens: int, protocol: str) -> Visit | Rejection:
@@ -68,7 +68,7 @@ class AdmissionGate:
         decision, written = await asyncio.gather(
             self._controller.acquire.remote(request_id, tenant.id, admission.priority, route,
                                             prompt_tokens, max_tokens),
-            asyncio.to_thread(self._ledger.start, start), return_exceptions=True)
+            asyncio.wrap_future(self._ledger.start(start)), return_exceptions=True)
         labels = {"pool": route.pool, "tenant_class": str(tenant.tenant_class), "model": route.model_id}
         if isinstance(written, BaseException):
             # No durable record, no request: give the lease back and fail.
@@ -83,9 +83,9 @@ class AdmissionGate:
         if isinstance(decision, Rejection):
             status = status_of(decision)
             self._metrics.observe_rejection(labels, str(decision.reason), status)
-            self._in_background(self._ledger.finish, request_id, RequestEnd(
+            _logged(self._ledger.finish(request_id, RequestEnd(
                 REJECTED, status, reason=str(decision.reason),
-                latency_ms=(time.monotonic() - started) * 1e3))
+                latency_ms=(time.monotonic() - started) * 1e3)))
             return decision
         assert isinstance(decision, Lease)
         return Visit(request_id, labels, time.monotonic(), decision.queue_s)
@@ -96,10 +96,10 @@ class AdmissionGate:
         labels = {"pool": "", "tenant_class": str(tenant.tenant_class), "model": model_id or ""}
         status = status_of(rejection)
         self._metrics.observe_rejection(labels, str(rejection.reason), status)
-        self._in_background(self._ledger.record, RequestStart(
+        _logged(self._ledger.record(RequestStart(
             request_id, tenant.id, str(tenant.tenant_class), None, model_id, protocol,
             trace_id=current_trace_id()),
-            RequestEnd(REJECTED, status, reason=str(rejection.reason)))
+            RequestEnd(REJECTED, status, reason=str(rejection.reason))))
 
     @staticmethod
     def first_token(visit: Visit) -> None:
@@ -123,23 +123,20 @@ class AdmissionGate:
         ttft_s = visit.first_token_at - visit.admitted_at + visit.queue_s if visit.first_token_at else None
         latency_s = now - visit.admitted_at + visit.queue_s
         outcome = OK if status < 400 else CANCELLED if status == CLIENT_CLOSED else ERROR
-        self._in_background(self._ledger.finish, visit.request_id, RequestEnd(
+        _logged(self._ledger.finish(visit.request_id, RequestEnd(
             outcome, status, prompt_tokens, completion_tokens, queue_ms=visit.queue_s * 1e3,
-            ttft_ms=None if ttft_s is None else ttft_s * 1e3, latency_ms=latency_s * 1e3))
+            ttft_ms=None if ttft_s is None else ttft_s * 1e3, latency_ms=latency_s * 1e3)))
         timings = Timings(visit.queue_s, ttft_s, latency_s)
         self._metrics.observe_finished(visit.labels, status, prompt_tokens=prompt_tokens,
                                        completion_tokens=completion_tokens, timings=timings)
         return timings
 
-    def _in_background(self, write, *args) -> None:
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(write, *args))
-        self._background.add(task)  # keep a reference until it is done
-        task.add_done_callback(self._written)
 
-    def _written(self, task: asyncio.Task) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("usage ledger write failed: %r", task.exception())
+def _logged(written: concurrent.futures.Future) -> None:
+    """A write nobody waits for (the answer does not wait for the bookkeeping): its failure
+    is logged."""
+    written.add_done_callback(
+        lambda future: future.exception() and logger.error("usage ledger write failed: %r", future.exception()))
 
 
 def status_of(rejection: Rejection) -> int:

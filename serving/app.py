@@ -84,8 +84,11 @@ def bind_admission_controller(config: PlatformConfig) -> Application:
     route_weights = {r: {t.id: t.weight for t in config.tenants
                          if r.pool in config.classes[t.tenant_class].pools and r.model_id in t.models}
                      for r in route_limits}
+    # No access log: it would write two lines (acquire, release) per request on the hot
+    # path, for what the ingress's own access line already says.
     controller = serve.deployment(AdmissionController, name="AdmissionController", num_replicas=1,
-                                  max_ongoing_requests=100_000, ray_actor_options={"num_cpus": 0})
+                                  max_ongoing_requests=100_000, ray_actor_options={"num_cpus": 0},
+                                  logging_config={"enable_access_log": False})
     return controller.bind(quotas_of(config), route_limits, route_weights)
 
 

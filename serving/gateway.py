@@ -30,6 +30,7 @@ from serving import tracing
 from serving.admission_gate import CLIENT_CLOSED, AdmissionGate, status_of
 from serving.admission_specs import LedgerSpec
 from serving.ledger import UsageLedger
+from serving.ledger_writer import LedgerWriter
 from serving.llm_server import Stamped
 from serving.metrics import PlatformMetrics
 from serving.prompt_tokens import PromptTokenCounter
@@ -109,7 +110,7 @@ class Gateway:
         self._access = TenantAccess(tenancy, engines, key_file=key_file,
                                     cache_salt_secret_file=cache_salt_secret_file,
                                     key_reload_interval_s=key_reload_interval_s)
-        self._gate = AdmissionGate(admission_controller, UsageLedger(ledger.resolved_url()),
+        self._gate = AdmissionGate(admission_controller, LedgerWriter(UsageLedger(ledger.resolved_url())),
                                    PlatformMetrics())
         self._prompt_tokens = PromptTokenCounter(token_counter)
         self._max_tokens_caps = {t: q.max_tokens for t, q in quotas.items() if q.max_tokens is not None}

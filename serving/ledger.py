@@ -10,10 +10,12 @@ being killed, and several ingress replicas can write one file); PostgreSQL by UR
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import (Float, Integer, String, create_engine, event, func, select, update)
+from sqlalchemy import (Float, Integer, String, bindparam, create_engine, event, func, select,
+                        update)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -80,10 +82,46 @@ class RequestEnd:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class Write:
+    """One write of a batch: a started record (``end`` None), a finished record in one go
+    (both), or the end of a started record (``start`` None, ``request_id`` set)."""
+
+    start: RequestStart | None = None
+    end: RequestEnd | None = None
+    request_id: str | None = None
+    at: float = 0.0
+
+    @property
+    def is_insert(self) -> bool:
+        return self.start is not None
+
+
 def _end_values(end: RequestEnd) -> dict:
     return dict(status=end.status, status_code=end.status_code, reason=end.reason,
                 prompt_tokens=end.prompt_tokens, completion_tokens=end.completion_tokens,
                 queue_ms=end.queue_ms, ttft_ms=end.ttft_ms, latency_ms=end.latency_ms)
+
+
+_NO_END = _end_values(RequestEnd(STARTED, None))  # type: ignore[arg-type]
+
+
+def _insert_row(write: Write) -> dict:
+    start = write.start
+    return dict(request_id=start.request_id, started_at=write.at, tenant_id=start.tenant_id,
+                tenant_class=start.tenant_class, pool=start.pool, model=start.model,
+                protocol=start.protocol, reserved_tokens=start.reserved_tokens,
+                trace_id=start.trace_id, finished_at=write.at if write.end else None,
+                **(_end_values(write.end) if write.end else _NO_END))
+
+
+def _update_row(write: Write) -> dict:
+    return dict(target_request_id=write.request_id, finished_at=write.at, **_end_values(write.end))
+
+
+_INSERT = UsageRecord.__table__.insert()
+# The SET clause comes from the keys of each row (SQLAlchemy's executemany UPDATE).
+_FINISH = update(UsageRecord).where(UsageRecord.request_id == bindparam("target_request_id"))
 
 
 def default_ledger_url(home: Path) -> str:
@@ -109,33 +147,34 @@ class UsageLedger:
     def __init__(self, url: str):
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self._engine = create_engine(url, pool_pre_ping=True)
+        # A pre-ping finds a server's dropped connections; a SQLite file has none to drop.
+        self._engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
         if self._engine.dialect.name == "sqlite":
             _tune_sqlite(self._engine)
         _Base.metadata.create_all(self._engine)
 
     def start(self, start: RequestStart, now: float | None = None) -> None:
         """Records an admitted request; committed when this returns."""
-        self._insert(start, time.time() if now is None else now, status=STARTED)
+        self.write([Write(start=start, at=time.time() if now is None else now)])
 
     def finish(self, request_id: str, end: RequestEnd, now: float | None = None) -> None:
         """Completes a started record."""
-        with self._engine.begin() as connection:
-            connection.execute(update(UsageRecord).where(UsageRecord.request_id == request_id).values(
-                finished_at=time.time() if now is None else now, **_end_values(end)))
+        self.write([Write(end=end, request_id=request_id, at=time.time() if now is None else now)])
 
     def record(self, start: RequestStart, end: RequestEnd) -> None:
         """A finished record in one write (a request refused before it was admitted)."""
-        now = time.time()
-        self._insert(start, now, finished_at=now, **_end_values(end))
+        self.write([Write(start=start, end=end, at=time.time())])
 
-    def _insert(self, start: RequestStart, now: float, **values) -> None:
+    def write(self, writes: Sequence[Write]) -> None:
+        """Writes a batch in one transaction: new records first, then ends, so an end may
+        complete a record of the same batch. All or nothing."""
+        inserts = [_insert_row(w) for w in writes if w.is_insert]
+        updates = [_update_row(w) for w in writes if not w.is_insert]
         with self._engine.begin() as connection:
-            connection.execute(UsageRecord.__table__.insert().values(
-                request_id=start.request_id, started_at=now, tenant_id=start.tenant_id,
-                tenant_class=start.tenant_class, pool=start.pool, model=start.model,
-                protocol=start.protocol, reserved_tokens=start.reserved_tokens,
-                trace_id=start.trace_id, **values))
+            if inserts:
+                connection.execute(_INSERT, inserts)
+            if updates:
+                connection.execute(_FINISH, updates)
 
     def records(self, tenant_id: str | None = None, since: float | None = None) -> list[UsageRecord]:
         """The records, oldest first (for tests and audits)."""
