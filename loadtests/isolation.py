@@ -20,35 +20,27 @@ import os
 CLEAN_ENV = dict(os.environ)  # before vLLM is imported (see bench_vs_vllm.py)
 
 import argparse  # noqa: E402
-import asyncio  # noqa: E402
 import copy  # noqa: E402
-import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import httpx  # noqa: E402
 import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from loadtests.bench_vs_vllm import free_port, start, stop, wait_ready  # noqa: E402
+from loadtests.isolation_clients import FLOOD_WORKERS, POOL_CAPACITY  # noqa: E402
 from routers import KeyFile  # noqa: E402
-from serving.ledger import UsageLedger  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH  # noqa: E402
 from serving.cpu_affinity import cores_of  # noqa: E402
+from serving.ledger import UsageLedger  # noqa: E402
 
-MODEL = "smollm2-135m-instruct"
-GOV_QUESTION = "What should a citizen know about applying for a passport?"
-FLOOD_PROMPT = "Write a long story about a windmill."
-# The commercial pool's capacity in this test, and the flood: 4x as many workers.
-POOL_CAPACITY = 8
-FLOOD_WORKERS = 4 * POOL_CAPACITY
 
 
 def isolated_config() -> dict:
@@ -70,111 +62,48 @@ def shared_config() -> dict:
     return config
 
 
-async def government(client: httpx.AsyncClient, base: str, duration_s: float, interval_s: float,
-                     key: str) -> tuple[list[float], Counter]:
-    """Open loop: one short streamed chat every ``interval_s``; TTFT of each."""
-    ttfts, statuses, tasks = [], Counter(), []
-
-    async def one():
-        body = {"model": MODEL, "messages": [{"role": "user", "content": GOV_QUESTION}],
-                "max_tokens": 16, "temperature": 0, "stream": True}
-        started = time.perf_counter()
-        try:
-            async with client.stream("POST", f"{base}/v1/chat/completions", json=body,
-                                     headers={"Authorization": f"Bearer {key}"}) as response:
-                statuses[response.status_code] += 1
-                first = None
-                async for line in response.aiter_lines():
-                    if first is None and line.startswith("data: {") and '"content"' in line:
-                        first = time.perf_counter() - started
-                if response.status_code == 200 and first is not None:
-                    ttfts.append(first * 1000)
-        except httpx.HTTPError as err:
-            statuses[type(err).__name__] += 1
-
-    deadline = time.perf_counter() + duration_s
-    while time.perf_counter() < deadline:
-        tasks.append(asyncio.create_task(one()))
-        await asyncio.sleep(interval_s)
-    await asyncio.gather(*tasks)
-    return ttfts, statuses
+def start_client(role: str, base: str, key: str, duration_s: float, args,
+                 cores: set[int] | None = None, *options: str) -> subprocess.Popen:
+    """One of ``loadtests.isolation_clients`` in a process of its own, on ``cores`` if given."""
+    command = [sys.executable, "-m", "loadtests.isolation_clients", role, "--base", base,
+               "--key", key, "--duration-s", str(duration_s), "--interval-s", str(args.interval_s),
+               "--timeout-s", str(args.timeout_s), *options]
+    # A session of its own: where the kernel groups CPU time by session (autogroup, on here),
+    # the government client would otherwise share one CPU-time group with the flood client
+    # and the benchmark's own process, and wait behind the flood's share for seconds (a bare
+    # sleep loop in that group stalled for 1.8 s). Ray's processes have sessions of their own.
+    return subprocess.Popen(command, cwd=REPO, env=CLEAN_ENV, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
 
 
-async def flood(client: httpx.AsyncClient, base: str, stop_at: float, key: str,
-                honour_retry_after: bool) -> Counter:
-    """Closed loop, FLOOD_WORKERS at once, each retrying after a refusal: at once (50 ms, a
-    client that ignores the platform), or after the answer's ``Retry-After`` (what the
-    official openai SDK does)."""
-    statuses = Counter()
-
-    async def worker():
-        body = {"model": MODEL, "messages": [{"role": "user", "content": FLOOD_PROMPT}],
-                "max_tokens": 64, "stream": True, "ignore_eos": True}
-        while time.perf_counter() < stop_at:
-            try:
-                async with client.stream("POST", f"{base}/v1/chat/completions", json=body,
-                                         headers={"Authorization": f"Bearer {key}"}) as response:
-                    async for _ in response.aiter_bytes():
-                        pass
-                    statuses[response.status_code] += 1
-                if response.status_code != 200:
-                    retry_after = response.headers.get("retry-after") if honour_retry_after else None
-                    await asyncio.sleep(float(retry_after) if retry_after else 0.05)
-            except httpx.HTTPError as err:
-                statuses[type(err).__name__] += 1
-
-    await asyncio.gather(*(worker() for _ in range(FLOOD_WORKERS)))
-    return statuses
+def result_of(client: subprocess.Popen) -> dict:
+    out, _ = client.communicate()
+    if client.returncode != 0:
+        raise RuntimeError(f"{client.args[3]} client failed with exit code {client.returncode}")
+    return json.loads(out.splitlines()[-1])
 
 
-def flood_process(base: str, duration_s: float, key: str, cores: set[int] | None,
-                  honour_retry_after: bool, out) -> None:
-    """The flood in a process of its own, on the commercial pool's cores when it has any:
-    its client-side cost is the commercial tenant's, as it would be on a machine of its
-    own, not the government client's."""
-    if cores:
-        os.sched_setaffinity(0, cores)
-
-    async def run():
-        limits = httpx.Limits(max_connections=FLOOD_WORKERS, max_keepalive_connections=FLOOD_WORKERS)
-        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-            return await flood(client, base, time.perf_counter() + duration_s, key, honour_retry_after)
-    out.put({str(k): v for k, v in asyncio.run(run()).items()})
-
-
-async def phases(base: str, keys: dict[str, str], args, flood_cores: set[int] | None) -> dict:
-    import multiprocessing
-
-    gc.collect()
-    gc.freeze()
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(timeout=args.timeout_s, limits=limits) as client:
-        await asyncio.sleep(args.settle_s)
-        await government(client, base, 5, 0.5, keys["gov-demo"])  # warm-up
-        alone_window = [time.time()]
-        alone, alone_statuses = await government(client, base, args.phase_s, args.interval_s,
-                                                 keys["gov-demo"])
-        alone_window.append(time.time())
-        context = multiprocessing.get_context("spawn")
-        results = context.Queue()
-        flooding = context.Process(target=flood_process, args=(
-            base, args.phase_s + 5, keys["pilot-demo"], flood_cores,
-            args.flood_retry == "retry-after", results))
-        flooding.start()
-        await asyncio.sleep(5)  # let the flood fill the pool first
-        flood_window = [time.time()]
-        flooded, flooded_statuses = await government(client, base, args.phase_s, args.interval_s,
-                                                     keys["gov-demo"])
-        flood_window.append(time.time())
-        flood_statuses = await asyncio.to_thread(results.get)
-        flooding.join()
-    return {"alone": summary(alone, alone_statuses), "with_flood": summary(flooded, flooded_statuses),
-            "flood": flood_statuses, "windows": {"alone": alone_window, "with_flood": flood_window}}
+def phases(base: str, keys: dict[str, str], args, flood_cores: set[int] | None,
+           client_cores: set[int] | None) -> dict:
+    """Government alone, then beside the flood. The flood runs on the commercial pool's
+    cores where it has any: its client-side cost is the commercial tenant's, as it would be
+    on a machine of its own, not the government client's."""
+    time.sleep(args.settle_s)
+    result_of(start_client("government", base, keys["gov-demo"], 5, args, client_cores))  # warm-up
+    alone = result_of(start_client("government", base, keys["gov-demo"], args.phase_s, args, client_cores))
+    options = ("--honour-retry-after",) if args.flood_retry == "retry-after" else ()
+    flooding = start_client("flood", base, keys["pilot-demo"], args.phase_s + 10, args, flood_cores, *options)
+    time.sleep(5)  # let the flood fill the pool first
+    flooded = result_of(start_client("government", base, keys["gov-demo"], args.phase_s, args, client_cores))
+    return {"alone": summary(alone), "with_flood": summary(flooded), "flood": result_of(flooding),
+            "windows": {"alone": alone["window"], "with_flood": flooded["window"]}}
 
 
-def summary(ttfts: list[float], statuses: Counter) -> dict:
-    return {"requests": sum(statuses.values()), "statuses": {str(k): v for k, v in statuses.items()},
-            **percentiles(ttfts, "ttft")}
+def summary(client: dict) -> dict:
+    return {"requests": sum(client["statuses"].values()), "statuses": client["statuses"],
+            **percentiles(client["ttfts_ms"], "ttft"),
+            "client_loop_lag_max_ms": client["loop_lag_max_ms"]}
 
 
 def percentiles(values: list[float], name: str) -> dict:
@@ -216,10 +145,9 @@ def run(name: str, config: dict, args, logs: Path) -> dict:
         commercial = next(p for p in config["pools"] if p["name"] in config["classes"]["commercial"]["pools"])
         flood_cores = cores_of(commercial["cpu_threads_bind"]) if commercial.get("cpu_threads_bind") else None
         system = config["local"].get("system_cpus")
-        if system:
-            # The government client is the outside world: not on the government engine's cores.
-            os.sched_setaffinity(0, cores_of(system))
-        result = asyncio.run(phases(f"http://127.0.0.1:{port}", keys, args, flood_cores))
+        # The government client is the outside world: not on the government engine's cores.
+        client_cores = cores_of(system) if system else None
+        result = phases(f"http://127.0.0.1:{port}", keys, args, flood_cores, client_cores)
     finally:
         stop(process)
     result["ingress_measured"] = server_side(config["ledger"]["url"], result.pop("windows"))
@@ -228,11 +156,6 @@ def run(name: str, config: dict, args, logs: Path) -> dict:
 
 
 def main() -> None:
-    import logging
-
-    # Importing serving configures logging; a log line per client request would cost the
-    # load generator CPU that the servers under test need.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phase-s", type=float, default=60, help="length of each phase")
     parser.add_argument("--interval-s", type=float, default=0.5, help="government request interval")

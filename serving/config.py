@@ -89,6 +89,12 @@ class PoolSpec(_Frozen):
         "CPU pools only: cores the pool's vLLM CPU engine binds its threads to, as vLLM's "
         "VLLM_CPU_OMP_THREADS_BIND (e.g. `0`, `2-3`, `0-1|2-3` for two ranks); unset: vLLM's "
         "own choice. Pools sharing a machine get disjoint cores."))
+    cpu_nice: int | None = Field(None, ge=-20, le=19, description=(
+        "CPU pools only: the niceness of the pool's engine processes (replica, vLLM engine "
+        "core and workers), so that on a machine it shares with the platform's own processes "
+        "(ingress, admission, Ray) the pool's engine wins its cores when both want them. "
+        "Unset: Ray's worker niceness (15). Below that needs CAP_SYS_NICE (root); without it "
+        "the engine logs a warning and keeps Ray's."))
     admission: PoolAdmissionSpec = Field(default_factory=PoolAdmissionSpec, description=(
         "Capacity and queue of each engine deployment of the pool."))
 
@@ -108,8 +114,9 @@ class PoolSpec(_Frozen):
 
     @model_validator(mode="after")
     def _binding_needs_cpu(self) -> "PoolSpec":
-        if self.cpu_threads_bind is not None and self.accelerator != "cpu":
-            raise ValueError("cpu_threads_bind applies to accelerator `cpu` only")
+        for setting in ("cpu_threads_bind", "cpu_nice"):
+            if getattr(self, setting) is not None and self.accelerator != "cpu":
+                raise ValueError(f"{setting} applies to accelerator `cpu` only")
         return self
 
     @property

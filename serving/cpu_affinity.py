@@ -4,7 +4,12 @@ vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` pins the model's OpenMP threads, but the re
 process (request handling, detokenizing, streaming) and vLLM's engine-core process are
 free to run on any core: under a flood they take CPU from the other pool's engine. The
 engine replica therefore pins itself, before it starts vLLM (whose processes inherit the
-affinity), to the cores its pool's binding names.
+affinity), to the cores its pool's binding names; and, where the pool sets ``cpu_nice``,
+takes that niceness, so that its engine wins its cores from the platform's own processes
+(which Ray runs at niceness 15) when both want them.
+
+Both act on the calling thread (Linux keeps affinity and niceness per thread); the engine's
+processes and threads started from it afterwards inherit them.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import logging
 import os
 
 logger = logging.getLogger("fabriek.cpu_affinity")
+
+# The pool's cpu_nice, handed to its engine replicas in their environment.
+POOL_NICE_ENV = "FABRIEK_POOL_CPU_NICE"
 
 
 def cores_of(threads_bind: str) -> set[int] | None:
@@ -41,3 +49,18 @@ def pin_to_pool_cores() -> set[int] | None:
         logger.warning("cannot pin to pool cores %s: %s; not pinning", sorted(cores), err)
         return None
     return cores
+
+
+def take_pool_niceness() -> int | None:
+    """Sets this thread's niceness to its pool's ``cpu_nice``, if the pool sets one;
+    returns the niceness taken."""
+    wanted = os.environ.get(POOL_NICE_ENV)
+    if wanted is None:
+        return None
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, int(wanted))
+    except OSError as err:  # below the current niceness without CAP_SYS_NICE
+        logger.warning("cannot take the pool's niceness %s (now %d): %s", wanted,
+                       os.getpriority(os.PRIO_PROCESS, 0), err)
+        return None
+    return int(wanted)

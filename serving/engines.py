@@ -16,6 +16,7 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
 from serving import tracing
+from serving.cpu_affinity import POOL_NICE_ENV
 from serving.config import (BUILTIN_SCHEME, OBJECT_STORE_SCHEMES, POOL_RESOURCE_PER_REPLICA, ModelSpec,
                             PlatformConfig, PoolSpec)
 from serving.default_model import DEFAULT_MODEL_NAME, ModelPrepareError, default_model_dir, verify_model_dir
@@ -78,6 +79,8 @@ def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[st
     if pool.cpu_threads_bind is not None:
         # Read by vLLM's CPU worker when it binds its OpenMP threads (vllm.envs).
         pool_env["VLLM_CPU_OMP_THREADS_BIND"] = pool.cpu_threads_bind
+    if pool.cpu_nice is not None:
+        pool_env[POOL_NICE_ENV] = str(pool.cpu_nice)  # read by serving.cpu_affinity
     return LLMConfig(
         model_loading_config={"model_id": model.id, "model_source": model_source},
         engine_kwargs=engine_kwargs,

@@ -31,7 +31,7 @@ from ray.serve.llm import LLMServer
 from vllm.utils.gc_utils import freeze_gc_heap
 
 from serving import tracing
-from serving.cpu_affinity import pin_to_pool_cores
+from serving.cpu_affinity import pin_to_pool_cores, take_pool_niceness
 
 # vLLM traces requests only when given an OTLP endpoint (serving.engines does so from the
 # same variables); otherwise it would warn about every request that carries a trace context.
@@ -130,7 +130,8 @@ class FabriekLLMServer(LLMServer):
     async def start(self) -> None:
         """Pin to the pool's cores, start the engine, then freeze the start-up heap out of
         the garbage collector."""
-        pin_to_pool_cores()  # before vLLM starts its processes: they inherit it
+        pin_to_pool_cores()  # before vLLM starts its processes: they inherit both
+        take_pool_niceness()
         await super().start()
         # vLLM's own API server does this after start-up; Ray's replica does not. Without
         # it a full collection walks torch's and vLLM's millions of start-up objects and

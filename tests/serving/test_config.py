@@ -235,6 +235,21 @@ def test_cpu_threads_bind(bind, accelerator, expected):
             load_config(config)
 
 
+@pytest.mark.parametrize(("nice", "accelerator", "expected"), [
+    (0, "cpu", None), (19, "cpu", None), (-20, "cpu", None),
+    (20, "cpu", "less than or equal to 19"), ("high", "cpu", "valid integer"),
+    (0, "gpu", "cpu_nice applies to accelerator `cpu` only"),
+])
+def test_cpu_nice(nice, accelerator, expected):
+    config = with_change("pools.0.cpu_nice", nice)
+    config["pools"][0]["accelerator"] = accelerator
+    if expected is None:
+        assert load_config(config).pools[0].cpu_nice == nice
+    else:
+        with pytest.raises(ConfigError, match=expected):
+            load_config(config)
+
+
 def test_auth_paths_default_under_fabriek_home(tmp_path, monkeypatch):
     monkeypatch.setenv("FABRIEK_HOME", str(tmp_path))
     auth = load_config(VALID).auth

@@ -1,10 +1,11 @@
-"""Parsing vLLM's CPU binding into the cores a pool's engine is pinned to."""
+"""Parsing vLLM's CPU binding into the cores a pool's engine is pinned to; the pool's niceness."""
 
 import os
+import threading
 
 import pytest
 
-from serving.cpu_affinity import cores_of, pin_to_pool_cores
+from serving.cpu_affinity import POOL_NICE_ENV, cores_of, pin_to_pool_cores, take_pool_niceness
 
 
 @pytest.mark.parametrize(("bind", "cores"), [
@@ -43,3 +44,36 @@ def test_pins_to_pool_cores_outside_the_inherited_system_cores(monkeypatch):
         assert os.sched_getaffinity(0) == {pool}
     finally:
         os.sched_setaffinity(0, before)
+
+
+def in_a_thread(function):
+    """Runs ``function`` in a thread of its own (niceness is per thread on Linux: the test
+    process keeps its own) and returns what it returned and the thread's niceness after."""
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(
+        result=function(), nice=os.getpriority(os.PRIO_PROCESS, 0)))
+    thread.start()
+    thread.join()
+    return out["result"], out["nice"]
+
+
+def test_takes_the_pool_niceness(monkeypatch):
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    nicer = min(before + 3, 19)  # raising it needs no privilege
+    monkeypatch.setenv(POOL_NICE_ENV, str(nicer))
+    assert in_a_thread(take_pool_niceness) == (nicer, nicer)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
+
+
+def test_no_pool_niceness_leaves_the_thread_as_it_is(monkeypatch):
+    monkeypatch.delenv(POOL_NICE_ENV, raising=False)
+    assert in_a_thread(take_pool_niceness) == (None, os.getpriority(os.PRIO_PROCESS, 0))
+
+
+def test_a_niceness_the_process_may_not_take_is_warned_about(monkeypatch, caplog):
+    def refused(*_):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "setpriority", refused)
+    monkeypatch.setenv(POOL_NICE_ENV, "-5")
+    assert take_pool_niceness() is None
+    assert "cannot take the pool's niceness -5" in caplog.text

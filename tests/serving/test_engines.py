@@ -64,11 +64,13 @@ def test_unknown_builtin_model_is_refused():
 def test_pool_resource_is_in_every_engine_bundle_and_binding_in_the_env():
     config = load_config({
         "models": [{"id": "m", "source": "/models/m"}],
-        "pools": [{"name": "gov", "accelerator": "cpu", "models": ["m"], "cpu_threads_bind": "2-3"},
+        "pools": [{"name": "gov", "accelerator": "cpu", "models": ["m"], "cpu_threads_bind": "2-3",
+                   "cpu_nice": 0},
                   {"name": "gpu-pool", "accelerator": "gpu", "models": ["m"]}]})
     cpu = llm_config_for(config.pools[0], config.model("m"), "/models/m")
     assert cpu.placement_group_config["bundle_per_worker"] == {"CPU": 1, "pool_gov": 0.001}
     assert cpu.runtime_env["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] == "2-3"
+    assert cpu.runtime_env["env_vars"]["FABRIEK_POOL_CPU_NICE"] == "0"
     gpu = llm_config_for(config.pools[1], config.model("m"), "/models/m")
     assert gpu.placement_group_config["bundle_per_worker"] == {"GPU": 1, "pool_gpu-pool": 0.001}
-    assert "VLLM_CPU_OMP_THREADS_BIND" not in gpu.runtime_env["env_vars"]
+    assert not {"VLLM_CPU_OMP_THREADS_BIND", "FABRIEK_POOL_CPU_NICE"} & set(gpu.runtime_env["env_vars"])
