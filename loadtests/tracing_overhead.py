@@ -9,18 +9,23 @@ Three measurements:
   * servers started with tracing off and on, alternating (off, on, off, on, ...): this adds
     what having tracing installed costs, but every start places processes anew, which
     moves TTFT by several ms on its own.
+With ``--cpu``, instead: servers off and on, alternating, each measured for the CPU time of
+every process by role (idle for a while, then a fixed load), which is steadier between
+starts than TTFT is and names where a cost lands (loadtests/process_cpu.py).
 "On" exports every span over OTLP/gRPC to a collector in a process of its own, which
 receives and counts them: Ray Serve's spans, fabriek's and vLLM's. Platform metrics are
 always on. TTFT at concurrency 1, output tokens/s at concurrency 16, as in bench_vs_vllm.py.
 
 Usage (after `make install`; ~14 minutes with 2 rounds on a 2-core CPU machine):
     .venv/bin/python loadtests/tracing_overhead.py [--rounds 2] [--out results/tracing_overhead.json]
+    .venv/bin/python loadtests/tracing_overhead.py --cpu [--rounds 2]   # ~12 minutes
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import multiprocessing
@@ -39,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from loadtests.bench_vs_vllm import PROMPTS, one_request, run_fabriek  # noqa: E402  (clean server env first)
+from loadtests.process_cpu import cpu_by_role  # noqa: E402
 from serving.config import load_config  # noqa: E402
 from tests.otlp_collector import OtlpCollector  # noqa: E402
 
@@ -99,10 +105,10 @@ def traceparent(sampled: bool) -> dict[str, str]:
     return {"traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-{'01' if sampled else '00'}"}
 
 
-async def measure_interleaved(base: str, model: str, args, name: str) -> dict:
-    """On one tracing server: requests traced in full (sampled) against requests that are not
-    (unsampled), interleaved one by one at concurrency 1 and block by block at concurrency 16,
-    so that the difference is the per-request cost of tracing, free of start-to-start drift."""
+@contextlib.asynccontextmanager
+async def warmed_up_client(base: str, model: str, args, headers_of=lambda i: None):
+    """A client of the server, after ``args.settle_s`` of quiet and 20 warm-up requests
+    (the i-th with ``headers_of(i)``)."""
     gc.collect()
     gc.freeze()
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -110,7 +116,15 @@ async def measure_interleaved(base: str, model: str, args, name: str) -> dict:
                                  headers={"Authorization": f"Bearer {args.api_key}"}) as client:
         await asyncio.sleep(args.settle_s)
         for i in range(20):
-            await one_request(client, base, model, PROMPTS[i % len(PROMPTS)], 8, headers=traceparent(i % 2 == 0))
+            await one_request(client, base, model, PROMPTS[i % len(PROMPTS)], 8, headers=headers_of(i))
+        yield client
+
+
+async def measure_interleaved(base: str, model: str, args, name: str) -> dict:
+    """On one tracing server: requests traced in full (sampled) against requests that are not
+    (unsampled), interleaved one by one at concurrency 1 and block by block at concurrency 16,
+    so that the difference is the per-request cost of tracing, free of start-to-start drift."""
+    async with warmed_up_client(base, model, args, lambda i: traceparent(i % 2 == 0)) as client:
         ttfts = {True: [], False: []}
         for i in range(2 * args.requests_c1):
             sampled = i % 2 == 0
@@ -139,6 +153,38 @@ async def measure_interleaved(base: str, model: str, args, name: str) -> dict:
             for name, sampled in (("traced", True), ("untraced", False))}
 
 
+async def measure_cpu(base: str, model: str, args, name: str) -> dict:
+    """CPU seconds by process role: idle for ``args.idle_s``, then 2 blocks of
+    ``args.requests_c16`` requests at concurrency 16 (each traced in full when tracing is on)."""
+    async with warmed_up_client(base, model, args) as client:
+        with cpu_by_role(args.not_measured) as idle:
+            await asyncio.sleep(args.idle_s)
+        queue = list(range(2 * args.requests_c16))
+        tokens = []
+
+        async def worker():
+            while queue:
+                i = queue.pop()
+                tokens.append((await one_request(client, base, model, PROMPTS[i % len(PROMPTS)],
+                                                 args.max_tokens_c16))[1])
+
+        with cpu_by_role(args.not_measured) as loaded:
+            await asyncio.gather(*(worker() for _ in range(16)))
+    return {"idle": idle, "load": loaded, "requests": len(tokens), "output_tokens": sum(tokens)}
+
+
+def cpu_report(runs: dict[str, list[dict]]) -> dict:
+    """Per role: idle cores (CPU s per wall s) and CPU ms per request under load, mean of runs."""
+    report = {}
+    for setting, results in runs.items():
+        roles = {role for r in results for phase in ("idle", "load") for role in r[phase]["roles"]}
+        report[setting] = {role: {
+            "idle_cores": statistics.fmean(r["idle"]["roles"].get(role, 0) / r["idle"]["wall_s"] for r in results),
+            "load_cpu_ms_per_request": statistics.fmean(1e3 * r["load"]["roles"].get(role, 0) / r["requests"]
+                                                        for r in results)} for role in roles}
+    return report
+
+
 def main() -> None:
     import logging
 
@@ -151,6 +197,8 @@ def main() -> None:
     parser.add_argument("--requests-c16", type=int, default=64)
     parser.add_argument("--max-tokens-c16", type=int, default=64)
     parser.add_argument("--settle-s", type=float, default=15.0)
+    parser.add_argument("--cpu", action="store_true", help="measure CPU time by process role instead")
+    parser.add_argument("--idle-s", type=float, default=30.0, help="idle CPU window with --cpu")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "tracing_overhead.json")
     args = parser.parse_args()
     args.config = None
@@ -158,6 +206,8 @@ def main() -> None:
     logs = args.out.parent
     logs.mkdir(parents=True, exist_ok=True)
 
+    if args.cpu:
+        return main_cpu(args, model_id, logs)
     micro = per_request_span_cost_us()
     print(f"fabriek's spans per request, in-process: {micro['on_us']:.1f} us on, {micro['off_us']:.2f} us off",
           flush=True)
@@ -205,6 +255,36 @@ def main() -> None:
               f"{' / '.join(f'{v:.1f}' for v in s['tokens_per_s_c16_runs'])} |")
     print(f"\nTTFT p50 {report['ttft_p50_delta_ms']:+.2f} ms; throughput x{report['throughput_ratio']:.3f}; "
           f"{spans} spans received; written to {args.out}")
+
+
+def main_cpu(args, model_id: str, logs: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    ports, stop, counted = context.Queue(), context.Event(), context.Queue()
+    sink = context.Process(target=collector_process, args=(ports, stop, counted))
+    sink.start()
+    # The load generator and the collector stand for the outside world.
+    args.not_measured = {os.getpid(), sink.pid}
+    tracing_on = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports.get()}",
+                  "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    runs = {"off": [], "on": []}
+    for round_ in range(args.rounds):
+        for setting, env in (("off", {}), ("on", tracing_on)):
+            runs[setting].append(run_fabriek(model_id, args, logs, env=env, name=f"tracing-cpu-{setting}-{round_}",
+                                             measure_with=measure_cpu))
+            print(f"tracing {setting}: {json.dumps(runs[setting][-1])}", flush=True)
+    stop.set()
+    spans = counted.get()
+    sink.join()
+    report = cpu_report(runs)
+    args.out.write_text(json.dumps({"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
+                                    "spans_received": spans, "by_role": report, "runs": runs}, indent=2))
+    print("\n| process | idle cores off / on | CPU ms per request off / on |\n|---|---|---|")
+    for role in sorted(set(report["off"]) | set(report["on"]),
+                       key=lambda r: -report["on"].get(r, {}).get("load_cpu_ms_per_request", 0)):
+        off, on = report["off"].get(role, {}), report["on"].get(role, {})
+        print(f"| {role} | {off.get('idle_cores', 0):.3f} / {on.get('idle_cores', 0):.3f} | "
+              f"{off.get('load_cpu_ms_per_request', 0):.1f} / {on.get('load_cpu_ms_per_request', 0):.1f} |")
+    print(f"\n{spans} spans received; written to {args.out}")
 
 
 if __name__ == "__main__":

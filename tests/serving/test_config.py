@@ -220,31 +220,20 @@ def test_invalid_tenancy_names_the_path(changes, expected):
     assert expected in str(raised.value)
 
 
-@pytest.mark.parametrize(("bind", "accelerator", "expected"), [
-    ("0", "cpu", None), ("0-3,8", "cpu", None), ("0-1|2-3", "cpu", None), ("auto", "cpu", None),
-    ("zero", "cpu", "not a CPU list"), ("0;1", "cpu", "not a CPU list"),
-    ("0", "gpu", "cpu_threads_bind applies to accelerator `cpu` only"),
+@pytest.mark.parametrize(("setting", "value", "accelerator", "expected"), [
+    ("cpu_threads_bind", "0", "cpu", None), ("cpu_threads_bind", "0-3,8", "cpu", None),
+    ("cpu_threads_bind", "0-1|2-3", "cpu", None), ("cpu_threads_bind", "auto", "cpu", None),
+    ("cpu_threads_bind", "zero", "cpu", "not a CPU list"), ("cpu_threads_bind", "0;1", "cpu", "not a CPU list"),
+    ("cpu_threads_bind", "0", "gpu", "cpu_threads_bind applies to accelerator `cpu` only"),
+    ("cpu_nice", 0, "cpu", None), ("cpu_nice", 19, "cpu", None), ("cpu_nice", -20, "cpu", None),
+    ("cpu_nice", 20, "cpu", "less than or equal to 19"), ("cpu_nice", "high", "cpu", "valid integer"),
+    ("cpu_nice", 0, "gpu", "cpu_nice applies to accelerator `cpu` only"),
 ])
-def test_cpu_threads_bind(bind, accelerator, expected):
-    config = with_change("pools.0.cpu_threads_bind", bind)
+def test_cpu_pool_settings(setting, value, accelerator, expected):
+    config = with_change(f"pools.0.{setting}", value)
     config["pools"][0]["accelerator"] = accelerator
     if expected is None:
-        assert load_config(config).pools[0].cpu_threads_bind == bind
-    else:
-        with pytest.raises(ConfigError, match=expected):
-            load_config(config)
-
-
-@pytest.mark.parametrize(("nice", "accelerator", "expected"), [
-    (0, "cpu", None), (19, "cpu", None), (-20, "cpu", None),
-    (20, "cpu", "less than or equal to 19"), ("high", "cpu", "valid integer"),
-    (0, "gpu", "cpu_nice applies to accelerator `cpu` only"),
-])
-def test_cpu_nice(nice, accelerator, expected):
-    config = with_change("pools.0.cpu_nice", nice)
-    config["pools"][0]["accelerator"] = accelerator
-    if expected is None:
-        assert load_config(config).pools[0].cpu_nice == nice
+        assert getattr(load_config(config).pools[0], setting) == value
     else:
         with pytest.raises(ConfigError, match=expected):
             load_config(config)
