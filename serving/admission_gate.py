@@ -101,6 +101,10 @@ class AdmissionGate:
             trace_id=current_trace_id()),
             RequestEnd(REJECTED, status, reason=str(rejection.reason))))
 
+    def close(self) -> None:
+        """Commits the records still waiting (the replica is stopping)."""
+        self._ledger.close()
+
     @staticmethod
     def first_token(visit: Visit) -> None:
         if visit.first_token_at is None:

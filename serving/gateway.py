@@ -120,6 +120,10 @@ class Gateway:
                                          if q.tokens_per_minute is not None or q.max_prompt_tokens is not None)
         self._max_model_lens = dict(max_model_lens)
 
+    def close(self) -> None:
+        """Commits the usage records still waiting (the replica is stopping)."""
+        self._gate.close()
+
     def authenticate(self, authorization: str | None) -> Tenant:
         """The tenant of ``Bearer KEY``.
 

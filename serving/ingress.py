@@ -106,6 +106,13 @@ class OpenAIIngress:
         freeze_gc_heap()
         return app
 
+    def __del__(self) -> None:
+        # Ray Serve calls this when it stops the replica gracefully: the usage records still
+        # waiting for the ledger's writer thread are committed, not dropped with the process.
+        gateway = getattr(self, "_gateway", None)  # absent if __init__ failed
+        if gateway is not None:
+            gateway.close()
+
     # --- HTTP ---------------------------------------------------------------------------
 
     async def chat(self, request: Request) -> Response:
