@@ -6,11 +6,14 @@ from __future__ import annotations
 import re
 import time
 
+import grpc
 import httpx
 import openai
 import pytest
 
 from serving.ledger import UsageLedger
+from serving.protos.fabriek.v1 import inference_pb2 as pb
+from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub
 from tests.conftest import MODEL_ID
 
 pytestmark = pytest.mark.e2e
@@ -195,14 +198,29 @@ def test_killed_ingress_loses_no_usage_record(fabriek_server):
     assert {records[i].status for i in seen_ids} <= {"started", "ok"}
     assert "in progress" in fabriek_server.cli("usage", "--tenant", "gov-demo") or \
         all(records[i].status == "ok" for i in seen_ids)
-    # Ray Serve replaces the killed replicas; the API answers again.
+    # Ray Serve replaces the killed replicas; the API answers again, over HTTP and gRPC
+    # (whose front door comes back on its own schedule: later tests use both).
     assert _eventually(lambda: _status(fabriek_server) == 200, timeout_s=180)
+    assert _eventually(lambda: _grpc_answers(fabriek_server), timeout_s=180)
 
 
 def threading_event():
     import threading
 
     return threading.Event()
+
+
+def _grpc_answers(server) -> bool:
+    # Ray Serve's HAProxy front end takes the replacements' gRPC ports some time after
+    # HTTP works again (seen: more than 30 s on a busy CI machine).
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        try:
+            InferenceServiceStub(channel).ListModels(
+                pb.ListModelsRequest(), metadata=[("authorization", f"Bearer {server.keys['gov-demo']}")],
+                timeout=10)
+            return True
+        except grpc.RpcError:
+            return False
 
 
 def _status(server) -> int:

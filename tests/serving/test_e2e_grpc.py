@@ -28,7 +28,9 @@ POOL_OF = {"gov-demo": "government", "pilot-demo": "commercial"}
 @pytest.fixture(scope="module")
 def stub(fabriek_server) -> InferenceServiceStub:
     with grpc.insecure_channel(fabriek_server.grpc_target) as channel:
-        grpc.channel_ready_future(channel).result(timeout=30)
+        # Generous: an earlier test may have killed the ingress replicas, and their
+        # replacements take a while on a busy 2-core machine.
+        grpc.channel_ready_future(channel).result(timeout=180)
         yield InferenceServiceStub(channel)
 
 
