@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
+from loadtests.percentiles import percentile  # noqa: E402
 from routers import Route  # noqa: E402
 from routers.fair_queue import PoolLimits  # noqa: E402
 from routers.quota import QuotaLimits  # noqa: E402
@@ -55,7 +56,7 @@ async def measure(handle, requests: int, callers: int) -> dict:
     await asyncio.gather(*(caller() for _ in range(callers)))
     wall = time.perf_counter() - started
     return {"acquire_p50_ms": statistics.median(latencies),
-            "acquire_p99_ms": latencies[round(0.99 * (len(latencies) - 1))],
+            "acquire_p99_ms": percentile(latencies, 0.99),
             "pairs_per_s_with_callers": requests / wall, "callers": callers, "requests": requests}
 
 

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from loadtests.bench_vs_vllm import PROMPTS, free_port, one_request, stop  # noqa: E402  (shared with the vLLM bench)
+from loadtests.percentiles import percentile  # noqa: E402
 from routers import KeyFile  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
 from serving.protos.fabriek.v1 import inference_pb2 as pb  # noqa: E402
@@ -103,11 +104,6 @@ async def throughput(client, requests: int, max_tokens: int) -> tuple[int, float
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     return sum(totals), time.perf_counter() - started
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def measure(http_port: int, grpc_port: int, api_key: str, args) -> dict:

@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
+from loadtests.percentiles import percentile  # noqa: E402
 from routers import KeyFile  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
 from serving.engines import engine_args_for, resolve_model_source  # noqa: E402
@@ -183,7 +184,7 @@ async def measure(base: str, model: str, args: argparse.Namespace, name: str) ->
     ttfts.sort()
     return PhaseResult(
         server=name, ttft_p50_ms=statistics.median(ttfts),
-        ttft_p99_ms=ttfts[min(len(ttfts) - 1, round(0.99 * (len(ttfts) - 1)))],
+        ttft_p99_ms=percentile(ttfts, 0.99),
         ttft_mean_ms=statistics.fmean(ttfts), c1_requests=len(ttfts),
         c16_output_tokens_per_s=sum(totals) / wall, c16_requests=len(totals),
         c16_output_tokens=sum(totals), c16_wall_s=wall, ttfts_ms=in_order)

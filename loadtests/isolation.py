@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from loadtests.bench_vs_vllm import free_port, start, stop, wait_ready  # noqa: E402
 from loadtests.isolation_clients import FLOOD_WORKERS, POOL_CAPACITY  # noqa: E402
+from loadtests.percentiles import percentile  # noqa: E402
 from routers import KeyFile  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH  # noqa: E402
 from serving.cpu_affinity import cores_of  # noqa: E402
@@ -107,9 +108,8 @@ def summary(client: dict) -> dict:
 
 
 def percentiles(values: list[float], name: str) -> dict:
-    ordered = sorted(values)
-    return {f"{name}_p50_ms": statistics.median(ordered) if ordered else None,
-            f"{name}_p99_ms": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] if ordered else None}
+    return {f"{name}_p50_ms": statistics.median(values) if values else None,
+            f"{name}_p99_ms": percentile(values, 0.99) if values else None}
 
 
 def server_side(ledger_url: str, windows: dict[str, list[float]]) -> dict:

@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from loadtests.bench_vs_vllm import PROMPTS, one_request, run_fabriek  # noqa: E402  (clean server env first)
+from loadtests.percentiles import percentile  # noqa: E402
 from loadtests.process_cpu import cpu_by_role  # noqa: E402
 from serving.config import load_config  # noqa: E402
 from tests.otlp_collector import OtlpCollector  # noqa: E402
@@ -148,7 +149,7 @@ async def measure_interleaved(base: str, model: str, args, name: str) -> dict:
             await asyncio.gather(*(worker() for _ in range(16)))
             throughput[sampled].append(sum(tokens) / (time.perf_counter() - started))
     return {name: {"ttft_p50_ms": statistics.median(ttfts[sampled]),
-                   "ttft_p99_ms": sorted(ttfts[sampled])[round(0.99 * (len(ttfts[sampled]) - 1))],
+                   "ttft_p99_ms": percentile(ttfts[sampled], 0.99),
                    "tokens_per_s_c16_blocks": throughput[sampled]}
             for name, sampled in (("traced", True), ("untraced", False))}
 

@@ -139,8 +139,12 @@ class AdmissionGate:
 def _logged(written: concurrent.futures.Future) -> None:
     """A write nobody waits for (the answer does not wait for the bookkeeping): its failure
     is logged."""
-    written.add_done_callback(
-        lambda future: future.exception() and logger.error("usage ledger write failed: %r", future.exception()))
+    written.add_done_callback(_log_failure)
+
+
+def _log_failure(written: concurrent.futures.Future) -> None:
+    if written.exception() is not None:
+        logger.error("usage ledger write failed: %r", written.exception())
 
 
 def status_of(rejection: Rejection) -> int:
