@@ -1,12 +1,30 @@
 """Plain torch reference for the paged-attention contract: slow, obviously correct.
 
 Every kernel test compares against these functions. They follow the launchers'
-contract exactly (shapes, sliding window, soft-cap semantics) and compute in fp32.
+contract exactly (shapes, sliding window, soft-cap semantics).
+
+The attention reference computes in float64 on one thread. In fp32 on several threads,
+torch's CPU path once gave, on the first call of a busy process, one thread's half of the
+heads off by 3.7e-4 (18x the fp32 tolerance) while the kernel matched a float64 result to
+1.3e-6: a reference must not be the side that is wrong.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def reference_write_kv_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
@@ -55,17 +73,24 @@ def reference_paged_attention(query: torch.Tensor, key_cache: torch.Tensor, valu
     Returns:
         [num_tokens, num_q_heads, head_size] in ``query``'s dtype.
     """
+    with _one_thread():
+        return _attention_float64(query, key_cache, value_cache, cu_seqlens_q, seq_lens,
+                                  block_table, softmax_scale, sliding_window, softcap)
+
+
+def _attention_float64(query, key_cache, value_cache, cu_seqlens_q, seq_lens, block_table,
+                       softmax_scale, sliding_window, softcap) -> torch.Tensor:
     num_q_heads, num_kv_heads = query.shape[1], key_cache.shape[2]
     group = num_q_heads // num_kv_heads
     out = torch.empty_like(query)
     starts = cu_seqlens_q.tolist()
     for seq, seq_len in enumerate(seq_lens.tolist()):
-        q = query[starts[seq]:starts[seq + 1]].float()  # [q_len, Hq, D]
+        q = query[starts[seq]:starts[seq + 1]].double()  # [q_len, Hq, D]
         q_len = q.shape[0]
         if q_len == 0:
             continue
-        k = gather_sequence(key_cache, block_table[seq], seq_len).float()
-        v = gather_sequence(value_cache, block_table[seq], seq_len).float()
+        k = gather_sequence(key_cache, block_table[seq], seq_len).double()
+        v = gather_sequence(value_cache, block_table[seq], seq_len).double()
         k = k.repeat_interleave(group, dim=1)  # query head h reads kv head h // group
         v = v.repeat_interleave(group, dim=1)
         logits = torch.einsum("qhd,khd->hqk", q, k) * softmax_scale
