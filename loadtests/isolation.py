@@ -166,6 +166,8 @@ def main() -> None:
                         help="after a refusal, flood clients retry at once (50 ms) or honour Retry-After")
     parser.add_argument("--system-cpus", default=None,
                         help="override local.system_cpus of the isolated config (e.g. 1)")
+    parser.add_argument("--commercial-nice", type=int, default=None,
+                        help="override the commercial pool's cpu_nice in the isolated config (e.g. 19)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "isolation.json")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +180,8 @@ def main() -> None:
     isolated = isolated_config()
     if args.system_cpus is not None:
         isolated["local"]["system_cpus"] = args.system_cpus
+    if args.commercial_nice is not None:
+        next(p for p in isolated["pools"] if p["name"] == "commercial")["cpu_nice"] = args.commercial_nice
     for name, config in (("isolated", isolated), ("shared", shared_config())):
         if args.only in (None, name):
             results[name] = run(name, config, args, logs)

@@ -69,7 +69,7 @@ async def flood(base: str, key: str, duration_s: float, honour_retry_after: bool
     """Closed loop, FLOOD_WORKERS at once, each retrying after a refusal: at once (50 ms, a
     client that ignores the platform), or after the answer's ``Retry-After`` (what the
     official openai SDK does)."""
-    statuses = Counter()
+    statuses, lags = Counter(), []
     stop_at = time.perf_counter() + duration_s
     limits = httpx.Limits(max_connections=FLOOD_WORKERS, max_keepalive_connections=FLOOD_WORKERS)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
@@ -89,8 +89,16 @@ async def flood(base: str, key: str, duration_s: float, honour_retry_after: bool
                 except httpx.HTTPError as err:
                     statuses[type(err).__name__] += 1
 
-        await asyncio.gather(*(worker() for _ in range(FLOOD_WORKERS)))
-    return {str(k): v for k, v in statuses.items()}
+        async def lag_monitor():
+            # How late the flood client itself ran: a starved client floods less than asked.
+            while time.perf_counter() < stop_at:
+                slept_at = time.perf_counter()
+                await asyncio.sleep(0.05)
+                lags.append((time.perf_counter() - slept_at - 0.05) * 1000)
+
+        await asyncio.gather(lag_monitor(), *(worker() for _ in range(FLOOD_WORKERS)))
+    return {"statuses": {str(k): v for k, v in statuses.items()},
+            "loop_lag_max_ms": max(lags), "loop_lag_p50_ms": statistics.median(lags)}
 
 
 def main() -> None:

@@ -6,9 +6,10 @@ Three measurements:
     ``traceparent``) against untraced (an unsampled one), one by one at concurrency 1 and
     block by block at concurrency 16. Same processes, same placement: the difference is
     the per-request cost of recording and exporting every span;
-  * servers started with tracing off and on, alternating (off, on, off, on, ...): this adds
-    what having tracing installed costs, but every start places processes anew, which
-    moves TTFT by several ms on its own.
+  * servers started with tracing off and on, in the order off, on, on, off, ... (so that a
+    drift over successive starts falls on both alike): this adds what having tracing
+    installed costs, but every start places processes anew, which moves TTFT by several ms
+    on its own. ``--starts-only`` runs just these.
 With ``--cpu``, instead: servers off and on, alternating, each measured for the CPU time of
 every process by role (idle for a while, then a fixed load), which is steadier between
 starts than TTFT is and names where a cost lands (loadtests/process_cpu.py).
@@ -198,6 +199,8 @@ def main() -> None:
     parser.add_argument("--requests-c16", type=int, default=64)
     parser.add_argument("--max-tokens-c16", type=int, default=64)
     parser.add_argument("--settle-s", type=float, default=15.0)
+    parser.add_argument("--starts-only", action="store_true",
+                        help="only the servers started off and on (skip the one-server interleaved run)")
     parser.add_argument("--cpu", action="store_true", help="measure CPU time by process role instead")
     parser.add_argument("--idle-s", type=float, default=30.0, help="idle CPU window with --cpu")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "tracing_overhead.json")
@@ -219,16 +222,23 @@ def main() -> None:
     sink.start()
     tracing_on = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports.get()}",
                   "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
-    interleaved = run_fabriek(model_id, args, logs, env=tracing_on, name="tracing-interleaved",
-                              measure_with=measure_interleaved)
-    traced, untraced = interleaved["traced"], interleaved["untraced"]
-    print(f"one server, interleaved: TTFT p50 traced {traced['ttft_p50_ms']:.1f} ms, untraced "
-          f"{untraced['ttft_p50_ms']:.1f} ms; tok/s @16 traced "
-          f"{statistics.fmean(traced['tokens_per_s_c16_blocks']):.1f}, untraced "
-          f"{statistics.fmean(untraced['tokens_per_s_c16_blocks']):.1f}", flush=True)
+    interleaved = None
+    if not args.starts_only:
+        interleaved = run_fabriek(model_id, args, logs, env=tracing_on, name="tracing-interleaved",
+                                  measure_with=measure_interleaved)
+        traced, untraced = interleaved["traced"], interleaved["untraced"]
+        print(f"one server, interleaved: TTFT p50 traced {traced['ttft_p50_ms']:.1f} ms, untraced "
+              f"{untraced['ttft_p50_ms']:.1f} ms; tok/s @16 traced "
+              f"{statistics.fmean(traced['tokens_per_s_c16_blocks']):.1f}, untraced "
+              f"{statistics.fmean(untraced['tokens_per_s_c16_blocks']):.1f}", flush=True)
     runs = {"off": [], "on": []}
+    order = []
     for round_ in range(args.rounds):
-        for setting, env in (("off", {}), ("on", tracing_on)):
+        # off, on, on, off, ...: a drift over successive starts (the machine, its caches, the
+        # collector's backlog) weighs on both settings alike instead of always on "on".
+        settings = (("off", {}), ("on", tracing_on))
+        for setting, env in (settings if round_ % 2 == 0 else settings[::-1]):
+            order.append(setting)
             result = run_fabriek(model_id, args, logs, env=env, name=f"tracing-{setting}-{round_}")
             runs[setting].append(asdict(result))
             print(f"tracing {setting}: TTFT p50 {result.ttft_p50_ms:.1f} ms, "
@@ -248,7 +258,8 @@ def main() -> None:
               "spans_received": spans, "per_request_span_cost": micro, "interleaved": interleaved,
               "off": off, "on": on,
               "ttft_p50_delta_ms": on["ttft_p50_ms"] - off["ttft_p50_ms"],
-              "throughput_ratio": on["tokens_per_s_c16"] / off["tokens_per_s_c16"], "runs": runs}
+              "throughput_ratio": on["tokens_per_s_c16"] / off["tokens_per_s_c16"], "runs": runs,
+              "start_order": order}
     args.out.write_text(json.dumps(report, indent=2))
     print("\n| tracing | TTFT p50 (ms), per run | output tok/s @16, per run |\n|---|---|---|")
     for setting, s in (("off", off), ("on", on)):
