@@ -199,11 +199,13 @@ def _reduce_splits_kernel(out_ptr, partial_out_ptr, partial_max_ptr, partial_sum
     l_sum = tl.load(partial_sum_ptr + stat)
     m_max = tl.max(m, 0)
     weight = tl.math.exp2(m - m_max)  # splits that saw no key have m = -inf: weight 0
+    dim_mask = dims < HEAD_SIZE
+    # The padding dims (head size 80 pads to 128) were never written: masked, not read.
     acc = tl.load(partial_out_ptr + token * stride_pt + head * stride_ph
-                  + splits[:, None] * stride_ps + dims[None, :])
+                  + splits[:, None] * stride_ps + dims[None, :], mask=dim_mask[None, :], other=0.0)
     out = tl.sum(acc * weight[:, None], 0) / tl.sum(l_sum * weight, 0)
     tl.store(out_ptr + token * stride_ot + head * stride_oh + dims,
-             out.to(out_ptr.dtype.element_ty), mask=dims < HEAD_SIZE)
+             out.to(out_ptr.dtype.element_ty), mask=dim_mask)
 
 
 @dataclass(frozen=True)
