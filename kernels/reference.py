@@ -73,35 +73,29 @@ def reference_paged_attention(query: torch.Tensor, key_cache: torch.Tensor, valu
     Returns:
         [num_tokens, num_q_heads, head_size] in ``query``'s dtype.
     """
-    with _one_thread():
-        return _attention_float64(query, key_cache, value_cache, cu_seqlens_q, seq_lens,
-                                  block_table, softmax_scale, sliding_window, softcap)
-
-
-def _attention_float64(query, key_cache, value_cache, cu_seqlens_q, seq_lens, block_table,
-                       softmax_scale, sliding_window, softcap) -> torch.Tensor:
     num_q_heads, num_kv_heads = query.shape[1], key_cache.shape[2]
     group = num_q_heads // num_kv_heads
     out = torch.empty_like(query)
-    starts = cu_seqlens_q.tolist()
-    for seq, seq_len in enumerate(seq_lens.tolist()):
-        q = query[starts[seq]:starts[seq + 1]].double()  # [q_len, Hq, D]
-        q_len = q.shape[0]
-        if q_len == 0:
-            continue
-        k = gather_sequence(key_cache, block_table[seq], seq_len).double()
-        v = gather_sequence(value_cache, block_table[seq], seq_len).double()
-        k = k.repeat_interleave(group, dim=1)  # query head h reads kv head h // group
-        v = v.repeat_interleave(group, dim=1)
-        logits = torch.einsum("qhd,khd->hqk", q, k) * softmax_scale
-        if softcap > 0:
-            logits = softcap * torch.tanh(logits / softcap)
-        q_pos = torch.arange(seq_len - q_len, seq_len)[:, None]
-        k_pos = torch.arange(seq_len)[None, :]
-        visible = k_pos <= q_pos
-        if sliding_window is not None:
-            visible &= q_pos - k_pos < sliding_window
-        logits = logits.masked_fill(~visible, float("-inf"))
-        out[starts[seq]:starts[seq + 1]] = torch.einsum(
-            "hqk,khd->qhd", logits.softmax(dim=-1), v).to(query.dtype)
-    return out
+    with _one_thread():
+        starts = cu_seqlens_q.tolist()
+        for seq, seq_len in enumerate(seq_lens.tolist()):
+            q = query[starts[seq]:starts[seq + 1]].double()  # [q_len, Hq, D]
+            q_len = q.shape[0]
+            if q_len == 0:
+                continue
+            k = gather_sequence(key_cache, block_table[seq], seq_len).double()
+            v = gather_sequence(value_cache, block_table[seq], seq_len).double()
+            k = k.repeat_interleave(group, dim=1)  # query head h reads kv head h // group
+            v = v.repeat_interleave(group, dim=1)
+            logits = torch.einsum("qhd,khd->hqk", q, k) * softmax_scale
+            if softcap > 0:
+                logits = softcap * torch.tanh(logits / softcap)
+            q_pos = torch.arange(seq_len - q_len, seq_len)[:, None]
+            k_pos = torch.arange(seq_len)[None, :]
+            visible = k_pos <= q_pos
+            if sliding_window is not None:
+                visible &= q_pos - k_pos < sliding_window
+            logits = logits.masked_fill(~visible, float("-inf"))
+            out[starts[seq]:starts[seq + 1]] = torch.einsum(
+                "hqk,khd->qhd", logits.softmax(dim=-1), v).to(query.dtype)
+        return out

@@ -28,6 +28,19 @@ POOL_CAPACITY = 8
 FLOOD_WORKERS = 4 * POOL_CAPACITY
 
 
+async def watch_loop_lag(stop_at: float, lags: list[float], period_s: float = 0.05) -> None:
+    """How late this client's own event loop runs (ms past each ``period_s`` sleep), until
+    ``stop_at``: a starved client sends less, and later, than it was asked to."""
+    while time.perf_counter() < stop_at:
+        slept_at = time.perf_counter()
+        await asyncio.sleep(period_s)
+        lags.append((time.perf_counter() - slept_at - period_s) * 1000)
+
+
+def lag_summary(lags: list[float]) -> dict:
+    return {"loop_lag_max_ms": max(lags), "loop_lag_p50_ms": statistics.median(lags)}
+
+
 async def government(base: str, key: str, duration_s: float, interval_s: float,
                      timeout_s: float) -> dict:
     """Open loop: one short streamed chat every ``interval_s``; TTFT of each, and how late
@@ -54,15 +67,14 @@ async def government(base: str, key: str, duration_s: float, interval_s: float,
 
         window = [time.time()]
         deadline = time.perf_counter() + duration_s
+        watching = asyncio.create_task(watch_loop_lag(deadline, lags))
         while time.perf_counter() < deadline:
             tasks.append(asyncio.create_task(one()))
-            slept_at = time.perf_counter()
             await asyncio.sleep(interval_s)
-            lags.append((time.perf_counter() - slept_at - interval_s) * 1000)
-        await asyncio.gather(*tasks)
+        await asyncio.gather(watching, *tasks)
         window.append(time.time())
     return {"ttfts_ms": ttfts, "statuses": {str(k): v for k, v in statuses.items()},
-            "window": window, "loop_lag_max_ms": max(lags), "loop_lag_p50_ms": statistics.median(lags)}
+            "window": window, **lag_summary(lags)}
 
 
 async def flood(base: str, key: str, duration_s: float, honour_retry_after: bool) -> dict:
@@ -89,16 +101,8 @@ async def flood(base: str, key: str, duration_s: float, honour_retry_after: bool
                 except httpx.HTTPError as err:
                     statuses[type(err).__name__] += 1
 
-        async def lag_monitor():
-            # How late the flood client itself ran: a starved client floods less than asked.
-            while time.perf_counter() < stop_at:
-                slept_at = time.perf_counter()
-                await asyncio.sleep(0.05)
-                lags.append((time.perf_counter() - slept_at - 0.05) * 1000)
-
-        await asyncio.gather(lag_monitor(), *(worker() for _ in range(FLOOD_WORKERS)))
-    return {"statuses": {str(k): v for k, v in statuses.items()},
-            "loop_lag_max_ms": max(lags), "loop_lag_p50_ms": statistics.median(lags)}
+        await asyncio.gather(watch_loop_lag(stop_at, lags), *(worker() for _ in range(FLOOD_WORKERS)))
+    return {"statuses": {str(k): v for k, v in statuses.items()}, **lag_summary(lags)}
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ Three measurements:
     drift over successive starts falls on both alike): this adds what having tracing
     installed costs, but every start places processes anew, which moves TTFT by several ms
     on its own. ``--starts-only`` runs just these.
-With ``--cpu``, instead: servers off and on, alternating, each measured for the CPU time of
+With ``--cpu``, instead: servers off and on, in the same order, each measured for the CPU time of
 every process by role (idle for a while, then a fixed load), which is steadier between
 starts than TTFT is and names where a cost lands (loadtests/process_cpu.py).
 "On" exports every span over OTLP/gRPC to a collector in a process of its own, which
@@ -36,6 +36,7 @@ import secrets
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -57,6 +58,34 @@ def collector_process(ports, stop, counted) -> None:
     stop.wait()
     counted.put(collector.span_count())
     collector.stop()
+
+
+@contextlib.contextmanager
+def otlp_collector() -> Iterator[dict]:
+    """A collector in a process of its own (not in the client's GIL), receiving and counting
+    spans. Yields ``{"env": the OTEL variables that send a server's spans there, "pid": its
+    pid}``; ``"spans"`` holds the count once the block ends."""
+    context = multiprocessing.get_context("spawn")
+    ports, stop, counted = context.Queue(), context.Event(), context.Queue()
+    sink = context.Process(target=collector_process, args=(ports, stop, counted))
+    sink.start()
+    collector = {"env": {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports.get()}",
+                         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "pid": sink.pid}
+    try:
+        yield collector
+    finally:
+        stop.set()
+        collector["spans"] = counted.get()
+        sink.join()
+
+
+def start_order(rounds: int) -> Iterator[tuple[int, str]]:
+    """(round, "off" or "on") in the order off, on, on, off, off, on, ...: a drift over
+    successive server starts (the host, its caches, the collector's backlog) then weighs on
+    both settings alike instead of always on the one started second."""
+    for round_ in range(rounds):
+        for setting in (("off", "on") if round_ % 2 == 0 else ("on", "off")):
+            yield round_, setting
 
 
 def per_request_span_cost_us(requests: int = 2000) -> dict:
@@ -215,37 +244,25 @@ def main() -> None:
     micro = per_request_span_cost_us()
     print(f"fabriek's spans per request, in-process: {micro['on_us']:.1f} us on, {micro['off_us']:.2f} us off",
           flush=True)
-    # The collector counts what it receives in a process of its own: not in the client's GIL.
-    context = multiprocessing.get_context("spawn")
-    ports, stop, counted = context.Queue(), context.Event(), context.Queue()
-    sink = context.Process(target=collector_process, args=(ports, stop, counted))
-    sink.start()
-    tracing_on = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports.get()}",
-                  "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
-    interleaved = None
-    if not args.starts_only:
-        interleaved = run_fabriek(model_id, args, logs, env=tracing_on, name="tracing-interleaved",
-                                  measure_with=measure_interleaved)
-        traced, untraced = interleaved["traced"], interleaved["untraced"]
-        print(f"one server, interleaved: TTFT p50 traced {traced['ttft_p50_ms']:.1f} ms, untraced "
-              f"{untraced['ttft_p50_ms']:.1f} ms; tok/s @16 traced "
-              f"{statistics.fmean(traced['tokens_per_s_c16_blocks']):.1f}, untraced "
-              f"{statistics.fmean(untraced['tokens_per_s_c16_blocks']):.1f}", flush=True)
     runs = {"off": [], "on": []}
-    order = []
-    for round_ in range(args.rounds):
-        # off, on, on, off, ...: a drift over successive starts (the machine, its caches, the
-        # collector's backlog) weighs on both settings alike instead of always on "on".
-        settings = (("off", {}), ("on", tracing_on))
-        for setting, env in (settings if round_ % 2 == 0 else settings[::-1]):
-            order.append(setting)
+    with otlp_collector() as collector:
+        interleaved = None
+        if not args.starts_only:
+            interleaved = run_fabriek(model_id, args, logs, env=collector["env"], name="tracing-interleaved",
+                                      measure_with=measure_interleaved)
+            traced, untraced = interleaved["traced"], interleaved["untraced"]
+            print(f"one server, interleaved: TTFT p50 traced {traced['ttft_p50_ms']:.1f} ms, untraced "
+                  f"{untraced['ttft_p50_ms']:.1f} ms; tok/s @16 traced "
+                  f"{statistics.fmean(traced['tokens_per_s_c16_blocks']):.1f}, untraced "
+                  f"{statistics.fmean(untraced['tokens_per_s_c16_blocks']):.1f}", flush=True)
+        order = list(start_order(args.rounds))
+        for round_, setting in order:
+            env = collector["env"] if setting == "on" else {}
             result = run_fabriek(model_id, args, logs, env=env, name=f"tracing-{setting}-{round_}")
             runs[setting].append(asdict(result))
             print(f"tracing {setting}: TTFT p50 {result.ttft_p50_ms:.1f} ms, "
                   f"{result.c16_output_tokens_per_s:.1f} tok/s @16", flush=True)
-    stop.set()
-    spans = counted.get()
-    sink.join()
+    spans = collector["spans"]
 
     def summary(setting: str) -> dict:
         return {"ttft_p50_ms": statistics.median(r["ttft_p50_ms"] for r in runs[setting]),
@@ -259,7 +276,7 @@ def main() -> None:
               "off": off, "on": on,
               "ttft_p50_delta_ms": on["ttft_p50_ms"] - off["ttft_p50_ms"],
               "throughput_ratio": on["tokens_per_s_c16"] / off["tokens_per_s_c16"], "runs": runs,
-              "start_order": order}
+              "start_order": [setting for _, setting in order]}
     args.out.write_text(json.dumps(report, indent=2))
     print("\n| tracing | TTFT p50 (ms), per run | output tok/s @16, per run |\n|---|---|---|")
     for setting, s in (("off", off), ("on", on)):
@@ -270,23 +287,16 @@ def main() -> None:
 
 
 def main_cpu(args, model_id: str, logs: Path) -> None:
-    context = multiprocessing.get_context("spawn")
-    ports, stop, counted = context.Queue(), context.Event(), context.Queue()
-    sink = context.Process(target=collector_process, args=(ports, stop, counted))
-    sink.start()
-    # The load generator and the collector stand for the outside world.
-    args.not_measured = {os.getpid(), sink.pid}
-    tracing_on = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports.get()}",
-                  "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
     runs = {"off": [], "on": []}
-    for round_ in range(args.rounds):
-        for setting, env in (("off", {}), ("on", tracing_on)):
+    with otlp_collector() as collector:
+        # The load generator and the collector stand for the outside world.
+        args.not_measured = {os.getpid(), collector["pid"]}
+        for round_, setting in start_order(args.rounds):
+            env = collector["env"] if setting == "on" else {}
             runs[setting].append(run_fabriek(model_id, args, logs, env=env, name=f"tracing-cpu-{setting}-{round_}",
                                              measure_with=measure_cpu))
             print(f"tracing {setting}: {json.dumps(runs[setting][-1])}", flush=True)
-    stop.set()
-    spans = counted.get()
-    sink.join()
+    spans = collector["spans"]
     report = cpu_report(runs)
     args.out.write_text(json.dumps({"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
                                     "spans_received": spans, "by_role": report, "runs": runs}, indent=2))
