@@ -64,8 +64,9 @@ def shared_config() -> dict:
 
 
 def start_client(role: str, base: str, key: str, duration_s: float, args,
-                 cores: set[int] | None = None, *options: str) -> subprocess.Popen:
-    """One of ``loadtests.isolation_clients`` in a process of its own, on ``cores`` if given."""
+                 cores: set[int] | None = None, *options: str, group_nice: int | None = None) -> subprocess.Popen:
+    """One of ``loadtests.isolation_clients`` in a process of its own, on ``cores`` if given,
+    its session's CPU-time group (autogroup) at ``group_nice`` if given."""
     command = [sys.executable, "-m", "loadtests.isolation_clients", role, "--base", base,
                "--key", key, "--duration-s", str(duration_s), "--interval-s", str(args.interval_s),
                "--timeout-s", str(args.timeout_s), *options]
@@ -73,9 +74,14 @@ def start_client(role: str, base: str, key: str, duration_s: float, args,
     # the government client would otherwise share one CPU-time group with the flood client
     # and the benchmark's own process, and wait behind the flood's share for seconds (a bare
     # sleep loop in that group stalled for 1.8 s). Ray's processes have sessions of their own.
+    def placed() -> None:  # in the child, after setsid
+        if cores:
+            os.sched_setaffinity(0, cores)
+        if group_nice is not None:
+            Path("/proc/self/autogroup").write_text(str(group_nice))
+
     return subprocess.Popen(command, cwd=REPO, env=CLEAN_ENV, stdout=subprocess.PIPE, text=True,
-                            start_new_session=True,
-                            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
+                            start_new_session=True, preexec_fn=placed)
 
 
 def result_of(client: subprocess.Popen) -> dict:
@@ -94,7 +100,8 @@ def phases(base: str, keys: dict[str, str], args, flood_cores: set[int] | None,
     result_of(start_client("government", base, keys["gov-demo"], 5, args, client_cores))  # warm-up
     alone = result_of(start_client("government", base, keys["gov-demo"], args.phase_s, args, client_cores))
     options = ("--honour-retry-after",) if args.flood_retry == "retry-after" else ()
-    flooding = start_client("flood", base, keys["pilot-demo"], args.phase_s + 10, args, flood_cores, *options)
+    flooding = start_client("flood", base, keys["pilot-demo"], args.phase_s + 10, args, flood_cores, *options,
+                            group_nice=args.flood_client_group_nice)
     time.sleep(5)  # let the flood fill the pool first
     flooded = result_of(start_client("government", base, keys["gov-demo"], args.phase_s, args, client_cores))
     return {"alone": summary(alone), "with_flood": summary(flooded), "flood": result_of(flooding),
@@ -168,6 +175,11 @@ def main() -> None:
                         help="override local.system_cpus of the isolated config (e.g. 1)")
     parser.add_argument("--commercial-nice", type=int, default=None,
                         help="override the commercial pool's cpu_nice in the isolated config (e.g. 19)")
+    parser.add_argument("--front-door-nice", type=int, default=None,
+                        help="override ingress.cpu_nice (the ingress and admission controller) of the isolated config")
+    parser.add_argument("--flood-client-group-nice", type=int, default=None,
+                        help="niceness of the flood client's autogroup (e.g. -10: the flood at full strength "
+                             "however busy the cores it shares; lowering it needs root)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "isolation.json")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +194,8 @@ def main() -> None:
         isolated["local"]["system_cpus"] = args.system_cpus
     if args.commercial_nice is not None:
         next(p for p in isolated["pools"] if p["name"] == "commercial")["cpu_nice"] = args.commercial_nice
+    if args.front_door_nice is not None:
+        isolated.setdefault("ingress", {})["cpu_nice"] = args.front_door_nice
     for name, config in (("isolated", isolated), ("shared", shared_config())):
         if args.only in (None, name):
             results[name] = run(name, config, args, logs)

@@ -10,6 +10,11 @@ Three measurements:
     drift over successive starts falls on both alike): this adds what having tracing
     installed costs, but every start places processes anew, which moves TTFT by several ms
     on its own. ``--starts-only`` runs just these.
+With ``--paired``, instead: two servers at once, one with tracing off and one on, each
+with its whole platform on a core of its own (one pool, ``local.system_cpus`` and
+``cpu_threads_bind`` on that core), measured at the same time with the same load; the cores
+swap every round. Whatever the host does during a run (on this machine it moves a server's
+TTFT by up to 2x between starts) then falls on both alike, and only their ratio is kept.
 With ``--cpu``, instead: servers off and on, in the same order, each measured for the CPU time of
 every process by role (idle for a while, then a fixed load), which is steadier between
 starts than TTFT is and names where a cost lands (loadtests/process_cpu.py).
@@ -20,6 +25,7 @@ always on. TTFT at concurrency 1, output tokens/s at concurrency 16, as in bench
 Usage (after `make install`; ~14 minutes with 2 rounds on a 2-core CPU machine):
     .venv/bin/python loadtests/tracing_overhead.py [--rounds 2] [--out results/tracing_overhead.json]
     .venv/bin/python loadtests/tracing_overhead.py --cpu [--rounds 2]   # ~12 minutes
+    .venv/bin/python loadtests/tracing_overhead.py --paired [--rounds 2] [--settings off,on-no-vllm]
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loadtests.bench_vs_vllm import PROMPTS, one_request, run_fabriek  # noqa: E402  (clean server env first)
+from loadtests.bench_vs_vllm import (PROMPTS, free_port, measure, one_request, run_fabriek,  # noqa: E402
+                                     start, stop, wait_ready)  # (clean server env first)
 from loadtests.percentiles import percentile  # noqa: E402
 from loadtests.process_cpu import cpu_by_role  # noqa: E402
 from serving.config import load_config  # noqa: E402
@@ -79,13 +86,25 @@ def otlp_collector() -> Iterator[dict]:
         sink.join()
 
 
-def start_order(rounds: int) -> Iterator[tuple[int, str]]:
-    """(round, "off" or "on") in the order off, on, on, off, off, on, ...: a drift over
-    successive server starts (the host, its caches, the collector's backlog) then weighs on
-    both settings alike instead of always on the one started second."""
+# What each setting of a server start exports: nothing; every span (Ray Serve's, fabriek's,
+# vLLM's); every span but vLLM's (its exporters stay out of the engine processes).
+SETTINGS = ("off", "on", "on-no-vllm")
+
+
+def start_order(rounds: int, settings: tuple[str, ...] = ("off", "on")) -> Iterator[tuple[int, str]]:
+    """(round, setting) in the order off, on, on, off, off, on, ... (with three settings
+    A, B, C, C, B, A, ...): a drift over successive server starts (the host, its caches, the
+    collector's backlog) then weighs on every setting alike instead of always on the one
+    started last."""
     for round_ in range(rounds):
-        for setting in (("off", "on") if round_ % 2 == 0 else ("on", "off")):
-            yield round_, setting
+        yield from ((round_, s) for s in (settings if round_ % 2 == 0 else reversed(settings)))
+
+
+def server_env(setting: str, collector: dict) -> dict[str, str]:
+    """The environment of a server started with ``setting``."""
+    if setting == "off":
+        return {}
+    return {**collector["env"], **({"FABRIEK_VLLM_TRACES": "off"} if setting == "on-no-vllm" else {})}
 
 
 def per_request_span_cost_us(requests: int = 2000) -> dict:
@@ -230,10 +249,16 @@ def main() -> None:
     parser.add_argument("--settle-s", type=float, default=15.0)
     parser.add_argument("--starts-only", action="store_true",
                         help="only the servers started off and on (skip the one-server interleaved run)")
+    parser.add_argument("--settings", default="off,on", type=lambda v: tuple(v.split(",")),
+                        help=f"server settings to start, comma-separated, from {', '.join(SETTINGS)}")
+    parser.add_argument("--paired", action="store_true",
+                        help="two servers at once, one core each: the first setting against the second")
     parser.add_argument("--cpu", action="store_true", help="measure CPU time by process role instead")
     parser.add_argument("--idle-s", type=float, default=30.0, help="idle CPU window with --cpu")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "tracing_overhead.json")
     args = parser.parse_args()
+    if unknown := set(args.settings) - set(SETTINGS):
+        parser.error(f"unknown settings {sorted(unknown)}; choose from {', '.join(SETTINGS)}")
     args.config = None
     model_id = load_config(None).tenants[0].models[0]
     logs = args.out.parent
@@ -241,10 +266,14 @@ def main() -> None:
 
     if args.cpu:
         return main_cpu(args, model_id, logs)
+    if args.paired:
+        if len(args.settings) != 2:
+            parser.error("--paired compares two settings, e.g. --settings off,on")
+        return main_paired(args, model_id, logs)
     micro = per_request_span_cost_us()
     print(f"fabriek's spans per request, in-process: {micro['on_us']:.1f} us on, {micro['off_us']:.2f} us off",
           flush=True)
-    runs = {"off": [], "on": []}
+    runs: dict[str, list] = {s: [] for s in args.settings}
     with otlp_collector() as collector:
         interleaved = None
         if not args.starts_only:
@@ -255,10 +284,10 @@ def main() -> None:
                   f"{untraced['ttft_p50_ms']:.1f} ms; tok/s @16 traced "
                   f"{statistics.fmean(traced['tokens_per_s_c16_blocks']):.1f}, untraced "
                   f"{statistics.fmean(untraced['tokens_per_s_c16_blocks']):.1f}", flush=True)
-        order = list(start_order(args.rounds))
+        order = list(start_order(args.rounds, args.settings))
         for round_, setting in order:
-            env = collector["env"] if setting == "on" else {}
-            result = run_fabriek(model_id, args, logs, env=env, name=f"tracing-{setting}-{round_}")
+            result = run_fabriek(model_id, args, logs, env=server_env(setting, collector),
+                                 name=f"tracing-{setting}-{round_}")
             runs[setting].append(asdict(result))
             print(f"tracing {setting}: TTFT p50 {result.ttft_p50_ms:.1f} ms, "
                   f"{result.c16_output_tokens_per_s:.1f} tok/s @16", flush=True)
@@ -270,42 +299,126 @@ def main() -> None:
                 "tokens_per_s_c16": statistics.fmean(r["c16_output_tokens_per_s"] for r in runs[setting]),
                 "tokens_per_s_c16_runs": [r["c16_output_tokens_per_s"] for r in runs[setting]]}
 
-    off, on = summary("off"), summary("on")
+    summaries = {setting: summary(setting) for setting in args.settings}
     report = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
               "spans_received": spans, "per_request_span_cost": micro, "interleaved": interleaved,
-              "off": off, "on": on,
-              "ttft_p50_delta_ms": on["ttft_p50_ms"] - off["ttft_p50_ms"],
-              "throughput_ratio": on["tokens_per_s_c16"] / off["tokens_per_s_c16"], "runs": runs,
-              "start_order": [setting for _, setting in order]}
+              **summaries, "runs": runs, "start_order": [setting for _, setting in order]}
+    off = summaries.get("off")
+    for setting, s in summaries.items():
+        if off is not None and setting != "off":
+            report[f"{setting}_ttft_p50_delta_ms"] = s["ttft_p50_ms"] - off["ttft_p50_ms"]
+            report[f"{setting}_throughput_ratio"] = s["tokens_per_s_c16"] / off["tokens_per_s_c16"]
     args.out.write_text(json.dumps(report, indent=2))
     print("\n| tracing | TTFT p50 (ms), per run | output tok/s @16, per run |\n|---|---|---|")
-    for setting, s in (("off", off), ("on", on)):
+    for setting, s in summaries.items():
         print(f"| {setting} | {' / '.join(f'{v:.1f}' for v in s['ttft_p50_ms_runs'])} | "
               f"{' / '.join(f'{v:.1f}' for v in s['tokens_per_s_c16_runs'])} |")
-    print(f"\nTTFT p50 {report['ttft_p50_delta_ms']:+.2f} ms; throughput x{report['throughput_ratio']:.3f}; "
-          f"{spans} spans received; written to {args.out}")
+    for setting in summaries:
+        if f"{setting}_throughput_ratio" in report:
+            print(f"{setting} against off: TTFT p50 {report[f'{setting}_ttft_p50_delta_ms']:+.2f} ms; "
+                  f"throughput x{report[f'{setting}_throughput_ratio']:.3f}")
+    print(f"{spans} spans received; written to {args.out}")
+
+
+def one_core_config(core: int, logs: Path, name: str) -> Path:
+    """The shipped config cut down to one pool for every class, the pool's engine and the
+    platform's processes all on ``core``, with ports and files of its own (two run at once)."""
+    import yaml
+
+    from serving.config import DEFAULT_CONFIG_PATH
+
+    config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    pool = next(p for p in config["pools"] if p["name"] == "government")
+    pool["cpu_threads_bind"] = str(core)
+    config["pools"] = [pool]
+    for spec in config["classes"].values():
+        spec["pools"] = [pool["name"]]
+    config["auth"] = {"key_file": str(logs / f"{name}-keys.json"),
+                      "cache_salt_secret_file": str(logs / f"{name}-salt.secret")}
+    config["ledger"] = {"url": f"sqlite:///{logs / f'{name}-usage.db'}"}
+    config["grpc"]["port"] = free_port()
+    config["local"].update(system_cpus=str(core), metrics_export_port=free_port())
+    config["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
+    path = logs / f"{name}-platform.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def main_paired(args, model_id: str, logs: Path) -> None:
+    from routers import KeyFile
+
+    off, on = args.settings
+    pairs = []
+    with otlp_collector() as collector:
+        for round_ in range(args.rounds):
+            servers = {}
+            try:
+                for setting, core in ((off, round_ % 2), (on, 1 - round_ % 2)):
+                    name = f"paired-{setting}-{round_}"
+                    config = one_core_config(core, logs, name)
+                    key, _ = KeyFile(logs / f"{name}-keys.json").create("gov-demo", {"gov-demo", "pilot-demo"})
+                    port = free_port()
+                    cmd = [sys.executable, "-m", "serving.cli", "serve", "--config", str(config),
+                           "--http-port", str(port), "--dashboard-port", str(free_port())]
+                    servers[setting] = {"core": core, "port": port, "key": key, "log": logs / f"{name}.log"}
+                    servers[setting]["process"] = start(cmd, servers[setting]["log"], server_env(setting, collector))
+                for setting, server in servers.items():
+                    ready_s = wait_ready(f"http://127.0.0.1:{server['port']}/health", server["process"], server["log"])
+                    print(f"{setting} on core {server['core']}: ready after {ready_s:.0f} s", flush=True)
+                results = asyncio.run(measure_both(servers, model_id, args))
+            finally:
+                for server in servers.values():
+                    if "process" in server:
+                        stop(server["process"])
+            pair = {s: {"core": servers[s]["core"], **asdict(r)} for s, r in results.items()}
+            pair["ttft_p50_delta_ms"] = pair[on]["ttft_p50_ms"] - pair[off]["ttft_p50_ms"]
+            pair["throughput_ratio"] = pair[on]["c16_output_tokens_per_s"] / pair[off]["c16_output_tokens_per_s"]
+            pairs.append(pair)
+            print(f"round {round_}: {off} on core {servers[off]['core']}: TTFT p50 {pair[off]['ttft_p50_ms']:.1f} ms, "
+                  f"{pair[off]['c16_output_tokens_per_s']:.1f} tok/s; {on}: {pair[on]['ttft_p50_ms']:.1f} ms, "
+                  f"{pair[on]['c16_output_tokens_per_s']:.1f} tok/s; TTFT {pair['ttft_p50_delta_ms']:+.1f} ms, "
+                  f"throughput x{pair['throughput_ratio']:.3f}", flush=True)
+    report = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
+              "settings": [off, on], "spans_received": collector["spans"], "pairs": pairs,
+              "ttft_p50_delta_ms_mean": statistics.fmean(p["ttft_p50_delta_ms"] for p in pairs),
+              "throughput_ratio_geomean": statistics.geometric_mean(p["throughput_ratio"] for p in pairs)}
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\n{on} against {off}, servers side by side: TTFT p50 {report['ttft_p50_delta_ms_mean']:+.2f} ms "
+          f"(mean of {len(pairs)} pairs), throughput x{report['throughput_ratio_geomean']:.3f} (geometric mean); "
+          f"{collector['spans']} spans received; written to {args.out}")
+
+
+async def measure_both(servers: dict, model_id: str, args) -> dict:
+    """Both servers measured at once, each by ``bench_vs_vllm.measure`` with its own key."""
+    async def one(setting: str, server: dict):
+        own = argparse.Namespace(**{**vars(args), "api_key": server["key"]})
+        return await measure(f"http://127.0.0.1:{server['port']}", model_id, own, setting)
+
+    results = await asyncio.gather(*(one(s, server) for s, server in servers.items()))
+    return dict(zip(servers, results))
 
 
 def main_cpu(args, model_id: str, logs: Path) -> None:
-    runs = {"off": [], "on": []}
+    runs: dict[str, list] = {s: [] for s in args.settings}
     with otlp_collector() as collector:
         # The load generator and the collector stand for the outside world.
         args.not_measured = {os.getpid(), collector["pid"]}
-        for round_, setting in start_order(args.rounds):
-            env = collector["env"] if setting == "on" else {}
-            runs[setting].append(run_fabriek(model_id, args, logs, env=env, name=f"tracing-cpu-{setting}-{round_}",
+        for round_, setting in start_order(args.rounds, args.settings):
+            runs[setting].append(run_fabriek(model_id, args, logs, env=server_env(setting, collector),
+                                             name=f"tracing-cpu-{setting}-{round_}",
                                              measure_with=measure_cpu))
             print(f"tracing {setting}: {json.dumps(runs[setting][-1])}", flush=True)
     spans = collector["spans"]
     report = cpu_report(runs)
     args.out.write_text(json.dumps({"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
                                     "spans_received": spans, "by_role": report, "runs": runs}, indent=2))
-    print("\n| process | idle cores off / on | CPU ms per request off / on |\n|---|---|---|")
-    for role in sorted(set(report["off"]) | set(report["on"]),
-                       key=lambda r: -report["on"].get(r, {}).get("load_cpu_ms_per_request", 0)):
-        off, on = report["off"].get(role, {}), report["on"].get(role, {})
-        print(f"| {role} | {off.get('idle_cores', 0):.3f} / {on.get('idle_cores', 0):.3f} | "
-              f"{off.get('load_cpu_ms_per_request', 0):.1f} / {on.get('load_cpu_ms_per_request', 0):.1f} |")
+    settings = " / ".join(report)
+    print(f"\n| process | idle cores {settings} | CPU ms per request {settings} |\n|---|---|---|")
+    last = report[args.settings[-1]]
+    for role in sorted(set().union(*report.values()), key=lambda r: -last.get(r, {}).get("load_cpu_ms_per_request", 0)):
+        idle = " / ".join(f"{by_role.get(role, {}).get('idle_cores', 0):.3f}" for by_role in report.values())
+        load = " / ".join(f"{by_role.get(role, {}).get('load_cpu_ms_per_request', 0):.1f}" for by_role in report.values())
+        print(f"| {role} | {idle} | {load} |")
     print(f"\n{spans} spans received; written to {args.out}")
 
 

@@ -70,7 +70,7 @@ def build_app_from_config(config: PlatformConfig) -> Application:
                         admission_controller=bind_admission_controller(config),
                         ledger=config.ledger,
                         tokenizer_files=tokenizers,
-                        quotas=quotas_of(config))
+                        quotas=quotas_of(config), cpu_nice=config.ingress.cpu_nice)
 
 
 def bind_admission_controller(config: PlatformConfig) -> Application:
@@ -89,7 +89,7 @@ def bind_admission_controller(config: PlatformConfig) -> Application:
     controller = serve.deployment(AdmissionController, name="AdmissionController", num_replicas=1,
                                   max_ongoing_requests=100_000, ray_actor_options={"num_cpus": 0},
                                   logging_config={"enable_access_log": False})
-    return controller.bind(quotas_of(config), route_limits, route_weights)
+    return controller.bind(quotas_of(config), route_limits, route_weights, cpu_nice=config.ingress.cpu_nice)
 
 
 def quotas_of(config: PlatformConfig) -> dict[str, QuotaLimits]:

@@ -217,7 +217,12 @@ class IngressSpec(_Frozen):
         default_factory=lambda: {"num_replicas": 1, "max_ongoing_requests": 1000,
                                  "ray_actor_options": {"num_cpus": 0.5}},
         description="Ray Serve deployment options of the ingress.")
-
+    cpu_nice: int | None = Field(None, ge=-20, le=19, description=(
+        "The niceness of the front door that every class shares: the ingress replicas and "
+        "the admission controller. Ray runs them at 15, level with engines that keep Ray's "
+        "niceness, so on a machine they share with a flooded pool's engine they get half a "
+        "core while requests of every class wait in their event loops. Below 15 needs "
+        "CAP_SYS_NICE (root); without it a warning, and 15."))
 
 
 class ServeRuntimeSpec(_Frozen):

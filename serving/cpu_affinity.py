@@ -51,6 +51,26 @@ def pin_to_pool_cores() -> set[int] | None:
     return cores
 
 
+def renice_process(niceness: int) -> bool:
+    """Sets the niceness of every thread of this process (Linux keeps it per thread, and a
+    Ray worker has started its threads before any user code runs); threads started later
+    inherit it from their starter. Returns whether all threads took it."""
+    try:
+        threads = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # no procfs (not Linux): this thread only
+        threads = [0]
+    try:
+        for thread in threads:
+            os.setpriority(os.PRIO_PROCESS, thread, niceness)
+    except ProcessLookupError:  # a thread that ended meanwhile
+        pass
+    except OSError as err:  # below the current niceness without CAP_SYS_NICE
+        logger.warning("cannot take niceness %d (now %d): %s", niceness,
+                       os.getpriority(os.PRIO_PROCESS, 0), err)
+        return False
+    return True
+
+
 def take_pool_niceness() -> int | None:
     """Sets this thread's niceness to its pool's ``cpu_nice``, if the pool sets one;
     returns the niceness taken."""

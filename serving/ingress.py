@@ -32,6 +32,7 @@ from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion
 from routers import Route, Tenancy
 from routers.quota import QuotaLimits
 from serving.body_limit import BodySizeLimit
+from serving.cpu_affinity import renice_process
 from serving.admission_gate import CLIENT_CLOSED
 from serving.admission_specs import LedgerSpec
 from serving.errors import REQUEST_ID_HEADER, APIError, error_response, install_error_handlers
@@ -71,6 +72,7 @@ class OpenAIIngress:
         admission_controller: handle of the shared ``AdmissionController``.
         ledger: where the usage ledger is (its URL is resolved in the replica).
         quotas: tenant id -> its quota (caps, and whose prompts to count).
+        cpu_nice: this replica's niceness (``ingress.cpu_nice``), if set.
     """
 
     def __init__(self, engines: Mapping[Route, DeploymentHandle], model_cards: Mapping[str, dict],
@@ -78,7 +80,9 @@ class OpenAIIngress:
                  cache_salt_secret_file: Path, key_reload_interval_s: float = 1.0,
                  tokenizer_files: Mapping[str, str] | None = None,
                  admission_controller: DeploymentHandle, ledger: LedgerSpec,
-                 quotas: Mapping[str, QuotaLimits] | None = None):
+                 quotas: Mapping[str, QuotaLimits] | None = None, cpu_nice: int | None = None):
+        if cpu_nice is not None:
+            renice_process(cpu_nice)
         token_counter = TokenCounter(tokenizer_files or {})
         self._model_cards = dict(model_cards)
         self._gateway = Gateway(engines, tenancy=tenancy, key_file=key_file,

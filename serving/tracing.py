@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 # Ray Serve calls this (a function of no arguments) in every replica and proxy process.
 EXPORTER_IMPORT_PATH = "serving.tracing:span_processors"
+# "off": fabriek's and Ray Serve's spans only, none from vLLM's engines.
+VLLM_TRACES_ENV = "FABRIEK_VLLM_TRACES"
 GRPC, HTTP_PROTOBUF = "grpc", "http/protobuf"
 # The service name of fabriek's spans unless OTEL_SERVICE_NAME says otherwise.
 DEFAULT_SERVICE_NAME = "fabriek"
@@ -93,8 +95,9 @@ def describe(environ: Mapping[str, str]) -> str:
         return "off (set OTEL_EXPORTER_OTLP_ENDPOINT to send OpenTelemetry traces)"
     if exporter == "console":
         return "to each process's stdout (OTEL_TRACES_EXPORTER=console)"
+    engines = "" if vllm_tracing(environ)[0] else f" (none from vLLM: {VLLM_TRACES_ENV}=off)"
     return (f"OTLP {otlp_protocol(environ)} to {otlp_traces_endpoint(environ)}, "
-            f"sampling {sampling_ratio(environ):.0%} of new traces")
+            f"sampling {sampling_ratio(environ):.0%} of new traces{engines}")
 
 
 def serve_tracing_config(environ: Mapping[str, str]) -> "TracingConfig | None":
@@ -219,9 +222,11 @@ def current_trace_id() -> str | None:
 def vllm_tracing(environ: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     """vLLM's engine arguments and environment for its own request spans to join fabriek's
     traces: the same OTLP endpoint and protocol (vLLM reads only the traces-specific
-    variable). Nothing when tracing is off or does not go to OTLP."""
+    variable). Nothing when tracing is off, does not go to OTLP, or
+    ``FABRIEK_VLLM_TRACES=off`` keeps vLLM's spans (and its exporters in every engine
+    process) out."""
     endpoint = otlp_traces_endpoint(environ)
-    if endpoint is None:
+    if endpoint is None or environ.get(VLLM_TRACES_ENV, "on").strip().lower() == "off":
         return {}, {}
     return {"otlp_traces_endpoint": endpoint}, {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": otlp_protocol(environ)}
 

@@ -203,6 +203,8 @@ class Tracing(_Values):
     samplingRatio: float = Field(ge=0, le=1, description=(
         "Share of new traces kept; a request whose traceparent says sampled is always kept."))
     serviceName: str = Field(min_length=1, description="service.name of the spans.")
+    vllmSpans: bool = Field(description=(
+        "Also export vLLM's own llm_request span from every engine (FABRIEK_VLLM_TRACES)."))
 
 
 class ChartValues(_Values):

@@ -92,10 +92,21 @@ def test_tracing_sets_the_otel_environment_and_serves_tracing_config(helm):
     for spec in _pod_specs(objects).values():
         env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.monitoring:4317"
+        assert env["FABRIEK_VLLM_TRACES"] == "on"
         # The serve config says what fabriek derives from that environment: one source.
         assert serve["tracing_config"] == serve_tracing_config(
             {k: v for k, v in env.items() if v is not None}).model_dump()
     assert serve["tracing_config"]["sampling_ratio"] == 0.25
+
+
+def test_vllm_spans_can_be_left_out(helm):
+    from serving.tracing import vllm_tracing
+
+    objects = helm.template({"tracing": {"otlpEndpoint": "http://otel-collector.monitoring:4317",
+                                         "vllmSpans": False}})
+    for spec in _pod_specs(objects).values():
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert vllm_tracing({k: v for k, v in env.items() if v is not None}) == ({}, {})
 
 
 def test_tracing_off_by_default(helm):

@@ -1,11 +1,14 @@
 """Parsing vLLM's CPU binding into the cores a pool's engine is pinned to; the pool's niceness."""
 
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
-from serving.cpu_affinity import POOL_NICE_ENV, cores_of, pin_to_pool_cores, take_pool_niceness
+from serving.cpu_affinity import POOL_NICE_ENV, cores_of, pin_to_pool_cores, renice_process, take_pool_niceness
 
 
 @pytest.mark.parametrize(("bind", "cores"), [
@@ -77,3 +80,30 @@ def test_a_niceness_the_process_may_not_take_is_warned_about(monkeypatch, caplog
     monkeypatch.setenv(POOL_NICE_ENV, "-5")
     assert take_pool_niceness() is None
     assert "cannot take the pool's niceness -5" in caplog.text
+
+
+def test_renices_every_thread_of_the_process():
+    """The front door's processes are Ray workers whose threads exist before its code runs:
+    all of them take the niceness (in a child process: the test process keeps its own)."""
+    script = """
+import os, threading
+from serving.cpu_affinity import renice_process
+started, stop = threading.Event(), threading.Event()
+threading.Thread(target=lambda: (started.set(), stop.wait())).start()
+started.wait()
+nicer = min(os.getpriority(os.PRIO_PROCESS, 0) + 4, 19)
+assert renice_process(nicer)
+print(sorted({os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")}), nicer)
+stop.set()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    assert out[0] == f"[{out[1]}]"
+
+
+def test_a_process_niceness_it_may_not_take_is_warned_about(monkeypatch, caplog):
+    def refused(*_):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "setpriority", refused)
+    assert renice_process(-5) is False
+    assert "cannot take niceness -5" in caplog.text

@@ -66,6 +66,13 @@ def test_vllm_gets_the_same_endpoint_and_protocol_or_nothing():
     assert tracing.vllm_tracing({}) == ({}, {})
 
 
+def test_vllm_spans_can_be_left_out_of_traces():
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317", "FABRIEK_VLLM_TRACES": "off"}
+    assert tracing.vllm_tracing(environ) == ({}, {})
+    assert "none from vLLM" in tracing.describe(environ)
+    assert "vLLM" not in tracing.describe({**environ, "FABRIEK_VLLM_TRACES": "on"})
+
+
 @pytest.mark.parametrize("environ, exporter_class", [
     ({"OTEL_EXPORTER_OTLP_ENDPOINT": COLLECTOR}, "opentelemetry.exporter.otlp.proto.grpc"),
     ({"OTEL_EXPORTER_OTLP_ENDPOINT": COLLECTOR, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},

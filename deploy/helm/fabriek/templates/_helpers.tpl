@@ -117,6 +117,8 @@ database URL from the Secret.
   value: {{ .samplingRatio | toString | quote }}
 - name: OTEL_SERVICE_NAME
   value: {{ .serviceName | quote }}
+- name: FABRIEK_VLLM_TRACES
+  value: {{ ternary "on" "off" .vllmSpans | quote }}
 {{- end }}{{ end }}
 - name: FABRIEK_USAGE_DATABASE_URL
   valueFrom:
