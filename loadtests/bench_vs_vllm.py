@@ -20,6 +20,7 @@ CLEAN_ENV = dict(os.environ)
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import platform
@@ -101,8 +102,11 @@ def stop(process: subprocess.Popen) -> None:
     try:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=120)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # its whole group has exited already
+        process.wait()
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 

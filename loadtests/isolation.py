@@ -11,6 +11,11 @@ measured them), and how the flood's requests were answered.
 
 Usage (after `make install`; ~7 minutes on a 2-core CPU machine):
     .venv/bin/python loadtests/isolation.py [--phase-s 60] [--out results/isolation.json]
+The layout measured against the target (docs/benchmarks.md): the government engine alone
+on core 0, the platform beside the commercial engine on core 1, and both clients, which
+stand for other machines, given the CPU they need before the platform:
+    .venv/bin/python loadtests/isolation.py --only isolated --system-cpus 1 \
+        --client-group-nice -10 --flood-retry retry-after
 """
 
 from __future__ import annotations
@@ -97,13 +102,17 @@ def phases(base: str, keys: dict[str, str], args, flood_cores: set[int] | None,
     cores where it has any: its client-side cost is the commercial tenant's, as it would be
     on a machine of its own, not the government client's."""
     time.sleep(args.settle_s)
+    def government() -> dict:
+        return result_of(start_client("government", base, keys["gov-demo"], args.phase_s, args, client_cores,
+                                      group_nice=args.client_group_nice))
+
     result_of(start_client("government", base, keys["gov-demo"], 5, args, client_cores))  # warm-up
-    alone = result_of(start_client("government", base, keys["gov-demo"], args.phase_s, args, client_cores))
+    alone = government()
     options = ("--honour-retry-after",) if args.flood_retry == "retry-after" else ()
     flooding = start_client("flood", base, keys["pilot-demo"], args.phase_s + 10, args, flood_cores, *options,
-                            group_nice=args.flood_client_group_nice)
+                            group_nice=args.client_group_nice)
     time.sleep(5)  # let the flood fill the pool first
-    flooded = result_of(start_client("government", base, keys["gov-demo"], args.phase_s, args, client_cores))
+    flooded = government()
     return {"alone": summary(alone), "with_flood": summary(flooded), "flood": result_of(flooding),
             "windows": {"alone": alone["window"], "with_flood": flooded["window"]}}
 
@@ -177,9 +186,9 @@ def main() -> None:
                         help="override the commercial pool's cpu_nice in the isolated config (e.g. 19)")
     parser.add_argument("--front-door-nice", type=int, default=None,
                         help="override ingress.cpu_nice (the ingress and admission controller) of the isolated config")
-    parser.add_argument("--flood-client-group-nice", type=int, default=None,
-                        help="niceness of the flood client's autogroup (e.g. -10: the flood at full strength "
-                             "however busy the cores it shares; lowering it needs root)")
+    parser.add_argument("--client-group-nice", type=int, default=None,
+                        help="niceness of both clients' autogroups (e.g. -10: the clients, which stand for "
+                             "other machines, get the CPU they need before the platform; needs root)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "isolation.json")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)

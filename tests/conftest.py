@@ -133,8 +133,8 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
                           cache_salt_secret_file=str(home / "cache-salt.secret"))
     config["ledger"] = {"url": (ledger_url := f"sqlite:///{home / 'usage.db'}")}
     # Two ingress replicas, as a facility runs: quotas and fairness must hold across them.
-    config["ingress"] = {"deployment": {"num_replicas": 2, "max_ongoing_requests": 1000,
-                                        "ray_actor_options": {"num_cpus": 0.5}}}
+    config["ingress"]["deployment"] = {"num_replicas": 2, "max_ongoing_requests": 1000,
+                                       "ray_actor_options": {"num_cpus": 0.5}}
     config["local"]["metrics_export_port"] = metrics_port = free_port()
     config["tenants"] += [{"id": tenant, "class": "commercial", "models": [MODEL_ID], "quota": quota}
                           for tenant, quota in QUOTA_TENANTS.items()]

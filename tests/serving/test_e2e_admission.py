@@ -10,6 +10,7 @@ import grpc
 import httpx
 import openai
 import pytest
+import yaml
 
 from serving.ledger import UsageLedger
 from serving.protos.fabriek.v1 import inference_pb2 as pb
@@ -52,6 +53,24 @@ def test_quotas_hold_across_both_ingress_replicas(fabriek_server):
     assert [a.status_code for a in answers].count(200) == 4
     assert [a.status_code for a in answers[4:]] == [429] * 4
     assert len({a.headers["x-fabriek-ingress"] for a in answers if a.status_code == 200}) == 2
+
+
+def test_front_door_runs_at_its_configured_niceness(fabriek_server):
+    """Every thread of both ingress replicas and of the admission controller takes
+    ``ingress.cpu_nice`` (0 in the shipped config; Ray starts them at 15). Lowering a
+    niceness needs root: without it they keep Ray's, and say so in a warning."""
+    import os
+
+    import psutil
+
+    wanted = yaml.safe_load(fabriek_server.config_path.read_text())["ingress"]["cpu_nice"]
+    family = psutil.Process(fabriek_server.process.pid).children(recursive=True)
+    front_door = [p for p in family if re.search(r"ServeReplica:fabriek:(OpenAIIngress|AdmissionController)",
+                                                 " ".join(p.cmdline()))]
+    assert len(front_door) == 3  # two ingress replicas, one controller
+    expected = wanted if os.geteuid() == 0 else 15
+    for process in front_door:
+        assert {os.getpriority(os.PRIO_PROCESS, t.id) for t in process.threads()} == {expected}
 
 
 def test_tokens_are_reserved_while_running_and_settled_after(fabriek_server):
@@ -228,3 +247,4 @@ def _status(server) -> int:
         return chat(server, "gov-demo").status_code
     except httpx.HTTPError:
         return 0
+
