@@ -303,3 +303,12 @@ def test_every_value_is_documented_with_a_param_line():
     paths = set(_leaf_paths(yaml.safe_load(text)))
     assert not paths - documented, f"values without `## @param`: {sorted(paths - documented)}"
     assert not documented - paths, f"`## @param` lines for no value: {sorted(documented - paths)}"
+
+
+def test_tracing_keeps_one_new_trace_in_ten_by_default(helm):
+    """Every request traced costs ~5% of a CPU engine's throughput; one in ten, nothing
+    measurable (docs/benchmarks.md): the chart's default is the latter."""
+    objects = helm.template({"tracing": {"otlpEndpoint": "http://otel-collector.monitoring:4317"}})
+    for spec in _pod_specs(objects).values():
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert env["OTEL_TRACES_SAMPLER_ARG"] == "0.1"
