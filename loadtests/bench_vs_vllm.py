@@ -77,6 +77,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def own_files_and_ports(config: dict, logs: Path, name: str) -> None:
+    """Gives a platform config (as loaded from YAML) key, salt and ledger files under
+    ``logs`` and free ports of its own, so that it runs beside any other server here."""
+    config["auth"] = {"key_file": str(logs / f"{name}-keys.json"),
+                      "cache_salt_secret_file": str(logs / f"{name}-salt.secret")}
+    config["ledger"] = {"url": f"sqlite:///{logs / f'{name}-usage.db'}"}
+    config["grpc"]["port"] = free_port()
+    config["local"]["metrics_export_port"] = free_port()
+    config["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
+
+
 def engine_flags(engine_args: dict) -> list[str]:
     """vLLM CLI flags for engine arguments given as AsyncEngineArgs fields."""
     flags = []

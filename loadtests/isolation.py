@@ -39,7 +39,7 @@ import yaml  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loadtests.bench_vs_vllm import free_port, start, stop, wait_ready  # noqa: E402
+from loadtests.bench_vs_vllm import free_port, own_files_and_ports, start, stop, wait_ready  # noqa: E402
 from loadtests.isolation_clients import FLOOD_WORKERS, POOL_CAPACITY  # noqa: E402
 from loadtests.percentiles import percentile  # noqa: E402
 from routers import KeyFile  # noqa: E402
@@ -142,11 +142,7 @@ def server_side(ledger_url: str, windows: dict[str, list[float]]) -> dict:
 
 
 def run(name: str, config: dict, args, logs: Path) -> dict:
-    config["auth"] = {"key_file": str(logs / f"{name}-keys.json"),
-                      "cache_salt_secret_file": str(logs / f"{name}-salt.secret")}
-    config["ledger"] = {"url": f"sqlite:///{logs / f'{name}-usage.db'}"}
-    config["local"]["metrics_export_port"] = free_port()
-    config["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
+    own_files_and_ports(config, logs, name)
     path = logs / f"{name}-platform.yaml"
     path.write_text(yaml.safe_dump(config))
     key_file = KeyFile(logs / f"{name}-keys.json")

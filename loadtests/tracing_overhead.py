@@ -51,8 +51,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loadtests.bench_vs_vllm import (PROMPTS, free_port, measure, one_request, run_fabriek,  # noqa: E402
-                                     start, stop, wait_ready)  # (clean server env first)
+from loadtests.bench_vs_vllm import (PROMPTS, free_port, measure, one_request, own_files_and_ports,  # noqa: E402
+                                     run_fabriek, start, stop, wait_ready)  # (clean server env first)
 from loadtests.percentiles import percentile  # noqa: E402
 from loadtests.process_cpu import cpu_by_role  # noqa: E402
 from serving.config import load_config  # noqa: E402
@@ -335,12 +335,8 @@ def one_core_config(core: int, logs: Path, name: str) -> Path:
     config["pools"] = [pool]
     for spec in config["classes"].values():
         spec["pools"] = [pool["name"]]
-    config["auth"] = {"key_file": str(logs / f"{name}-keys.json"),
-                      "cache_salt_secret_file": str(logs / f"{name}-salt.secret")}
-    config["ledger"] = {"url": f"sqlite:///{logs / f'{name}-usage.db'}"}
-    config["grpc"]["port"] = free_port()
-    config["local"].update(system_cpus=str(core), metrics_export_port=free_port())
-    config["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
+    config["local"]["system_cpus"] = str(core)
+    own_files_and_ports(config, logs, name)
     path = logs / f"{name}-platform.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
