@@ -1,7 +1,7 @@
 """vLLM attention backend that runs fabriek's Triton paged-attention kernels.
 
 A model selects it with the engine argument ``attention_backend: CUSTOM`` (in a fabriek
-config, under a model's or a pool's ``engine_args``; ``serving/config.py`` accepts the key
+config, under a model's or a pool's ``engine_args``; ``serving/config/schema.py`` accepts the key
 because it is an ``AsyncEngineArgs`` field). vLLM resolves ``AttentionBackendEnum.CUSTOM``
 through its registry, which :func:`register` fills: the ``vllm.general_plugins`` entry point
 ``fabriek_attention`` in ``pyproject.toml`` calls it in every vLLM process (API server,

@@ -28,7 +28,7 @@ from loadtests.percentiles import percentile  # noqa: E402
 from routers import Route  # noqa: E402
 from routers.fair_queue import PoolLimits  # noqa: E402
 from routers.quota import QuotaLimits  # noqa: E402
-from serving.admission_controller import AdmissionController  # noqa: E402
+from serving.admission.admission_controller import AdmissionController  # noqa: E402
 
 ROUTE = Route("commercial", "m")
 

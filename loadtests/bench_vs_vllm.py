@@ -43,7 +43,7 @@ import yaml  # noqa: E402
 from loadtests.percentiles import percentile  # noqa: E402
 from routers import KeyFile  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
-from serving.engines import engine_args_for, resolve_model_source  # noqa: E402
+from serving.engine.engines import engine_args_for, resolve_model_source  # noqa: E402
 
 PROMPTS = [
     "What is the capital of the Netherlands?",

@@ -44,8 +44,8 @@ from loadtests.isolation_clients import FLOOD_WORKERS, POOL_CAPACITY  # noqa: E4
 from loadtests.percentiles import percentile  # noqa: E402
 from routers import KeyFile  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH  # noqa: E402
-from serving.cpu_affinity import cores_of  # noqa: E402
-from serving.ledger import UsageLedger  # noqa: E402
+from serving.engine.cpu_affinity import cores_of  # noqa: E402
+from serving.records.ledger import UsageLedger  # noqa: E402
 
 
 

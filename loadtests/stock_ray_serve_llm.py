@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving.config import load_config  # noqa: E402
-from serving.engines import llm_config_for, resolve_model_source  # noqa: E402
+from serving.engine.engines import llm_config_for, resolve_model_source  # noqa: E402
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     from ray import serve
     from ray.serve.llm import build_openai_app
 
-    # The engine's bundles ask for the pool's resource (serving.engines): declare it.
+    # The engine's bundles ask for the pool's resource (serving.engine.engines): declare it.
     ray.init(num_cpus=config.local.num_cpus, resources={pool.ray_resource: 1.0}, include_dashboard=False)
     signal.signal(signal.SIGTERM, lambda *_: (serve.shutdown(), ray.shutdown(), sys.exit(0)))
     serve.start(http_options={"host": "127.0.0.1", "port": args.http_port})

@@ -117,8 +117,8 @@ def per_request_span_cost_us(requests: int = 2000) -> dict:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-    from serving import tracing
-    from serving.request_timings import Timings
+    from serving.records import tracing
+    from serving.records.request_timings import Timings
 
     class Dropping(SpanExporter):
         def export(self, spans):

@@ -8,11 +8,12 @@ from routers.admission import AdmissionPipeline
 from routers.api_keys import KeyRecord, KeyRing
 from routers.authentication import Authenticator
 from routers.cache_salt import cache_salt_for, load_or_create_secret
+from routers.isolation_domains import IsolationDomain, derive_domains
 from routers.interfaces import Admission, AdmissionRequest, Candidate, Rejection, RejectionReason, Route
 from routers.key_file import KeyFile, KeyFileError, KeyFileWatcher
 from routers.tenants import ClassPolicy, Tenancy, Tenant, TenantClass
 
 __all__ = ["Admission", "AdmissionPipeline", "AdmissionRequest", "Authenticator", "Candidate",
-           "ClassPolicy", "KeyFile", "KeyFileError", "KeyFileWatcher", "KeyRecord", "KeyRing",
+           "ClassPolicy", "IsolationDomain", "KeyFile", "KeyFileError", "KeyFileWatcher", "KeyRecord", "KeyRing",
            "Rejection", "RejectionReason", "Route", "Tenancy", "Tenant", "TenantClass",
-           "cache_salt_for", "load_or_create_secret"]
+           "cache_salt_for", "derive_domains", "load_or_create_secret"]

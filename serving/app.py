@@ -18,10 +18,10 @@ from ray.serve.deployment import Application
 
 from routers import Route
 from routers.quota import QuotaLimits
-from serving.admission_controller import AdmissionController
+from serving.admission.admission_controller import AdmissionController
 from serving.config import PlatformConfig, load_config
-from serving.engines import build_engine_deployments
-from serving.ingress import OpenAIIngress
+from serving.engine.engines import build_engine_deployments
+from serving.frontdoor.ingress import OpenAIIngress
 
 APP_NAME = "fabriek"
 
@@ -77,7 +77,7 @@ def bind_admission_controller(config: PlatformConfig) -> Application:
     """The one replica that holds quotas and pool queues for every ingress replica.
 
     It only keeps counters (no CPU reservation); a single replica is what makes quotas and
-    fairness exact across ingress replicas (see ``serving.admission_controller``).
+    fairness exact across ingress replicas (see ``serving.admission.admission_controller``).
     """
     route_limits = {Route(p.name, m): p.admission.to_limits() for p in config.pools for m in p.models}
     # Each route's fair shares count only the tenants that may use it.

@@ -17,7 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models_prepare(args: argparse.Namespace) -> int:
-    from serving.default_model import prepare_default_model
+    from serving.engine.default_model import prepare_default_model
 
     prepare_default_model(force=args.force)
     return 0
@@ -79,7 +79,7 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 
 def _usage(args: argparse.Namespace) -> int:
     from serving.config import load_config
-    from serving.ledger import UsageLedger
+    from serving.records.ledger import UsageLedger
 
     config = load_config(args.config)
     since = args.since
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fabriek`` console script."""
     from routers import KeyFileError
     from serving.config import ConfigError
-    from serving.default_model import ModelPrepareError
+    from serving.engine.default_model import ModelPrepareError
 
     args = build_parser().parse_args(argv)
     try:

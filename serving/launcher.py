@@ -10,9 +10,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from serving import tracing
+from serving.records import tracing
 from serving.config import BUILTIN_SCHEME, PlatformConfig
-from serving.cpu_affinity import cores_of
+from serving.engine.cpu_affinity import cores_of
 
 # Where Ray keeps (and, in token mode, creates) the cluster's auth token.
 RAY_TOKEN_PATH = Path.home() / ".ray" / "auth_token"
@@ -39,7 +39,7 @@ def serve_locally(config: PlatformConfig) -> int:
     # SIGTERM (systemd, Kubernetes, a test harness) takes the same clean path as Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     if any(m.source.startswith(BUILTIN_SCHEME) for m in config.models):
-        from serving.default_model import prepare_default_model
+        from serving.engine.default_model import prepare_default_model
 
         prepare_default_model()
 
@@ -59,7 +59,7 @@ def serve_locally(config: PlatformConfig) -> int:
         if tracing.traces_exporter(os.environ) is not None:
             os.environ.setdefault("OTEL_SERVICE_NAME", tracing.DEFAULT_SERVICE_NAME)
         # This one node plays every pool's nodes: it advertises each pool's resource, which
-        # the pool's engine deployments require (serving.engines); the CPU binding in the
+        # the pool's engine deployments require (serving.engine.engines); the CPU binding in the
         # config keeps their engines on separate cores.
         pool_resources = {pool.ray_resource: 1.0 for pool in config.pools}
         if local.system_cpus is not None:

@@ -123,7 +123,7 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
     import yaml
 
     from serving.config import DEFAULT_CONFIG_PATH
-    from serving.default_model import prepare_default_model
+    from serving.engine.default_model import prepare_default_model
 
     prepare_default_model(show_progress=False)
     config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())

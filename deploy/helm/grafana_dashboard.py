@@ -19,7 +19,7 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # Ray prefixes every application metric with ray_ (fabriek's, vLLM's and Ray Serve's own).
 FABRIEK = '{pool=~"$pool", tenant_class=~"$tenant_class"}'
 # vLLM's metrics name the engine replica's Ray worker, not its deployment (pool--model, see
-# serving.engines): join them to Ray Serve's own per-replica series, which name both.
+# serving.engine.engines): join them to Ray Serve's own per-replica series, which name both.
 ENGINE_OF_WORKER = ('group by (WorkerId, deployment) (ray_serve_replica_processing_queries'
                     '{application="fabriek", deployment=~"(${pool:pipe})--.*"})')
 

@@ -195,7 +195,7 @@ class Metrics(_Values):
 
 
 class Tracing(_Values):
-    """OpenTelemetry traces of every request (serving/tracing.py), off while no endpoint is set."""
+    """OpenTelemetry traces of every request (serving/records/tracing.py), off while no endpoint is set."""
 
     otlpEndpoint: str = Field(pattern=r"^(https?://.+)?$", description=(
         "OTLP endpoint of your collector, e.g. http://otel-collector.monitoring:4317; empty: off."))
@@ -216,7 +216,7 @@ class ChartValues(_Values):
     imagePullSecrets: K8sList = Field(description="Pull secrets of every pod.")
     rayVersion: str = Field(min_length=1, description="Ray version in the image (KubeRay's rayVersion).")
     platform: PlatformConfig = Field(description=(
-        "The fabriek platform config (serving/config.py; the same schema as "
+        "The fabriek platform config (serving/config/schema.py; the same schema as "
         "serving/configs/local-cpu.yaml); it becomes the Serve application's args."))
     head: Head
     workerGroups: dict[str, WorkerGroup] = Field(description=(

@@ -83,7 +83,7 @@ class Helm:
 @pytest.fixture(scope="session")
 def helm(tmp_path_factory) -> Helm:
     """Helm, fetched once into $FABRIEK_HOME/tools and reused by later runs."""
-    from serving.default_model import fabriek_home
+    from serving.config.home import fabriek_home
 
     try:
         binary = ensure_helm(fabriek_home() / "tools")

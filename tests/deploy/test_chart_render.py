@@ -97,7 +97,7 @@ def test_serve_config_passes_ray_serves_schema_and_builds_the_app(rendered, monk
     [app] = schema.applications
     assert (app.name, app.import_path, app.route_prefix) == ("fabriek", "serving.app:build_app", "/")
     if name == "local-cpu":
-        from serving.default_model import prepare_default_model
+        from serving.engine.default_model import prepare_default_model
 
         prepare_default_model(show_progress=False)
     module, attr = app.import_path.split(":")

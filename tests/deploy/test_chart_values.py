@@ -83,7 +83,7 @@ def test_grafana_dashboard_ships_the_committed_json(helm):
 
 
 def test_tracing_sets_the_otel_environment_and_serves_tracing_config(helm):
-    from serving.tracing import serve_tracing_config
+    from serving.records.tracing import serve_tracing_config
 
     objects = helm.template({"tracing": {"otlpEndpoint": "http://otel-collector.monitoring:4317",
                                          "samplingRatio": 0.25}})
@@ -100,7 +100,7 @@ def test_tracing_sets_the_otel_environment_and_serves_tracing_config(helm):
 
 
 def test_vllm_spans_can_be_left_out(helm):
-    from serving.tracing import vllm_tracing
+    from serving.records.tracing import vllm_tracing
 
     objects = helm.template({"tracing": {"otlpEndpoint": "http://otel-collector.monitoring:4317",
                                          "vllmSpans": False}})

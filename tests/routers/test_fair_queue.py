@@ -75,7 +75,7 @@ def test_a_flood_cannot_take_the_whole_queue():
 
 
 def test_a_cancelled_waiter_leaves_and_is_never_dispatched():
-    # The caller cancels a ticket whose wait ran out (serving.admission_controller).
+    # The caller cancels a ticket whose wait ran out (serving.admission.admission_controller).
     queue = FairQueue(PoolLimits(max_running=1, max_queued=10, max_queue_wait_s=5), {"a": 1})
     queue.offer(ticket("a"))
     old, new = ticket("a", at=0.0), ticket("a", at=3.0)

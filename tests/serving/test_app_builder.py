@@ -12,7 +12,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serving.app import build_app
 from serving.config import DEFAULT_CONFIG_PATH, load_config
-from serving.engines import build_engine_deployments
+from serving.engine.engines import build_engine_deployments
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "smollm2-135m-instruct"
@@ -20,7 +20,7 @@ MODEL = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module", autouse=True)
 def default_model_prepared():
-    from serving.default_model import prepare_default_model
+    from serving.engine.default_model import prepare_default_model
 
     prepare_default_model(show_progress=False)
     yield

@@ -12,7 +12,7 @@ import openai
 import pytest
 import yaml
 
-from serving.ledger import UsageLedger
+from serving.records.ledger import UsageLedger
 from serving.protos.fabriek.v1 import inference_pb2 as pb
 from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub
 from tests.conftest import MODEL_ID

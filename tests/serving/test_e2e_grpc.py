@@ -212,7 +212,7 @@ def test_server_answers_after_errors_and_aborts(stub, fabriek_server):
 
 def test_retry_info_is_a_standard_status_detail():
     """What a client reads from UNAVAILABLE / RESOURCE_EXHAUSTED (the ingress tests send them)."""
-    from serving.grpc_status import set_error
+    from serving.frontdoor.grpc_status import set_error
 
     class Context:
         def set_code(self, code): self.code = code

@@ -13,7 +13,7 @@ import grpc
 import httpx
 import openai
 
-from serving.ledger import UsageLedger
+from serving.records.ledger import UsageLedger
 from serving.protos.fabriek.v1 import inference_pb2 as pb
 from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub
 from tests.otlp_collector import ReceivedSpan

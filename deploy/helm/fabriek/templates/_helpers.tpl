@@ -78,8 +78,8 @@ deploy/serve-config.yaml, with the platform config inline.
 {{- $grpc := dict "port" (include "fabriek.grpcPort" . | int) "grpc_servicer_functions" .Values.grpc.servicerFunctions -}}
 {{- $config := dict "proxy_location" "EveryNode" "http_options" $http "grpc_options" $grpc "applications" (list $app) -}}
 {{- with .Values.tracing }}{{ if .otlpEndpoint -}}
-{{- /* What serving.tracing.serve_tracing_config derives from the OTEL_* variables below. */ -}}
-{{- $_ := set $config "tracing_config" (dict "enabled" true "exporter_import_path" "serving.tracing:span_processors" "sampling_ratio" .samplingRatio) -}}
+{{- /* What serving.records.tracing.serve_tracing_config derives from the OTEL_* variables below. */ -}}
+{{- $_ := set $config "tracing_config" (dict "enabled" true "exporter_import_path" "serving.records.tracing:span_processors" "sampling_ratio" .samplingRatio) -}}
 {{- end }}{{ end -}}
 {{- toYaml $config -}}
 {{- end -}}

@@ -1,0 +1,283 @@
+"""The one admission path of both APIs: authenticate, admit, lease, set the tenant's fields,
+call the engine, and account for the request when it ends.
+
+The HTTP ingress and the gRPC service differ only in how they read a request and write
+an answer; everything that decides who may call what, where it runs, whether its quota
+and its pool have room, and what it leaves in the usage ledger happens here: through the
+policy core (``routers``) behind ``TenantAccess`` and the ``AdmissionGate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from opentelemetry.trace import Span
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+from vllm.entrypoints.generate.base.protocol import StreamOptions
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+from routers import Admission, Rejection, RejectionReason, Route, Tenancy, Tenant
+from routers.quota import QuotaLimits
+from serving.records import tracing
+from serving.admission.admission_gate import CLIENT_CLOSED, AdmissionGate, status_of
+from serving.config.admission_specs import LedgerSpec
+from serving.records.ledger import UsageLedger
+from serving.records.ledger_writer import LedgerWriter
+from serving.engine.llm_server import Stamped
+from serving.records.metrics import PlatformMetrics
+from serving.admission.prompt_tokens import PromptTokenCounter
+from serving.admission.readiness import EngineReadiness
+from serving.admission.tenant_access import Refused, TenantAccess
+from serving.admission.token_counter import TokenCounter
+
+logger = logging.getLogger("fabriek.gateway")
+
+OpenAIRequest = ChatCompletionRequest | CompletionRequest
+# Engine methods of FabriekLLMServer that answer OpenAI requests, and their GenAI operation names.
+OPERATIONS = {"chat": "chat", "completions": "text_completion"}
+ENGINE_METHODS = tuple(OPERATIONS)
+
+
+@dataclass
+class EngineAnswer:
+    """The start of an engine's answer, and the rest of it still to come.
+
+    Args:
+        route: the pool and model that serve the request.
+        replica: ``<deployment>#<replica id>`` of the engine replica that answered, if it said.
+        first: the first item: a complete response (unstreamed), or a batch of SSE events.
+        rest: the engine stream; cancel it when the client goes away.
+        error: the engine refused the request (e.g. a prompt longer than the context).
+        request_id: the request's id in the usage ledger and the engine.
+        strips_usage: the engine was asked for usage that the client did not ask for.
+    """
+
+    route: Route
+    replica: str | None
+    first: Any
+    rest: DeploymentResponseGenerator
+    error: ErrorResponse | None = None
+    request_id: str = ""
+    strips_usage: bool = False
+    _finish: Any = field(default=None, repr=False)
+
+    def finish(self, status: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        """Ends the request's accounting (lease, ledger, metrics); later calls do nothing.
+
+        Args:
+            status: HTTP-style outcome (200, an error status, 499 when the client left).
+        """
+        if self._finish is not None:
+            self._finish(status, prompt_tokens, completion_tokens)
+
+    def finish_response(self) -> None:
+        """Ends a complete (unstreamed) answer with the usage it reports."""
+        usage = getattr(self.first, "usage", None)
+        self.finish(200, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+
+
+class Gateway:
+    """Tenants, readiness and engine handles, shared by the HTTP and gRPC front doors.
+
+    Args:
+        engines: route (pool and model) -> engine deployment, in config order.
+        tenancy / key_file / cache_salt_secret_file / key_reload_interval_s: see ``TenantAccess``.
+        admission_controller: handle of the shared ``AdmissionController``.
+        ledger: where the usage ledger is (resolved here, in the replica's environment).
+        token_counter: the models' tokenizers on this node.
+        quotas: tenant id -> its quota (the same limits the controller enforces); here for
+            the ``max_tokens`` cap and to know whose prompts must be counted.
+        max_model_lens: model id -> context length, to bound a reservation without ``max_tokens``.
+    """
+
+    def __init__(self, engines: Mapping[Route, DeploymentHandle], *, tenancy: Tenancy, key_file: Path,
+                 cache_salt_secret_file: Path, key_reload_interval_s: float,
+                 admission_controller: DeploymentHandle, ledger: LedgerSpec, token_counter: TokenCounter,
+                 quotas: Mapping[str, QuotaLimits], max_model_lens: Mapping[str, int | None]):
+        # Streaming handles per (route, method), configured once: Ray builds a new handle
+        # on every attribute access (`handle.chat` is `handle.options(method_name=...)`).
+        self._streaming = {(r, method): getattr(h.options(stream=True), method)
+                           for r, h in engines.items() for method in ENGINE_METHODS}
+        self.readiness = EngineReadiness(engines)
+        self._access = TenantAccess(tenancy, engines, key_file=key_file,
+                                    cache_salt_secret_file=cache_salt_secret_file,
+                                    key_reload_interval_s=key_reload_interval_s)
+        self._gate = AdmissionGate(admission_controller, LedgerWriter(UsageLedger(ledger.resolved_url())),
+                                   PlatformMetrics())
+        self._prompt_tokens = PromptTokenCounter(token_counter)
+        self._max_tokens_caps = {t: q.max_tokens for t, q in quotas.items() if q.max_tokens is not None}
+        # Tokenizing a prompt costs up to milliseconds per request: only for tenants whose
+        # token quota or prompt cap needs the count.
+        self._counts_prompts = frozenset(t for t, q in quotas.items()
+                                         if q.tokens_per_minute is not None or q.max_prompt_tokens is not None)
+        self._max_model_lens = dict(max_model_lens)
+
+    def close(self) -> None:
+        """Commits the usage records still waiting (the replica is stopping)."""
+        self._gate.close()
+
+    def authenticate(self, authorization: str | None) -> Tenant:
+        """The tenant of ``Bearer KEY``.
+
+        Raises:
+            Refused: UNAUTHENTICATED.
+        """
+        return self._access.authenticate(authorization)
+
+    def admit_without_engine(self, tenant: Tenant, model_id: str | None) -> Admission:
+        """Admit a request that needs no engine (token counting): pools and models, not readiness.
+
+        Raises:
+            Refused: as ``TenantAccess.admit``, except POOL_UNAVAILABLE.
+        """
+        return self._access.admit(tenant, model_id, lambda route: True)
+
+    async def call(self, tenant: Tenant, body: OpenAIRequest, method: str, protocol: str) -> EngineAnswer:
+        """Admit ``body`` for ``tenant``, lease room for it, send it to an engine of its pool
+        and wait for the first item. The caller must ``finish`` the answer.
+
+        Args:
+            method: ``chat`` or ``completions``.
+            protocol: ``http`` or ``grpc``, for the usage record.
+
+        Raises:
+            Refused: the policy refused the request (pool, quota, queue), or its engine is
+                unavailable; it carries the request id once the request has a record.
+        """
+        # The request's span: its admission and the engine call (Ray Serve's handle spans,
+        # vLLM's request span) open beneath it; it ends when the answer is finished.
+        span = tracing.start_request_span(OPERATIONS[method], body.model, protocol)
+        try:
+            with tracing.activated(span):
+                return await self._call(tenant, body, method, protocol, span)
+        except Refused as refused:
+            tracing.mark_refused(span, str(refused.rejection.reason), status_of(refused.rejection))
+            span.end()
+            raise
+        except BaseException:
+            span.end()
+            raise
+
+    async def _call(self, tenant: Tenant, body: OpenAIRequest, method: str, protocol: str,
+                    span: Span) -> EngineAnswer:
+        request_id = f"fabriek-{uuid.uuid4().hex}"
+        try:
+            admission = self._access.admit(tenant, body.model, self.readiness.is_ready)
+        except Refused as refused:
+            self._gate.refuse(tenant, body.model, request_id, refused.rejection, protocol)
+            refused.request_id = request_id
+            raise
+        apply_tenant_fields(body, admission)
+        body.request_id = request_id  # the engine's logs and metrics carry the same id
+        route = admission.route
+        prompt_tokens = (self._count_prompt(route.model_id, body, method)
+                         if tenant.id in self._counts_prompts else 0)
+        max_tokens = self._limit_output(body, tenant, prompt_tokens)
+        strips_usage = _ask_for_usage(body)
+        tracing.mark_admitted(span, request_id=request_id, pool=route.pool,
+                              tenant_class=str(tenant.tenant_class), model=route.model_id,
+                              max_tokens=max_tokens)
+        with tracing.activated(tracing.start_admission_span(), end_on_exit=True) as admission_span:
+            visit = await self._gate.enter(admission, request_id, prompt_tokens, max_tokens, protocol)
+            if isinstance(visit, Rejection):
+                tracing.mark_admission(admission_span, refused_for=str(visit.reason))
+                raise Refused(visit, request_id)
+            tracing.mark_admission(admission_span, queue_s=visit.queue_s)
+        try:
+            answer = await self._first_item(route, body, method, request_id)
+        except Refused as refused:
+            self._gate.leave(visit, status_of(refused.rejection))
+            refused.request_id = request_id
+            raise
+        except BaseException as err:
+            self._gate.leave(visit, CLIENT_CLOSED if isinstance(err, asyncio.CancelledError) else 500)
+            raise
+        answer.strips_usage = strips_usage
+
+        def finish(status: int, prompt: int, completion: int) -> None:
+            timings = self._gate.leave(visit, status, prompt, completion)
+            if timings is not None:
+                tracing.end_request_span(span, status=status, prompt_tokens=prompt,
+                                         completion_tokens=completion, timings=timings,
+                                         replica=answer.replica)
+        answer._finish = finish
+        if answer.error is not None:
+            answer.finish(answer.error.error.code)
+        else:
+            self._gate.first_token(visit)
+        return answer
+
+    async def _first_item(self, route: Route, body: OpenAIRequest, method: str, request_id: str) -> EngineAnswer:
+        stream: DeploymentResponseGenerator = self._streaming[(route, method)].remote(body)
+        try:
+            first = await stream.__anext__()
+        except (RayActorError, DeploymentUnavailableError, BackPressureError) as err:
+            logger.warning("engine %s/%s unavailable: %s", route.pool, route.model_id, type(err).__name__)
+            raise Refused(Rejection(RejectionReason.POOL_UNAVAILABLE, "engine",
+                                    f"The model `{route.model_id}` is unavailable; retry shortly.")) from None
+        except StopAsyncIteration:
+            raise RuntimeError("the engine returned no response") from None
+        except BaseException:
+            # The client went away (cancellation) or the call failed: stop the engine too.
+            stream.cancel()
+            raise
+        replica = None
+        if isinstance(first, Stamped):
+            replica = f"{first.deployment}#{first.replica_id}"
+            first = first.item
+        if isinstance(first, list) and first and isinstance(first[0], ErrorResponse):
+            first = first[0]  # a streamed request the engine refused before its first token
+        error = first if isinstance(first, ErrorResponse) else None
+        return EngineAnswer(route, replica, first, stream, error, request_id=request_id)
+
+    def _count_prompt(self, model_id: str, body: OpenAIRequest, method: str) -> int:
+        if method == "chat":
+            return self._prompt_tokens.count_chat(model_id, [m if isinstance(m, dict) else dict(m)
+                                                             for m in body.messages])
+        return self._prompt_tokens.count_completion(model_id, body.prompt)
+
+    def _limit_output(self, body: OpenAIRequest, tenant: Tenant, prompt_tokens: int) -> int:
+        """The most tokens the request may generate, for its reservation; a tenant's cap
+        becomes the request's ``max_tokens`` when it names none."""
+        asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        if asked is not None:
+            return asked
+        cap = self._max_tokens_caps.get(tenant.id)
+        if cap is not None:
+            body.max_tokens = cap
+            return cap
+        max_model_len = self._max_model_lens.get(body.model)
+        return max(0, max_model_len - prompt_tokens) if max_model_len else 0
+
+
+def _ask_for_usage(body: OpenAIRequest) -> bool:
+    """Asks a streamed request for its usage (the ledger needs it); True when the client
+    did not ask for it, so the front door drops the usage event."""
+    if not body.stream:
+        return False
+    if body.stream_options is not None and body.stream_options.include_usage:
+        return False
+    body.stream_options = StreamOptions(include_usage=True,
+                                        continuous_usage_stats=getattr(body.stream_options,
+                                                                       "continuous_usage_stats", False))
+    return True
+
+
+def apply_tenant_fields(body: OpenAIRequest, admission: Admission) -> None:
+    """Overwrite what the engine must know of the tenant; whatever the client sent is ignored.
+
+    ``cache_salt`` keeps the tenant's prefix-cache entries to itself, ``priority`` is its
+    class's band, ``user`` names the tenant (for the engine's own accounting).
+    """
+    body.model = admission.route.model_id
+    body.cache_salt = admission.cache_salt
+    body.priority = admission.priority
+    body.user = admission.tenant.id

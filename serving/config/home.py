@@ -1,0 +1,19 @@
+"""Where fabriek keeps what it makes on a machine: prepared models, keys, secrets, the ledger."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fabriek_home() -> Path:
+    """Return the cache directory: ``$FABRIEK_HOME``, else ``$XDG_CACHE_HOME/fabriek``."""
+    if os.environ.get("FABRIEK_HOME"):
+        return Path(os.environ["FABRIEK_HOME"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "fabriek"
+
+
+def default_ledger_url(home: Path) -> str:
+    """The SQLite usage ledger under ``home``, where one machine keeps it by default."""
+    return f"sqlite:///{home / 'usage.db'}"

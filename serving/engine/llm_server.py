@@ -1,0 +1,173 @@
+"""fabriek's engine deployment: Ray Serve LLM's ``LLMServer`` with first-token-first batching.
+
+Ray's ``LLMServer`` groups streamed chunks into batches every
+``stream_batching_interval_ms`` (50 ms by default) to cut the number of messages that
+cross from the engine replica to the ingress. Its first batch also waits for that
+interval, so every streamed request pays up to 50 ms of time-to-first-token: most of the
++48 ms that Ray Serve LLM is reported to add over bare vLLM. Turning batching off
+instead sends one message per token, which costs throughput under load (each message
+is pickled, sent and unpickled by two Python processes on the way to the client).
+
+``FirstChunkBatcher`` sends the first chunk the moment it exists, then batches the rest
+every interval: time-to-first-token of no batching, message count of batching.
+
+Every answer also says which replica produced it: the first item of each ``chat`` and
+``completions`` stream arrives wrapped in a ``Stamped`` naming this replica, as Ray Serve
+identifies it here, so the ingress can report where a tenant's request really ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, AsyncGenerator, AsyncIterator, Generic, TypeVar
+
+from ray import serve
+from ray.llm._internal.serve.core.protocol import RawRequestInfo  # not re-exported by ray.serve.llm
+from ray.serve.llm import LLMServer
+from vllm.utils.gc_utils import freeze_gc_heap
+
+from serving.records import tracing
+from serving.engine.cpu_affinity import pin_to_pool_cores, take_pool_niceness
+
+# vLLM traces requests only when given an OTLP endpoint (serving.engine.engines does so from the
+# same variables); otherwise it would warn about every request that carries a trace context.
+_VLLM_TRACES = bool(tracing.vllm_tracing(os.environ)[0])
+
+T = TypeVar("T")
+
+
+class FirstChunkBatcher(Generic[T]):
+    """Re-chunk an async stream: the first item at once, then lists every interval.
+
+    After an interval in which nothing arrived, the next item is again sent at once,
+    so a slow stream is never held back; an interval of 0 sends everything eagerly.
+
+    Args:
+        source: the stream to read; a background task reads it so that items pile up
+            while a batch interval runs.
+        interval_s: time between batches after the first one.
+    """
+
+    def __init__(self, source: AsyncIterator[T], interval_s: float):
+        self._source = source
+        self._interval_s = interval_s
+        self._items: collections.deque[T] = collections.deque()
+        self._arrived = asyncio.Event()  # set when items arrived or the source ended
+        self._finished = asyncio.Event()
+
+    async def _pump(self) -> None:
+        try:
+            async for item in self._source:
+                self._items.append(item)
+                self._arrived.set()
+        finally:
+            self._finished.set()
+            self._arrived.set()
+
+    async def stream(self) -> AsyncGenerator[list[T], None]:
+        """Yield non-empty lists of items; raise what the source raised."""
+        pump = asyncio.create_task(self._pump())
+        try:
+            while True:
+                await self._arrived.wait()
+                self._arrived.clear()
+                if self._items:
+                    batch = list(self._items)
+                    self._items.clear()
+                    yield batch
+                if self._finished.is_set() and not self._items:
+                    break
+                if self._interval_s > 0:
+                    # Wakes early when the source ends, so the last batch is not delayed.
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._finished.wait(), self._interval_s)
+            await pump  # re-raises the source's exception, if any
+        finally:
+            # A cancelled request (client gone) must stop the engine stream too.
+            if not pump.done():
+                pump.cancel()
+
+
+@dataclass(frozen=True)
+class Stamped:
+    """The first item of an engine answer and the replica that produced it.
+
+    Args:
+        item: what ``LLMServer`` yielded first (a batch of SSE events, a response, an error).
+        deployment: the engine deployment, named ``<pool>--...`` by fabriek.
+        replica_id: Ray Serve's id of the replica within that deployment.
+    """
+
+    item: Any
+    deployment: str
+    replica_id: str
+
+
+async def stamp_first(stream: AsyncIterator[T], deployment: str, replica_id: str) -> AsyncGenerator[Any, None]:
+    """Yield ``stream`` with its first item wrapped in ``Stamped``.
+
+    Riding on the first item costs no extra message between engine and ingress.
+    """
+    try:
+        is_first = True
+        async for item in stream:
+            yield Stamped(item, deployment, replica_id) if is_first else item
+            is_first = False
+    finally:
+        # A cancelled request must stop the engine stream beneath (see FirstChunkBatcher).
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class FabriekLLMServer(LLMServer):
+    """``LLMServer`` whose streams send their first chunk at once and name their replica."""
+
+    async def start(self) -> None:
+        """Pin to the pool's cores, start the engine, then freeze the start-up heap out of
+        the garbage collector."""
+        pin_to_pool_cores()  # before vLLM starts its processes: they inherit both
+        take_pool_niceness()
+        await super().start()
+        # vLLM's own API server does this after start-up; Ray's replica does not. Without
+        # it a full collection walks torch's and vLLM's millions of start-up objects and
+        # stalls streams for ~300 ms (the TTFT p99 outliers in docs/benchmarks.md).
+        freeze_gc_heap()
+
+    async def chat(self, request, raw_request_info=None) -> AsyncGenerator[Any, None]:
+        """``LLMServer.chat``, its first item stamped with this replica's identity."""
+        return self._stamped(await super().chat(request, _with_trace_headers(raw_request_info)))
+
+    async def completions(self, request, raw_request_info=None) -> AsyncGenerator[Any, None]:
+        """``LLMServer.completions``, its first item stamped with this replica's identity."""
+        return self._stamped(await super().completions(request, _with_trace_headers(raw_request_info)))
+
+    def num_unfinished_requests(self) -> int:
+        """Requests vLLM's engine holds right now; an aborted request leaves it at once.
+
+        For operators and the tests: a client that cancels, or whose deadline passes, must
+        leave nothing generating here.
+        """
+        # Ray's VLLMEngine keeps vLLM's AsyncLLM here; vLLM's own count is the ground truth.
+        return self.engine._engine_client.get_num_unfinished_requests()
+
+    def _stamped(self, stream: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
+        context = serve.get_replica_context()
+        return stamp_first(stream, context.deployment, context.replica_id.unique_id)
+
+    def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
+        # Ray's setting (experimental_configs.stream_batching_interval_ms, 50 ms default).
+        return FirstChunkBatcher(generator, self._get_batch_interval_ms() / 1000).stream()
+
+
+def _with_trace_headers(raw_request_info: RawRequestInfo | None) -> RawRequestInfo | None:
+    """The request's headers with the current trace context: vLLM reads ``traceparent`` off
+    them, so its request span becomes a child of this replica's span."""
+    headers = tracing.trace_headers() if _VLLM_TRACES else {}
+    if not headers:
+        return raw_request_info
+    return RawRequestInfo(headers={**(raw_request_info.headers if raw_request_info else {}), **headers})

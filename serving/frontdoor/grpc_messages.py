@@ -1,0 +1,179 @@
+"""From ``fabriek.v1`` messages to vLLM's OpenAI protocol models and back.
+
+Requests are built as the OpenAI JSON body would be and validated by vLLM's own models,
+so a gRPC request is checked exactly as an HTTP one. Streamed engine answers arrive as
+server-sent events (the engine speaks OpenAI); ``StreamDecoder`` turns each batch of events
+into one streamed message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+
+# Ray's workaround for a pydantic bug that leaves unpicklable iterators in chat
+# messages; it must run before a request crosses to another actor (as in serving.frontdoor.ingress).
+from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
+
+from serving.frontdoor.errors import APIError
+from serving.frontdoor.openai_requests import validate_openai_request
+from serving.protos.fabriek.v1 import inference_pb2 as pb
+
+ROLE_NAMES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
+FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
+# Ask the engine for the usage chunk at the end of every stream.
+_STREAM_OPTIONS = {"include_usage": True}
+
+
+def chat_request(message: pb.ChatRequest, *, stream: bool) -> ChatCompletionRequest:
+    """vLLM's chat request for ``message``.
+
+    Raises:
+        APIError: 400 for a message role left unspecified or a field vLLM refuses.
+    """
+    messages = []
+    for i, m in enumerate(message.messages):
+        if m.role not in ROLE_NAMES:
+            raise APIError(400, f"messages[{i}].role must be set (ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT)",
+                           param=f"messages[{i}].role")
+        messages.append({"role": ROLE_NAMES[m.role], "content": m.content})
+    if not messages:
+        raise APIError(400, "messages: at least one message is required", param="messages")
+    body = validate_openai_request(_body(message, stream, messages=messages), ChatCompletionRequest)
+    try:
+        return _sanitize_chat_completion_request(body)
+    except ValueError as err:
+        raise APIError(400, f"invalid request: {err}", param="messages") from None
+
+
+def completion_request(message: pb.CompletionRequest, *, stream: bool) -> CompletionRequest:
+    """vLLM's completion request for ``message``.
+
+    Raises:
+        APIError: 400 for a field vLLM refuses.
+    """
+    return validate_openai_request(_body(message, stream, prompt=message.prompt), CompletionRequest)
+
+
+# The OpenAI name of max_tokens per request kind (chat deprecates `max_tokens`).
+_MAX_TOKENS_FIELD = {True: "max_completion_tokens", False: "max_tokens"}
+
+
+def _body(message: pb.ChatRequest | pb.CompletionRequest, stream: bool, **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": message.model or None, "stream": stream, **fields}
+    if stream:
+        body["stream_options"] = _STREAM_OPTIONS
+    sampling = message.sampling
+    if sampling.HasField("max_tokens"):
+        body[_MAX_TOKENS_FIELD["messages" in fields]] = sampling.max_tokens
+    for name in ("temperature", "top_p", "seed"):
+        if sampling.HasField(name):
+            body[name] = getattr(sampling, name)
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    return body
+
+
+def usage(info: Any) -> pb.Usage:
+    """``pb.Usage`` from vLLM's usage (a model or its JSON dict)."""
+    if not isinstance(info, dict):
+        info = info.model_dump()
+    return pb.Usage(prompt_tokens=info.get("prompt_tokens") or 0,
+                    completion_tokens=info.get("completion_tokens") or 0,
+                    total_tokens=info.get("total_tokens") or 0)
+
+
+def chat_response(response: Any) -> pb.ChatResponse:
+    """``pb.ChatResponse`` from vLLM's ``ChatCompletionResponse``."""
+    choice = response.choices[0]
+    return pb.ChatResponse(id=response.id, model=response.model, content=choice.message.content or "",
+                           finish_reason=FINISH_REASONS.get(choice.finish_reason, pb.FINISH_REASON_UNSPECIFIED),
+                           usage=usage(response.usage))
+
+
+def completion_response(response: Any) -> pb.CompletionResponse:
+    """``pb.CompletionResponse`` from vLLM's ``CompletionResponse``."""
+    choice = response.choices[0]
+    return pb.CompletionResponse(
+        id=response.id, model=response.model, text=choice.text,
+        finish_reason=FINISH_REASONS.get(choice.finish_reason, pb.FINISH_REASON_UNSPECIFIED),
+        usage=usage(response.usage))
+
+
+class EngineStreamError(Exception):
+    """The engine reported an error in the middle of a stream."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class StreamDecoder:
+    """Turns batches of the engine's OpenAI stream events into ``fabriek.v1`` stream messages.
+
+    The finish reason is held back until the usage event, which the engine sends last, so
+    that both arrive on the last message, as the proto promises.
+
+    Args:
+        is_chat: chat events (``delta.content``) or completion events (``text``).
+    """
+
+    is_chat: bool
+    _id: str = ""
+    _model: str = ""
+    _finish_reason: int = pb.FINISH_REASON_UNSPECIFIED
+    is_finished: bool = False
+    tokens: tuple[int, int] = (0, 0)  # (prompt, completion) from the usage event, for the ledger
+
+    def decode(self, batch: list[str]) -> pb.ChatStreamResponse | pb.CompletionStreamResponse | None:
+        """The stream message of one engine batch, or None when it holds no text and no end.
+
+        Raises:
+            EngineStreamError: an error event.
+        """
+        pieces: list[str] = []
+        usage_info = None
+        for event in batch:
+            for line in event.splitlines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk or chunk.get("object") == "error":
+                    error = chunk.get("error", chunk)
+                    raise EngineStreamError(int(error.get("code") or 500), str(error.get("message")))
+                self._id, self._model = chunk.get("id", self._id), chunk.get("model", self._model)
+                for choice in chunk.get("choices") or ():
+                    text = choice["delta"].get("content") if self.is_chat else choice.get("text")
+                    if text:
+                        pieces.append(text)
+                    if choice.get("finish_reason"):
+                        self._finish_reason = FINISH_REASONS.get(choice["finish_reason"],
+                                                                 pb.FINISH_REASON_UNSPECIFIED)
+                if chunk.get("usage"):
+                    usage_info = chunk["usage"]
+                    self.tokens = (usage_info.get("prompt_tokens", 0), usage_info.get("completion_tokens", 0))
+        if not pieces and usage_info is None:
+            return None
+        message = self._message("".join(pieces))
+        if usage_info is not None:
+            message.usage.CopyFrom(usage(usage_info))
+            message.finish_reason = self._finish_reason
+            self.is_finished = True
+        return message
+
+    def last(self) -> pb.ChatStreamResponse | pb.CompletionStreamResponse:
+        """The closing message of a stream that ended without a usage event."""
+        message = self._message("")
+        message.finish_reason = self._finish_reason
+        self.is_finished = True
+        return message
+
+    def _message(self, text: str) -> pb.ChatStreamResponse | pb.CompletionStreamResponse:
+        if self.is_chat:
+            return pb.ChatStreamResponse(id=self._id, model=self._model, content_delta=text)
+        return pb.CompletionStreamResponse(id=self._id, model=self._model, text_delta=text)

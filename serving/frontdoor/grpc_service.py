@@ -1,0 +1,161 @@
+"""The gRPC API, ``fabriek.v1.InferenceService``: its RPCs over the shared ``Gateway``.
+
+Ray Serve's gRPC proxy hands each RPC to the ingress method of the same name
+(``serving.frontdoor.ingress``), which delegates here with the request message and Ray's
+``RayServegRPCContext``. Failures set a status code on that context (``serving.frontdoor.grpc_status``)
+and end the call; they are answers, not exceptions. A client that cancels or whose
+deadline passes cancels the call here, and the ``finally`` blocks cancel the engine
+request, which vLLM then aborts.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Callable, Mapping
+
+import grpc
+from ray.serve.grpc_util import RayServegRPCContext
+
+from routers import Tenant
+from serving.frontdoor import grpc_messages
+from serving.frontdoor.errors import APIError
+from serving.admission.refusals import CLIENT_CLOSED
+from serving.admission.gateway import EngineAnswer, Gateway, OpenAIRequest
+from serving.frontdoor.grpc_messages import EngineStreamError, StreamDecoder
+from serving.frontdoor.grpc_status import code_for_http_status, set_error, set_refused
+from serving.protos.fabriek.v1 import inference_pb2 as pb
+from serving.admission.tenant_access import Refused
+from serving.admission.token_counter import TokenCounter
+
+# Trailing metadata of a successful call: where it ran (as the HTTP headers x-fabriek-*).
+POOL_KEY = "x-fabriek-pool"
+REPLICA_KEY = "x-fabriek-replica"
+
+StreamMessage = pb.ChatStreamResponse | pb.CompletionStreamResponse
+
+
+class InferenceService:
+    """The RPCs of ``fabriek.v1.InferenceService``.
+
+    Args:
+        gateway: the admission path shared with the HTTP API.
+        model_cards: model id -> card fields (``max_model_len``).
+        token_counter: the models' tokenizers.
+    """
+
+    def __init__(self, gateway: Gateway, model_cards: Mapping[str, dict], token_counter: TokenCounter):
+        self._gateway = gateway
+        self._model_cards = model_cards
+        self._token_counter = token_counter
+
+    async def chat(self, request: pb.ChatRequest, context: RayServegRPCContext) -> pb.ChatResponse:
+        """A whole chat answer."""
+        return await self._unary(request, context, "chat", grpc_messages.chat_request,
+                                 grpc_messages.chat_response, pb.ChatResponse)
+
+    async def complete(self, request: pb.CompletionRequest, context: RayServegRPCContext) -> pb.CompletionResponse:
+        """A whole text completion."""
+        return await self._unary(request, context, "completions", grpc_messages.completion_request,
+                                 grpc_messages.completion_response, pb.CompletionResponse)
+
+    def chat_stream(self, request: pb.ChatRequest, context: RayServegRPCContext) -> AsyncIterator[StreamMessage]:
+        """A chat answer, streamed batch by batch as the engine produces it."""
+        return self._stream(request, context, "chat", grpc_messages.chat_request)
+
+    def complete_stream(self, request: pb.CompletionRequest,
+                        context: RayServegRPCContext) -> AsyncIterator[StreamMessage]:
+        """A text completion, streamed batch by batch as the engine produces it."""
+        return self._stream(request, context, "completions", grpc_messages.completion_request)
+
+    def list_models(self, request: pb.ListModelsRequest, context: RayServegRPCContext) -> pb.ListModelsResponse:  # noqa: ARG002
+        """The models the calling tenant may use."""
+        try:
+            tenant = self._authenticate(context)
+        except Refused as refused:
+            set_refused(context, refused)
+            return pb.ListModelsResponse()
+        return pb.ListModelsResponse(models=[
+            pb.Model(id=m, max_model_len=self._model_cards[m].get("max_model_len") or 0)
+            for m in sorted(tenant.model_ids) if m in self._model_cards])
+
+    def count_tokens(self, request: pb.CountTokensRequest, context: RayServegRPCContext) -> pb.CountTokensResponse:
+        """Tokens of a text under the model's tokenizer; the tenant must be allowed the model."""
+        try:
+            tenant = self._authenticate(context)
+            model_id = self._gateway.admit_without_engine(tenant, request.model or None).route.model_id
+        except Refused as refused:
+            set_refused(context, refused)
+            return pb.CountTokensResponse()
+        if not self._token_counter.can_count(model_id):
+            set_error(context, grpc.StatusCode.FAILED_PRECONDITION,
+                      f"Token counting is not available for `{model_id}`: its tokenizer is not on this node.")
+            return pb.CountTokensResponse()
+        return pb.CountTokensResponse(token_count=self._token_counter.count(model_id, request.text))
+
+    def _authenticate(self, context: RayServegRPCContext) -> Tenant:
+        authorization = next((v for k, v in context.invocation_metadata() if k == "authorization"), None)
+        return self._gateway.authenticate(authorization)
+
+    async def _start(self, request, context: RayServegRPCContext, method: str,
+                     build: Callable[..., OpenAIRequest], *, stream: bool) -> EngineAnswer | None:
+        """Authenticate, validate and admit; None (with the status set) when refused."""
+        try:
+            tenant = self._authenticate(context)
+            body = build(request, stream=stream)
+            answer = await self._gateway.call(tenant, body, method, "grpc")
+        except Refused as refused:
+            set_refused(context, refused)
+            return None
+        except APIError as err:
+            set_error(context, code_for_http_status(err.status), err.message)
+            return None
+        if answer.error is not None:
+            answer.rest.cancel()
+            error = answer.error.error
+            set_error(context, code_for_http_status(error.code), error.message, metadata=_where(answer))
+            return None
+        return answer
+
+    async def _unary(self, request, context: RayServegRPCContext, method: str, build: Callable[..., OpenAIRequest],
+                     convert: Callable, empty: type):
+        answer = await self._start(request, context, method, build, stream=False)
+        if answer is None:
+            return empty()
+        context.set_trailing_metadata(_where(answer))
+        answer.finish_response()
+        return convert(answer.first)
+
+    async def _stream(self, request, context: RayServegRPCContext, method: str,
+                      build: Callable[..., OpenAIRequest]) -> AsyncIterator[StreamMessage]:
+        answer = await self._start(request, context, method, build, stream=True)
+        if answer is None:
+            return
+        decoder = StreamDecoder(is_chat=method == "chat")
+        status = CLIENT_CLOSED  # unless it ends, below
+        try:
+            batch = answer.first
+            while True:
+                message = decoder.decode(batch)
+                if message is not None:
+                    yield message
+                try:
+                    batch = await answer.rest.__anext__()
+                except StopAsyncIteration:
+                    break
+            if not decoder.is_finished:
+                yield decoder.last()
+            context.set_trailing_metadata(_where(answer))
+            status = 200
+        except EngineStreamError as err:
+            status = err.status
+            set_error(context, code_for_http_status(err.status), err.message, metadata=_where(answer))
+        finally:
+            # Cancelled (client gone, deadline passed) or done: stop the engine request too.
+            answer.rest.cancel()
+            answer.finish(status, *decoder.tokens)
+
+
+def _where(answer: EngineAnswer) -> list[tuple[str, str]]:
+    metadata = [(POOL_KEY, answer.route.pool)]
+    if answer.replica is not None:
+        metadata.append((REPLICA_KEY, answer.replica))
+    return metadata

@@ -1,0 +1,232 @@
+"""The ingress deployment: the OpenAI-compatible HTTP API (FastAPI) and the gRPC API, side by side.
+
+Both front doors call the same ``Gateway``: it authenticates the tenant by its API key,
+has the policy core admit the request to an engine deployment of the tenant's own pool,
+sets the tenant's engine-side isolation fields and calls the engine. This module only
+reads HTTP requests and writes HTTP answers; ``serving.frontdoor.grpc_service`` does the same for
+gRPC. Streamed answers are relayed batch by batch as the engine produces them (see
+``serving.engine.llm_server``); nothing here waits on a timer, so the ingress adds only the cost
+of one handle call to time-to-first-token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import AsyncIterator, Mapping
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.grpc_util import RayServegRPCContext
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelList
+from vllm.utils.gc_utils import freeze_gc_heap
+
+# Ray's workaround for a pydantic bug that leaves unpicklable iterators in chat
+# messages; it must run before a request crosses to another actor.
+from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
+
+from routers import Route, Tenancy
+from routers.quota import QuotaLimits
+from serving.frontdoor.body_limit import BodySizeLimit
+from serving.engine.cpu_affinity import renice_process
+from serving.admission.refusals import CLIENT_CLOSED
+from serving.config.admission_specs import LedgerSpec
+from serving.frontdoor.errors import REQUEST_ID_HEADER, APIError, error_response, install_error_handlers
+from serving.admission.gateway import EngineAnswer, Gateway, OpenAIRequest
+from serving.frontdoor.grpc_service import InferenceService
+from serving.frontdoor.openai_requests import parse_openai_request
+from serving.protos.fabriek.v1 import inference_pb2 as pb
+from serving.admission.token_counter import TokenCounter
+
+# Response headers naming where a request ran: the pool it was admitted to, and the
+# engine replica that answered, as that replica identified itself (serving.engine.llm_server).
+# The gRPC API sends the same names as trailing metadata.
+POOL_HEADER = "x-fabriek-pool"
+REPLICA_HEADER = "x-fabriek-replica"
+# Which ingress replica answered (with several, quotas still hold: they are shared).
+INGRESS_HEADER = "x-fabriek-ingress"
+# The final usage event of a stream is the one chunk without choices (a cheap substring
+# test per event; only that one event is parsed).
+_USAGE_ONLY = '"choices":[]'
+
+
+@serve.ingress()
+class OpenAIIngress:
+    """HTTP front door (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``)
+    and gRPC front door (``fabriek.v1.InferenceService``, served through Ray Serve's gRPC proxy).
+
+    Ray Serve's gRPC proxy calls the ingress method named after each RPC, so the methods
+    ``Chat`` ... ``CountTokens`` below are the service; they only delegate.
+
+    Args:
+        engines: route (pool and model) -> engine deployment, in config order.
+        model_cards: model id -> extra card fields (e.g. ``max_model_len``).
+        max_request_bytes: largest accepted request body; larger ones get 413.
+        tenancy: tenants and class policies from the platform config.
+        key_file / cache_salt_secret_file / key_reload_interval_s: see ``TenantAccess``.
+        tokenizer_files: model id -> its ``tokenizer.json`` on this node, for token counting.
+        admission_controller: handle of the shared ``AdmissionController``.
+        ledger: where the usage ledger is (its URL is resolved in the replica).
+        quotas: tenant id -> its quota (caps, and whose prompts to count).
+        cpu_nice: this replica's niceness (``ingress.cpu_nice``), if set.
+    """
+
+    def __init__(self, engines: Mapping[Route, DeploymentHandle], model_cards: Mapping[str, dict],
+                 max_request_bytes: int, *, tenancy: Tenancy, key_file: Path,
+                 cache_salt_secret_file: Path, key_reload_interval_s: float = 1.0,
+                 tokenizer_files: Mapping[str, str] | None = None,
+                 admission_controller: DeploymentHandle, ledger: LedgerSpec,
+                 quotas: Mapping[str, QuotaLimits] | None = None, cpu_nice: int | None = None):
+        if cpu_nice is not None:
+            renice_process(cpu_nice)
+        token_counter = TokenCounter(tokenizer_files or {})
+        self._model_cards = dict(model_cards)
+        self._gateway = Gateway(engines, tenancy=tenancy, key_file=key_file,
+                                cache_salt_secret_file=cache_salt_secret_file,
+                                key_reload_interval_s=key_reload_interval_s,
+                                admission_controller=admission_controller, ledger=ledger,
+                                token_counter=token_counter, quotas=quotas or {},
+                                max_model_lens={m: c.get("max_model_len") for m, c in model_cards.items()})
+        self._max_request_bytes = max_request_bytes
+        self._grpc = InferenceService(self._gateway, self._model_cards, token_counter)
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        app = FastAPI(title="fabriek", summary="OpenAI-compatible API of the fabriek AI facility",
+                      docs_url="/docs", redoc_url=None)
+        install_error_handlers(app)
+        app.add_middleware(BodySizeLimit, max_bytes=self._max_request_bytes)
+        app.add_api_route("/v1/chat/completions", self.chat, methods=["POST"])
+        app.add_api_route("/v1/completions", self.completions, methods=["POST"])
+        app.add_api_route("/v1/models", self.models, methods=["GET"], response_model=ModelList)
+        app.add_api_route("/health", self.health, methods=["GET"])
+        self._gateway.readiness.start()
+        # As the engine replica does (serving.engine.llm_server): keep full collections off the
+        # import-time heap, which would otherwise stall every stream passing through.
+        freeze_gc_heap()
+        return app
+
+    def __del__(self) -> None:
+        # Ray Serve calls this when it stops the replica gracefully: the usage records still
+        # waiting for the ledger's writer thread are committed, not dropped with the process.
+        gateway = getattr(self, "_gateway", None)  # absent if __init__ failed
+        if gateway is not None:
+            gateway.close()
+
+    # --- HTTP ---------------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        """OpenAI chat completions, streamed (SSE) or not."""
+        tenant = self._gateway.authenticate(request.headers.get("authorization"))  # before the body
+        body = await parse_openai_request(request, ChatCompletionRequest)
+        try:
+            body = _sanitize_chat_completion_request(body)
+        except ValueError as err:  # message content pydantic accepted without checking items
+            raise APIError(400, f"invalid request body: {err}", param="messages") from None
+        return await self._relay(tenant, body, "chat")
+
+    async def completions(self, request: Request) -> Response:
+        """OpenAI text completions, streamed (SSE) or not."""
+        tenant = self._gateway.authenticate(request.headers.get("authorization"))
+        return await self._relay(tenant, await parse_openai_request(request, CompletionRequest), "completions")
+
+    async def models(self, request: Request) -> ModelList:
+        """The models the calling tenant may use."""
+        tenant = self._gateway.authenticate(request.headers.get("authorization"))
+        return ModelList(data=[ModelCard(id=m, owned_by="fabriek", root=m, **self._model_cards[m])
+                               for m in sorted(tenant.model_ids) if m in self._model_cards])
+
+    async def health(self) -> JSONResponse:
+        """200 when every engine of every pool answers its health probe, else 503."""
+        pools: dict[str, dict[str, str]] = {}
+        for route, state in self._gateway.readiness.status().items():
+            pools.setdefault(route.pool, {})[route.model_id] = state
+        is_ready = all(s == "ready" for p in pools.values() for s in p.values())
+        return JSONResponse({"status": "ok" if is_ready else "starting", "pools": pools},
+                            status_code=200 if is_ready else 503)
+
+    async def _relay(self, tenant, body: OpenAIRequest, method: str) -> Response:
+        answer = await self._gateway.call(tenant, body, method, "http")
+        headers = {POOL_HEADER: answer.route.pool, REQUEST_ID_HEADER: answer.request_id,
+                   INGRESS_HEADER: self._replica_id}
+        if answer.replica is not None:
+            headers[REPLICA_HEADER] = answer.replica
+        if answer.error is not None:
+            error = answer.error.error
+            return error_response(error.code, error.message, param=error.param, headers=headers)
+        if not isinstance(answer.first, list):
+            # A complete, non-streamed response; serialize once, here.
+            answer.finish_response()
+            return Response(answer.first.model_dump_json(), media_type="application/json", headers=headers)
+        return StreamingResponse(_server_sent_events(answer), media_type="text/event-stream",
+                                 headers=headers)
+
+    # --- gRPC: fabriek.v1.InferenceService (serving/protos/fabriek/v1/inference.proto) ---
+
+    async def Chat(self, request: pb.ChatRequest, grpc_context: RayServegRPCContext) -> pb.ChatResponse:  # noqa: N802
+        """RPC ``Chat``: a whole chat answer."""
+        return await self._grpc.chat(request, grpc_context)
+
+    async def ChatStream(self, request: pb.ChatRequest, grpc_context: RayServegRPCContext):  # noqa: N802
+        """RPC ``ChatStream``: a chat answer, streamed."""
+        async for message in self._grpc.chat_stream(request, grpc_context):
+            yield message
+
+    async def Complete(self, request: pb.CompletionRequest,  # noqa: N802
+                       grpc_context: RayServegRPCContext) -> pb.CompletionResponse:
+        """RPC ``Complete``: a whole text completion."""
+        return await self._grpc.complete(request, grpc_context)
+
+    async def CompleteStream(self, request: pb.CompletionRequest, grpc_context: RayServegRPCContext):  # noqa: N802
+        """RPC ``CompleteStream``: a text completion, streamed."""
+        async for message in self._grpc.complete_stream(request, grpc_context):
+            yield message
+
+    async def ListModels(self, request: pb.ListModelsRequest,  # noqa: N802
+                         grpc_context: RayServegRPCContext) -> pb.ListModelsResponse:
+        """RPC ``ListModels``: the models the calling tenant may use."""
+        return self._grpc.list_models(request, grpc_context)
+
+    async def CountTokens(self, request: pb.CountTokensRequest,  # noqa: N802
+                          grpc_context: RayServegRPCContext) -> pb.CountTokensResponse:
+        """RPC ``CountTokens``: tokens of a text under the model's tokenizer."""
+        return self._grpc.count_tokens(request, grpc_context)
+
+
+async def _server_sent_events(answer: EngineAnswer) -> AsyncIterator[str]:
+    """Join each engine batch of ``data: ...`` events into one write; end with [DONE].
+
+    The engine is always asked for usage (the ledger needs it): the usage event is read
+    from the last batch, and dropped unless the client asked for it too."""
+    is_done, tokens, status = False, (0, 0), CLIENT_CLOSED
+    try:
+        batch = answer.first
+        while True:
+            if any(_USAGE_ONLY in event for event in batch):
+                batch, tokens = _take_usage(batch, answer.strips_usage)
+            packet = "".join(batch)
+            is_done = is_done or packet.rstrip().endswith("data: [DONE]")
+            yield packet
+            batch = await answer.rest.__anext__()
+    except StopAsyncIteration:
+        status = 200
+        if not is_done:
+            yield "data: [DONE]\n\n"
+    finally:
+        # The client may have gone away mid-stream: stop the engine request too.
+        answer.rest.cancel()
+        answer.finish(status, *tokens)
+
+
+def _take_usage(batch: list[str], strip: bool) -> tuple[list[str], tuple[int, int]]:
+    """(the batch without the usage-only event if ``strip``, (prompt, completion) tokens)."""
+    for i, event in enumerate(batch):
+        if event.startswith("data: {") and _USAGE_ONLY in event:
+            usage = json.loads(event[len("data: "):]).get("usage") or {}
+            kept = batch[:i] + batch[i + 1:] if strip else batch
+            return kept, (usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+    return batch, (0, 0)

@@ -1,0 +1,96 @@
+"""FirstChunkBatcher: first item at once, later items batched per interval."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serving.engine.llm_server import FirstChunkBatcher
+
+
+async def ticking(n: int, gap_s: float = 0.0, fail_at: int | None = None):
+    for i in range(n):
+        if i == fail_at:
+            raise RuntimeError("engine failed")
+        yield i
+        await asyncio.sleep(gap_s)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_slow_stream_yields_each_item_at_once():
+    async def main():
+        batches = []
+        async for batch in FirstChunkBatcher(ticking(5, gap_s=0.03), interval_s=0.01).stream():
+            batches.append(batch)
+        return batches
+    assert run(main()) == [[0], [1], [2], [3], [4]]
+
+
+def test_zero_interval_is_eager_and_loses_nothing():
+    async def main():
+        batches = []
+        async for batch in FirstChunkBatcher(ticking(20), interval_s=0).stream():
+            batches.append(batch)
+        return batches
+    assert [i for batch in run(main()) for i in batch] == list(range(20))
+
+
+def test_first_item_is_not_held_back():
+    async def slow_after_first():
+        yield "first"
+        await asyncio.sleep(10)
+        yield "second"
+
+    async def main():
+        stream = FirstChunkBatcher(slow_after_first(), interval_s=0.05).stream()
+        first = await asyncio.wait_for(stream.__anext__(), timeout=1)
+        await stream.aclose()
+        return first
+    assert run(main()) == ["first"]
+
+
+def test_fast_stream_is_batched_after_the_first_item():
+    async def main():
+        batches = []
+        async for batch in FirstChunkBatcher(ticking(50, gap_s=0.002), interval_s=0.03).stream():
+            batches.append(batch)
+        return batches
+    batches = run(main())
+    assert batches[0] == [0]
+    assert [i for batch in batches for i in batch] == list(range(50))
+    assert len(batches) < 15
+
+
+def test_source_error_is_raised_after_the_items_before_it():
+    async def main():
+        seen = []
+        async for batch in FirstChunkBatcher(ticking(5, fail_at=3), interval_s=0.01).stream():
+            seen.extend(batch)
+        return seen
+    with pytest.raises(RuntimeError, match="engine failed"):
+        run(main())
+
+
+def test_closing_the_stream_cancels_the_source():
+
+    async def main():
+        state = {"closed": False}
+
+        async def endless():
+            try:
+                while True:
+                    yield 1
+                    await asyncio.sleep(0.001)
+            finally:
+                state["closed"] = True
+
+        stream = FirstChunkBatcher(endless(), interval_s=0.01).stream()
+        await stream.__anext__()
+        await stream.aclose()
+        await asyncio.sleep(0.01)
+        return state["closed"]
+    assert run(main()) is True

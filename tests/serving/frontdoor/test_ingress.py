@@ -1,0 +1,264 @@
+"""The ingress on a real Ray Serve app with stand-in engines: tenants, pools, and not-ready 503s,
+over HTTP and over gRPC (Ray Serve's Python gRPC proxy; the end-to-end suite goes through HAProxy).
+
+Two stand-in engines sit behind the real ingress and the real Serve HTTP proxy: one that
+never finishes loading (a real vLLM engine is ready too quickly to catch this window), and
+one that answers at once with what it received, so the test sees exactly which fields
+reached the engine. The end-to-end suite runs the same paths against real vLLM engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import grpc
+import httpx
+import openai
+import pytest
+import ray
+from ray import serve
+from ray.serve.llm.openai_api_models import ChatCompletionResponse
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponseChoice, ChatMessage
+from vllm.entrypoints.serve.engine.protocol import UsageInfo
+
+from google.rpc import error_details_pb2, status_pb2
+
+from routers import KeyFile, RejectionReason, Route, cache_salt_for, load_or_create_secret
+from serving.config.admission_specs import LedgerSpec
+from serving.app import bind_admission_controller
+from serving.config import GrpcSpec, load_config
+from serving.frontdoor.errors import STATUS_BY_REASON
+from serving.frontdoor.grpc_status import CODE_BY_HTTP_STATUS, CODE_BY_REASON
+from serving.protos.fabriek.v1 import inference_pb2 as pb
+from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub
+from serving.frontdoor.ingress import OpenAIIngress
+from serving.engine.llm_server import stamp_first
+from tests.conftest import free_port
+
+MODEL = "m"
+QUESTION = [{"role": "user", "content": "hoi"}]
+CONFIG = load_config({
+    "models": [{"id": MODEL, "source": "/models/m"}, {"id": "other", "source": "/models/o"}],
+    "pools": [{"name": "loading", "accelerator": "cpu", "models": [MODEL]},
+              {"name": "echo", "accelerator": "cpu", "models": [MODEL, "other"]}],
+    "classes": {"government": {"pools": ["loading"]}, "commercial": {"pools": ["echo"], "priority": 0},
+                "research": {"pools": ["echo"]}},
+    "tenants": [{"id": "gov", "class": "government", "models": [MODEL]},
+                {"id": "pilot", "class": "commercial", "models": [MODEL]},
+                {"id": "lab", "class": "research", "models": [MODEL, "other"]}],
+})
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class LoadingEngine:
+    """Never finishes its constructor, like an engine loading large weights."""
+
+    async def __init__(self):
+        await asyncio.sleep(3600)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class EchoEngine:
+    """Answers every chat with the tenant fields it received, stamped like FabriekLLMServer."""
+
+    async def check_health(self) -> None:
+        return None
+
+    async def chat(self, request, raw_request_info=None):
+        received = {"model": request.model, "user": request.user, "cache_salt": request.cache_salt,
+                    "priority": request.priority}
+        answer = ChatCompletionResponse(
+            model=request.model, usage=UsageInfo(prompt_tokens=1, completion_tokens=1, total_tokens=2),
+            choices=[ChatCompletionResponseChoice(
+                index=0, message=ChatMessage(role="assistant", content=json.dumps(received)))])
+
+        async def one():
+            yield answer
+        context = serve.get_replica_context()
+        return stamp_first(one(), context.deployment, context.replica_id.unique_id)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("ingress")
+    keys = KeyFile(home / "keys.json")
+    tenant_keys = {t: keys.create(t, {"gov", "pilot", "lab"}) for t in ("gov", "pilot", "lab")}
+    ray.shutdown()  # a no-op unless an earlier test left a Ray instance in this process
+    ray.init(num_cpus=4, include_dashboard=False, namespace="fabriek-tests")
+    port, grpc_port = free_port(), free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                grpc_options={"port": grpc_port, "grpc_servicer_functions": [GrpcSpec.SERVICER_FUNCTION]})
+    ingress = serve.deployment(OpenAIIngress, ray_actor_options={"num_cpus": 0})
+    engines = {Route("loading", MODEL): LoadingEngine.bind(), Route("echo", MODEL): EchoEngine.bind(),
+               Route("echo", "other"): EchoEngine.options(name="EchoOther").bind()}
+    app = ingress.bind(engines, {MODEL: {}, "other": {}}, 4096, tenancy=CONFIG.tenancy(),
+                       key_file=keys.path, cache_salt_secret_file=home / "salt.secret",
+                       key_reload_interval_s=0.2, admission_controller=bind_admission_controller(CONFIG),
+                       ledger=LedgerSpec(url=f"sqlite:///{home / 'usage.db'}"),
+                       quotas={})
+    # _blocking=False: the app never becomes RUNNING, which is the point of the test.
+    serve._run(app, _blocking=False, name="not-ready", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the echo engines are probed ready
+        try:
+            if httpx.get(f"{url}/health", timeout=5).json().get("pools", {}).get("echo") == {
+                    MODEL: "ready", "other": "ready"}:
+                break
+        except (httpx.TransportError, ValueError):
+            pass
+        time.sleep(0.5)
+    yield {"url": url, "grpc_target": f"127.0.0.1:{grpc_port}", "keys": {t: k for t, (k, _) in tenant_keys.items()},
+           "records": {t: r for t, (_, r) in tenant_keys.items()}, "key_file": keys,
+           "secret": load_or_create_secret(home / "salt.secret")}
+    serve.shutdown()
+    ray.shutdown()
+
+
+def post(server, tenant, body, path="/v1/chat/completions", key=None):
+    headers = {"Authorization": f"Bearer {key or server['keys'][tenant]}"} if tenant or key else {}
+    return httpx.post(f"{server['url']}{path}", json=body, headers=headers, timeout=30)
+
+
+def test_health_is_503_while_one_pool_loads(server):
+    response = httpx.get(f"{server['url']}/health", timeout=10)
+    assert response.status_code == 503
+    assert response.json() == {"status": "starting", "pools": {"loading": {MODEL: "not ready"},
+                                                                "echo": {MODEL: "ready", "other": "ready"}}}
+
+
+def test_tenant_of_a_loading_pool_gets_503_at_once_never_another_pool(server):
+    started = time.monotonic()
+    response = post(server, "gov", {"model": MODEL, "messages": QUESTION})
+    assert time.monotonic() - started < 5
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["error"]["type"] == "ServiceUnavailableError"
+
+
+def test_engine_gets_the_tenant_fields_not_the_clients(server):
+    body = {"model": MODEL, "messages": QUESTION, "user": "mallory", "cache_salt": "guessed-salt",
+            "priority": -1000}
+    response = post(server, "pilot", body)
+    assert response.status_code == 200, response.text
+    received = json.loads(response.json()["choices"][0]["message"]["content"])
+    assert received == {"model": MODEL, "user": "pilot", "priority": 0,
+                        "cache_salt": cache_salt_for(server["secret"], "pilot")}
+    assert response.headers["x-fabriek-pool"] == "echo"
+    assert response.headers["x-fabriek-replica"].startswith("EchoEngine#")
+
+
+def test_salts_differ_per_tenant_on_a_shared_pool(server):
+    salts = {t: json.loads(post(server, t, {"model": MODEL, "messages": QUESTION}).json()
+                           ["choices"][0]["message"]["content"])["cache_salt"] for t in ("pilot", "lab")}
+    assert salts["pilot"] != salts["lab"]
+
+
+def test_model_may_be_omitted_only_when_the_tenant_has_one(server):
+    assert post(server, "pilot", {"messages": QUESTION}).status_code == 200
+    response = post(server, "lab", {"messages": QUESTION})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "model"
+
+
+@pytest.mark.parametrize(("tenant", "model"), [("pilot", "other"), ("pilot", "gpt-4o"), ("gov", "other")])
+def test_model_not_granted_is_404_like_an_unknown_one(server, tenant, model):
+    response = post(server, tenant, {"model": model, "messages": QUESTION})
+    assert response.status_code == 404
+    assert response.json()["error"] == {"message": f"The model `{model}` does not exist.",
+                                        "type": "NotFoundError", "param": "model", "code": 404}
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer"}, {"Authorization": "Basic eDp5"},
+                                     {"Authorization": "Bearer fk_000000000000_nope"}])
+def test_missing_or_bad_key_is_401_before_the_body_is_read(server, headers):
+    response = httpx.post(f"{server['url']}/v1/chat/completions", content=b"not even json",
+                          headers=headers, timeout=10)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"]["type"] == "AuthenticationError"
+
+
+def test_models_lists_only_the_tenants_models_and_needs_a_key(server):
+    def listed(tenant):
+        return [m.id for m in openai.OpenAI(base_url=f"{server['url']}/v1", api_key=server["keys"][tenant],
+                                            max_retries=0).models.list().data]
+    assert listed("pilot") == [MODEL]
+    assert listed("lab") == [MODEL, "other"]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server['url']}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_new_and_revoked_keys_apply_while_running(server):
+    key, record = server["key_file"].create("lab", {"lab"})
+    deadline = time.monotonic() + 10
+    while post(server, None, {"messages": QUESTION, "model": MODEL}, key=key).status_code != 200:
+        assert time.monotonic() < deadline, "new key never accepted"
+        time.sleep(0.1)
+    server["key_file"].revoke(record.key_id)
+    while post(server, None, {"messages": QUESTION, "model": MODEL}, key=key).status_code != 401:
+        assert time.monotonic() < deadline, "revoked key still accepted"
+        time.sleep(0.1)
+
+
+# --- gRPC: the same policy through the same Gateway ------------------------------------
+
+
+def test_every_rejection_has_an_http_status_and_a_grpc_code_that_agree():
+    assert set(STATUS_BY_REASON) == set(CODE_BY_REASON) == set(RejectionReason)
+    for reason, status in STATUS_BY_REASON.items():
+        assert CODE_BY_HTTP_STATUS[status] == CODE_BY_REASON[reason] or status == 403, reason
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    with grpc.insecure_channel(server["grpc_target"]) as channel:
+        yield InferenceServiceStub(channel)
+
+
+def grpc_key(server, tenant):
+    return [("authorization", f"Bearer {server['keys'][tenant]}")]
+
+
+def test_grpc_engine_gets_the_tenant_fields(server, stub):
+    response, call = stub.Chat.with_call(pb.ChatRequest(model=MODEL, messages=[pb.ChatMessage(
+        role=pb.ROLE_USER, content="hoi")]), metadata=grpc_key(server, "pilot"), timeout=30)
+    assert json.loads(response.content) == {"model": MODEL, "user": "pilot", "priority": 0,
+                                            "cache_salt": cache_salt_for(server["secret"], "pilot")}
+    trailing = dict(call.trailing_metadata())
+    assert trailing["x-fabriek-pool"] == "echo" and trailing["x-fabriek-replica"].startswith("EchoEngine#")
+
+
+def test_grpc_tenant_of_a_loading_pool_is_unavailable_with_a_retry_delay(server, stub):
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Chat(pb.ChatRequest(model=MODEL, messages=[pb.ChatMessage(role=pb.ROLE_USER, content="hoi")]),
+                  metadata=grpc_key(server, "gov"), timeout=30)
+    assert time.monotonic() - started < 5
+    error = raised.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    trailing = dict(error.trailing_metadata())
+    assert trailing["retry-after"] == "5"
+    status = status_pb2.Status.FromString(trailing["grpc-status-details-bin"])
+    retry = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(retry) and retry.retry_delay.seconds == 5
+
+
+def test_grpc_model_may_be_omitted_only_when_the_tenant_has_one(server, stub):
+    request = pb.ChatRequest(messages=[pb.ChatMessage(role=pb.ROLE_USER, content="hoi")])
+    assert stub.Chat(request, metadata=grpc_key(server, "pilot"), timeout=30).content
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Chat(request, metadata=grpc_key(server, "lab"), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_grpc_lists_only_the_tenants_models(server, stub):
+    assert [m.id for m in stub.ListModels(pb.ListModelsRequest(), metadata=grpc_key(server, "lab"),
+                                          timeout=10).models] == [MODEL, "other"]
+
+
+def test_grpc_count_tokens_without_a_local_tokenizer_is_failed_precondition(server, stub):
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.CountTokens(pb.CountTokensRequest(text="hoi"), metadata=grpc_key(server, "pilot"), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
