@@ -8,7 +8,12 @@ Generate the client from the contract (the only reference) once, next to this fi
 
 then run it with a key of your tenant (`fabriek keys create --tenant ...` prints one):
 
-    FABRIEK_API_KEY=fk_... python grpc_chat.py --target 127.0.0.1:9000 "What is the capital of the Netherlands?"
+    FABRIEK_API_KEY=fk_... python grpc_chat.py --target 127.0.0.1:9000 --domain commercial \\
+        "What is the capital of the Netherlands?"
+
+Every call names the isolation domain of your tenant in the `application` metadata
+(`government`, `commercial`, ...: `fabriek config check` lists them); that picks your
+domain's own front door, and a key shown at another domain's door is refused as unknown.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ def retry_delay_s(error: grpc.RpcError, default_s: float = 1.0) -> float:
     return float(trailing.get("retry-after", default_s))
 
 
-def stream_chat(stub: InferenceServiceStub, api_key: str, question: str, *, model: str = "",
+def stream_chat(stub: InferenceServiceStub, api_key: str, domain: str, question: str, *, model: str = "",
                 max_tokens: int = 128, temperature: float = 0.7, deadline_s: float = 60.0,
                 attempts: int = 3) -> pb.Usage:
     """Print the answer as it streams in; return its token usage.
@@ -50,7 +55,7 @@ def stream_chat(stub: InferenceServiceStub, api_key: str, question: str, *, mode
     """
     request = pb.ChatRequest(model=model, messages=[pb.ChatMessage(role=pb.ROLE_USER, content=question)],
                              sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=temperature))
-    metadata = [("authorization", f"Bearer {api_key}")]
+    metadata = [("authorization", f"Bearer {api_key}"), ("application", domain)]
     for attempt in range(1, attempts + 1):
         try:
             # The deadline covers the whole stream; when it passes, the server stops generating.
@@ -78,6 +83,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question")
     parser.add_argument("--target", default="127.0.0.1:9000", help="host:port of fabriek's gRPC API")
+    parser.add_argument("--domain", default="commercial",
+                        help="your tenant's isolation domain (the gRPC `application`); default: commercial")
     parser.add_argument("--model", default="", help="model id (default: your tenant's only model)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.7, help="0 for the same answer every time")
@@ -86,11 +93,12 @@ def main() -> int:
     with grpc.insecure_channel(args.target) as channel:  # use grpc.secure_channel behind TLS
         stub = InferenceServiceStub(channel)
         try:
-            usage = stream_chat(stub, os.environ["FABRIEK_API_KEY"], args.question, model=args.model,
+            usage = stream_chat(stub, os.environ["FABRIEK_API_KEY"], args.domain, args.question, model=args.model,
                                 max_tokens=args.max_tokens, temperature=args.temperature,
                                 deadline_s=args.deadline_s)
         except grpc.RpcError as error:
-            # UNAUTHENTICATED: fix the key. NOT_FOUND: no such model for your tenant.
+            # UNAUTHENTICATED: fix the key (or --domain). NOT_FOUND: no such model for your
+            # tenant, or no such domain.
             # INVALID_ARGUMENT: fix the request. DEADLINE_EXCEEDED: raise --deadline-s.
             print(f"error {error.code().name}: {error.details()}", file=sys.stderr)
             return 1

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from loadtests.bench_vs_vllm import PROMPTS, free_port, one_request, stop  # noqa: E402  (shared with the vLLM bench)
 from loadtests.percentiles import percentile  # noqa: E402
-from routers import KeyFile  # noqa: E402
+from loadtests.front_doors import create_key  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
 from serving.protos.fabriek.v1 import inference_pb2 as pb  # noqa: E402
 from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub  # noqa: E402
@@ -47,8 +47,8 @@ class HttpClient:
 
     name = "http"
 
-    def __init__(self, port: int, api_key: str):
-        self._base = f"http://127.0.0.1:{port}"
+    def __init__(self, port: int, api_key: str, domain: str):
+        self._base = f"http://127.0.0.1:{port}/{domain}"
         self._client = httpx.AsyncClient(timeout=300, headers={"Authorization": f"Bearer {api_key}"},
                                          limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
 
@@ -65,10 +65,10 @@ class GrpcClient:
 
     name = "grpc"
 
-    def __init__(self, port: int, api_key: str):
+    def __init__(self, port: int, api_key: str, domain: str):
         self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self._stub = InferenceServiceStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {api_key}"),)
+        self._metadata = (("authorization", f"Bearer {api_key}"), ("application", domain))
 
     async def chat(self, prompt: str, max_tokens: int) -> tuple[float, int]:
         """(TTFT seconds, completion tokens) of one streamed chat."""
@@ -106,12 +106,12 @@ async def throughput(client, requests: int, max_tokens: int) -> tuple[int, float
     return sum(totals), time.perf_counter() - started
 
 
-async def measure(http_port: int, grpc_port: int, api_key: str, args) -> dict:
+async def measure(http_port: int, grpc_port: int, api_key: str, domain: str, args) -> dict:
     # This process imported Ray and vLLM's models (for the config): keep their heap out of
     # the garbage collector, or a full collection shows up as server TTFT.
     gc.collect()
     gc.freeze()
-    clients = [HttpClient(http_port, api_key), GrpcClient(grpc_port, api_key)]
+    clients = [HttpClient(http_port, api_key, domain), GrpcClient(grpc_port, api_key, domain)]
     results = {c.name: {"ttfts_ms": [], "tokens": 0, "wall_s": 0.0} for c in clients}
     try:
         await asyncio.sleep(args.settle_s)
@@ -138,15 +138,17 @@ async def measure(http_port: int, grpc_port: int, api_key: str, args) -> dict:
             for name, r in results.items()}
 
 
-def start_fabriek(logs: Path) -> tuple[subprocess.Popen, int, int, str]:
-    """`fabriek serve` on free ports with a key file of its own; returns process, ports, key."""
+def start_fabriek(logs: Path) -> tuple[subprocess.Popen, int, int, str, str]:
+    """`fabriek serve` on free ports with key files of its own; returns process, ports, key
+    and the key's domain."""
     config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    config["auth"].update(key_file=str(logs / "bench-keys.json"), cache_salt_secret_file=str(logs / "bench-salt.secret"))
+    config["auth"].update(key_file=str(logs / "bench-{domain}-keys.json"),
+                          cache_salt_secret_file=str(logs / "bench-{domain}-salt.secret"))
     config["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
     config_path = logs / "bench-platform.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    tenants = load_config(config_path).tenants
-    api_key, _ = KeyFile(logs / "bench-keys.json").create(tenants[0].id, {t.id for t in tenants})
+    tenant = load_config(config_path).tenants[0].id
+    api_key, domain = create_key(config, tenant), load_config(config_path).domain_of(tenant).name
     http_port, grpc_port = free_port(), free_port()
     log = logs / "fabriek.log"
     process = subprocess.Popen(
@@ -159,7 +161,7 @@ def start_fabriek(logs: Path) -> tuple[subprocess.Popen, int, int, str]:
             sys.exit(f"fabriek exited during start-up; see {log}")
         if "fabriek ready" in log.read_text():
             print(f"fabriek ready in {time.monotonic() - started:.0f} s", flush=True)
-            return process, http_port, grpc_port, api_key
+            return process, http_port, grpc_port, api_key, domain
         time.sleep(0.5)
     stop(process)
     sys.exit(f"fabriek not ready after 900 s; see {log}")
@@ -178,9 +180,9 @@ def main() -> None:
     logs = args.out.parent / "bench_grpc_vs_http_logs"
     logs.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
-    process, http_port, grpc_port, api_key = start_fabriek(logs)
+    process, http_port, grpc_port, api_key, domain = start_fabriek(logs)
     try:
-        results = asyncio.run(measure(http_port, grpc_port, api_key, args))
+        results = asyncio.run(measure(http_port, grpc_port, api_key, domain, args))
     finally:
         stop(process)
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

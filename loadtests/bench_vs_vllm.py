@@ -25,7 +25,6 @@ import gc
 import json
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,8 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from loadtests.percentiles import percentile  # noqa: E402
-from routers import KeyFile  # noqa: E402
+from loadtests.front_doors import (base_url, create_key, free_port, health_urls,  # noqa: E402,F401
+                                   own_files_and_ports)
 from serving.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
 from serving.engine.engines import engine_args_for, resolve_model_source  # noqa: E402
 
@@ -69,23 +69,6 @@ class PhaseResult:
     c16_output_tokens: int
     c16_wall_s: float
     ttfts_ms: list[float]  # in the order they were measured (concurrency 1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def own_files_and_ports(config: dict, logs: Path, name: str) -> None:
-    """Gives a platform config (as loaded from YAML) key, salt and ledger files under
-    ``logs`` and free ports of its own, so that it runs beside any other server here."""
-    config["auth"] = {"key_file": str(logs / f"{name}-keys.json"),
-                      "cache_salt_secret_file": str(logs / f"{name}-salt.secret")}
-    config["ledger"] = {"url": f"sqlite:///{logs / f'{name}-usage.db'}"}
-    config["grpc"]["port"] = free_port()
-    config["local"]["metrics_export_port"] = free_port()
-    config["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
 
 
 def engine_flags(engine_args: dict) -> list[str]:
@@ -205,16 +188,16 @@ async def measure(base: str, model: str, args: argparse.Namespace, name: str) ->
         c16_output_tokens=sum(totals), c16_wall_s=wall, ttfts_ms=in_order)
 
 
-def run_server(name: str, cmd: list[str], port: int, ready_path: str, model_id: str,
+def run_server(name: str, cmd: list[str], base: str, ready_urls: list[str], model_id: str,
                args, logs: Path, env: dict[str, str] | None = None, measure_with=None) -> PhaseResult:
-    """Start one server, wait until `ready_path` answers 200, measure it (``measure`` unless
-    ``measure_with`` is given), stop it."""
+    """Start one server, wait until every one of `ready_urls` answers 200, measure it at
+    `base` (``measure`` unless ``measure_with`` is given), stop it."""
     log = logs / f"{name}.log"
     process = start(cmd, log, env)
     try:
-        ready_s = wait_ready(f"http://127.0.0.1:{port}{ready_path}", process, log)
+        ready_s = sum(wait_ready(url, process, log) for url in ready_urls)
         print(f"{name} ready in {ready_s:.0f} s", flush=True)
-        return asyncio.run((measure_with or measure)(f"http://127.0.0.1:{port}", model_id, args, name))
+        return asyncio.run((measure_with or measure)(base, model_id, args, name))
     finally:
         stop(process)
 
@@ -226,24 +209,28 @@ def run_vllm(model_dir: str, model_id: str, engine_args: dict, args, logs: Path,
            "--served-model-name", model_id, "--host", "127.0.0.1", "--port", str(port),
            *engine_flags(engine_args)]
     args.api_key = None
-    return run_server("vllm", cmd, port, "/v1/models", model_id, args, logs, env)
+    base = f"http://127.0.0.1:{port}"
+    return run_server("vllm", cmd, base, [f"{base}/v1/models"], model_id, args, logs, env)
 
 
 def run_fabriek(model_id: str, args, logs: Path, env: dict[str, str] | None = None,
                 name: str = "fabriek", measure_with=None) -> PhaseResult:
-    """fabriek with the config's key file moved into `logs` and a key of its first tenant."""
+    """fabriek with the config's key files moved into `logs` and a key of its first tenant,
+    measured at that tenant's domain's front door."""
     config = yaml.safe_load((args.config or DEFAULT_CONFIG_PATH).read_text())
     auth = config.setdefault("auth", {}) or {}
-    auth.update(key_file=str(logs / "bench-keys.json"), cache_salt_secret_file=str(logs / "bench-salt.secret"))
+    auth.update(key_file=str(logs / "bench-{domain}-keys.json"),
+                cache_salt_secret_file=str(logs / "bench-{domain}-salt.secret"))
     config["auth"] = auth
     config_path = logs / "bench-platform.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    tenants = load_config(config_path).tenants
-    args.api_key, _ = KeyFile(logs / "bench-keys.json").create(tenants[0].id, {t.id for t in tenants})
+    tenant = load_config(config_path).tenants[0].id
+    args.api_key = create_key(config, tenant)
     port = free_port()
     cmd = [sys.executable, "-m", "serving.cli", "serve", "--http-port", str(port),
            "--dashboard-port", str(free_port()), "--config", str(config_path)]
-    return run_server(name, cmd, port, "/health", model_id, args, logs, env, measure_with)
+    return run_server(name, cmd, base_url(config, tenant, port), health_urls(config, port), model_id, args,
+                      logs, env, measure_with)
 
 
 def run_ray_stock(model_id: str, args, logs: Path) -> PhaseResult:
@@ -252,7 +239,8 @@ def run_ray_stock(model_id: str, args, logs: Path) -> PhaseResult:
            *config_flag(args)]
     # Its /v1/models answers before the engine is up; the warm-up requests wait for it.
     args.api_key = None
-    return run_server("ray-stock", cmd, port, "/v1/models", model_id, args, logs)
+    base = f"http://127.0.0.1:{port}"
+    return run_server("ray-stock", cmd, base, [f"{base}/v1/models"], model_id, args, logs)
 
 
 def config_flag(args) -> list[str]:

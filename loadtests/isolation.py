@@ -39,12 +39,12 @@ import yaml  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loadtests.bench_vs_vllm import free_port, own_files_and_ports, start, stop, wait_ready  # noqa: E402
+from loadtests.bench_vs_vllm import start, stop, wait_ready  # noqa: E402
+from loadtests.front_doors import base_url, create_key, free_port, health_urls, ledger_url, own_files_and_ports  # noqa: E402
 from loadtests.isolation_clients import FLOOD_WORKERS, POOL_CAPACITY  # noqa: E402
 from loadtests.percentiles import percentile  # noqa: E402
-from routers import KeyFile  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH  # noqa: E402
-from serving.engine.cpu_affinity import cores_of  # noqa: E402
+from serving.config.cpu_lists import cores_of  # noqa: E402
 from serving.records.ledger import UsageLedger  # noqa: E402
 
 
@@ -96,20 +96,20 @@ def result_of(client: subprocess.Popen) -> dict:
     return json.loads(out.splitlines()[-1])
 
 
-def phases(base: str, keys: dict[str, str], args, flood_cores: set[int] | None,
+def phases(bases: dict[str, str], keys: dict[str, str], args, flood_cores: set[int] | None,
            client_cores: set[int] | None) -> dict:
     """Government alone, then beside the flood. The flood runs on the commercial pool's
     cores where it has any: its client-side cost is the commercial tenant's, as it would be
     on a machine of its own, not the government client's."""
     time.sleep(args.settle_s)
     def government() -> dict:
-        return result_of(start_client("government", base, keys["gov-demo"], args.phase_s, args, client_cores,
+        return result_of(start_client("government", bases["gov-demo"], keys["gov-demo"], args.phase_s, args, client_cores,
                                       group_nice=args.client_group_nice))
 
-    result_of(start_client("government", base, keys["gov-demo"], 5, args, client_cores))  # warm-up
+    result_of(start_client("government", bases["gov-demo"], keys["gov-demo"], 5, args, client_cores))  # warm-up
     alone = government()
     options = ("--honour-retry-after",) if args.flood_retry == "retry-after" else ()
-    flooding = start_client("flood", base, keys["pilot-demo"], args.phase_s + 10, args, flood_cores, *options,
+    flooding = start_client("flood", bases["pilot-demo"], keys["pilot-demo"], args.phase_s + 10, args, flood_cores, *options,
                             group_nice=args.client_group_nice)
     time.sleep(5)  # let the flood fill the pool first
     flooded = government()
@@ -145,24 +145,25 @@ def run(name: str, config: dict, args, logs: Path) -> dict:
     own_files_and_ports(config, logs, name)
     path = logs / f"{name}-platform.yaml"
     path.write_text(yaml.safe_dump(config))
-    key_file = KeyFile(logs / f"{name}-keys.json")
-    tenants = {t["id"] for t in config["tenants"]}
-    keys = {t: key_file.create(t, tenants)[0] for t in ("gov-demo", "pilot-demo")}
+    # Each tenant's key in its own domain's key file; each client at its own domain's door.
+    keys = {t: create_key(config, t) for t in ("gov-demo", "pilot-demo")}
     port = free_port()
+    bases = {t: base_url(config, t, port) for t in keys}
     log = logs / f"{name}.log"
     process = start([sys.executable, "-m", "serving.cli", "serve", "--config", str(path),
                      "--http-port", str(port), "--dashboard-port", str(free_port())], log)
     try:
-        print(f"{name}: ready in {wait_ready(f'http://127.0.0.1:{port}/health', process, log):.0f} s", flush=True)
+        ready_s = sum(wait_ready(url, process, log) for url in health_urls(config, port))
+        print(f"{name}: ready in {ready_s:.0f} s", flush=True)
         commercial = next(p for p in config["pools"] if p["name"] in config["classes"]["commercial"]["pools"])
         flood_cores = cores_of(commercial["cpu_threads_bind"]) if commercial.get("cpu_threads_bind") else None
         system = config["local"].get("system_cpus")
         # The government client is the outside world: not on the government engine's cores.
         client_cores = cores_of(system) if system else None
-        result = phases(f"http://127.0.0.1:{port}", keys, args, flood_cores, client_cores)
+        result = phases(bases, keys, args, flood_cores, client_cores)
     finally:
         stop(process)
-    result["ingress_measured"] = server_side(config["ledger"]["url"], result.pop("windows"))
+    result["ingress_measured"] = server_side(ledger_url(config, "gov-demo"), result.pop("windows"))
     print(f"{name}: {json.dumps(result)}", flush=True)
     return result
 

@@ -343,7 +343,9 @@ def one_core_config(core: int, logs: Path, name: str) -> Path:
 
 
 def main_paired(args, model_id: str, logs: Path) -> None:
-    from routers import KeyFile
+    import yaml
+
+    from loadtests.front_doors import base_url, create_key, health_urls
 
     off, on = args.settings
     pairs = []
@@ -354,14 +356,17 @@ def main_paired(args, model_id: str, logs: Path) -> None:
                 for setting, core in ((off, round_ % 2), (on, 1 - round_ % 2)):
                     name = f"paired-{setting}-{round_}"
                     config = one_core_config(core, logs, name)
-                    key, _ = KeyFile(logs / f"{name}-keys.json").create("gov-demo", {"gov-demo", "pilot-demo"})
+                    platform_config = yaml.safe_load(config.read_text())
+                    key = create_key(platform_config, "gov-demo")
                     port = free_port()
                     cmd = [sys.executable, "-m", "serving.cli", "serve", "--config", str(config),
                            "--http-port", str(port), "--dashboard-port", str(free_port())]
-                    servers[setting] = {"core": core, "port": port, "key": key, "log": logs / f"{name}.log"}
+                    servers[setting] = {"core": core, "port": port, "key": key, "log": logs / f"{name}.log",
+                                        "base": base_url(platform_config, "gov-demo", port),
+                                        "health": health_urls(platform_config, port)}
                     servers[setting]["process"] = start(cmd, servers[setting]["log"], server_env(setting, collector))
                 for setting, server in servers.items():
-                    ready_s = wait_ready(f"http://127.0.0.1:{server['port']}/health", server["process"], server["log"])
+                    ready_s = sum(wait_ready(url, server["process"], server["log"]) for url in server["health"])
                     print(f"{setting} on core {server['core']}: ready after {ready_s:.0f} s", flush=True)
                 results = asyncio.run(measure_both(servers, model_id, args))
             finally:
@@ -393,7 +398,7 @@ async def measure_both(servers: dict, model_id: str, args) -> dict:
     """Both servers measured at once, each by ``bench_vs_vllm.measure`` with its own key."""
     async def one(setting: str, server: dict):
         own = argparse.Namespace(**{**vars(args), "api_key": server["key"]})
-        return await measure(f"http://127.0.0.1:{server['port']}", model_id, own, setting)
+        return await measure(server["base"], model_id, own, setting)
 
     results = await asyncio.gather(*(one(s, server) for s, server in servers.items()))
     return dict(zip(servers, results))

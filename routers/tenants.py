@@ -63,3 +63,7 @@ class Tenancy:
         """The vLLM priority of the tenant's requests (0 for a class without a policy)."""
         policy = self.classes.get(tenant.tenant_class)
         return policy.priority if policy is not None else 0
+
+    def may_use(self, tenant: Tenant, pool: str, model_id: str) -> bool:
+        """Whether the tenant's requests for ``model_id`` may run on ``pool``."""
+        return pool in self.pools_for(tenant) and model_id in tenant.model_ids

@@ -1,11 +1,14 @@
-"""The Ray Serve application builder: platform config in, Serve application out.
+"""The Ray Serve application builder: platform config in, one Serve application per isolation
+domain out.
 
-Usable wherever Ray Serve takes an import path, for example a Serve config file::
+Usable wherever Ray Serve takes an import path, for example a Serve config file, with one
+application per domain (``fabriek config check`` lists the domains)::
 
     applications:
-      - name: fabriek
+      - name: government
+        route_prefix: /government
         import_path: serving.app:build_app
-        args: {config_path: /etc/fabriek/platform.yaml}   # or {config: {...inline...}}
+        args: {config_path: /etc/fabriek/platform.yaml, domain: government}
 """
 
 from __future__ import annotations
@@ -20,39 +23,54 @@ from routers import Route
 from routers.quota import QuotaLimits
 from serving.admission.admission_controller import AdmissionController
 from serving.config import PlatformConfig, load_config
+from serving.config.domains import FrontDoorPlacement, domain_config, front_door_placement
 from serving.engine.engines import build_engine_deployments
 from serving.frontdoor.ingress import OpenAIIngress
 
-APP_NAME = "fabriek"
+
+def route_prefix(domain: str) -> str:
+    """Where a domain's front door listens: ``/<domain>`` (its OpenAI base URL is ``/<domain>/v1``)."""
+    return f"/{domain}"
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    """Build the fabriek Serve application from ``args``.
+    """Build one domain's fabriek Serve application from ``args``.
 
     Args:
-        args: ``{"config_path": PATH}`` or ``{"config": {...}}``; neither means the
-            default local CPU config shipped with fabriek.
+        args: ``{"config_path": PATH}`` or ``{"config": {...}}`` (neither: the default local
+            CPU config shipped with fabriek), and ``"domain": NAME``, which may be left out
+            when the config has one domain only.
 
     Raises:
-        ConfigError: the config is invalid.
+        ConfigError: the config is invalid, or names no such domain.
         ModelPrepareError: a built-in model is not prepared.
     """
     args = dict(args or {})
-    unknown = set(args) - {"config", "config_path"}
+    unknown = set(args) - {"config", "config_path", "domain"}
     if unknown or ("config" in args and "config_path" in args):
-        raise ValueError(f"build_app takes `config` or `config_path`, got {sorted(args)}")
+        raise ValueError(f"build_app takes `config` or `config_path`, and `domain`; got {sorted(args)}")
     config = load_config(args.get("config", args.get("config_path")))
-    return build_app_from_config(config)
+    domains = [d.name for d in config.domains()]
+    name = args.get("domain")
+    if name is None:
+        if len(domains) != 1:
+            raise ValueError(f"build_app: the config has the isolation domains {domains}; "
+                             "pass `domain` (one Serve application per domain)")
+        name = domains[0]
+    return build_domain_app(config, name)
 
 
-def build_app_from_config(config: PlatformConfig) -> Application:
-    """Bind the ingress (HTTP and gRPC) to one engine deployment per pool and model.
+def build_domain_app(config: PlatformConfig, domain: str) -> Application:
+    """Bind one domain's front door (HTTP and gRPC ingress, admission controller, ledger writer)
+    to one engine deployment per pool and model of that domain.
 
-    A model may be served by several pools (the default config serves the same model to
-    government and commercial tenants on separate pools): each (pool, model) is its own
-    deployment, named ``<pool>--...``, and the ingress admits a tenant's requests only to
-    pools of its class.
+    Everything bound here comes from the domain's own cut of the config
+    (``serving.config.domains.domain_config``): other domains' tenants, key files, salt
+    secrets and pools are not in it. Each (pool, model) is its own deployment, named
+    ``<pool>--...``, and the ingress admits a tenant's requests only to pools of its class.
     """
+    config = domain_config(config, domain)
+    placement = front_door_placement(config, config.domain(domain))
     engines = build_engine_deployments(config)
     handles = {Route(e.pool, e.model_id): e.app for e in engines}
     cards = {e.model_id: {"max_model_len": e.engine_args.get("max_model_len")} for e in engines}
@@ -61,35 +79,50 @@ def build_app_from_config(config: PlatformConfig) -> Application:
     tokenizers = {e.model_id: str(Path(e.model_source) / "tokenizer.json") for e in engines
                   if isinstance(e.model_source, str) and (Path(e.model_source) / "tokenizer.json").is_file()}
     auth = config.auth
-    ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress", **config.ingress.deployment)
-    # Paths are resolved here, on the driver, so every ingress replica uses the same files.
-    return ingress.bind(handles, cards, config.http.max_request_bytes, tenancy=config.tenancy(),
-                        key_file=auth.resolved_key_file(),
-                        cache_salt_secret_file=auth.resolved_cache_salt_secret_file(),
+    ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress",
+                               **_on_domain_nodes(config.ingress.deployment, placement.ray_resources))
+    return ingress.bind(handles, cards, config.http.max_request_bytes, domain=domain, tenancy=config.tenancy(),
+                        key_file=auth.resolved_key_file(domain),
+                        cache_salt_secret_file=auth.resolved_cache_salt_secret_file(domain),
                         key_reload_interval_s=auth.key_reload_interval_s,
-                        admission_controller=bind_admission_controller(config),
+                        admission_controller=bind_admission_controller(config, placement),
                         ledger=config.ledger,
                         tokenizer_files=tokenizers,
-                        quotas=quotas_of(config), cpu_nice=config.ingress.cpu_nice)
+                        quotas=quotas_of(config), cores=placement.cores, cpu_nice=placement.cpu_nice)
 
 
-def bind_admission_controller(config: PlatformConfig) -> Application:
-    """The one replica that holds quotas and pool queues for every ingress replica.
+def bind_admission_controller(config: PlatformConfig, placement: FrontDoorPlacement) -> Application:
+    """The one replica that holds one domain's quotas and pool queues for its ingress replicas.
 
     It only keeps counters (no CPU reservation); a single replica is what makes quotas and
     fairness exact across ingress replicas (see ``serving.admission.admission_controller``).
+
+    Args:
+        config: the domain's cut of the platform config.
+        placement: where the domain's front door runs.
     """
+    tenancy = config.tenancy()
     route_limits = {Route(p.name, m): p.admission.to_limits() for p in config.pools for m in p.models}
     # Each route's fair shares count only the tenants that may use it.
     route_weights = {r: {t.id: t.weight for t in config.tenants
-                         if r.pool in config.classes[t.tenant_class].pools and r.model_id in t.models}
+                         if tenancy.may_use(tenancy.tenants[t.id], r.pool, r.model_id)}
                      for r in route_limits}
     # No access log: it would write two lines (acquire, release) per request on the hot
     # path, for what the ingress's own access line already says.
-    controller = serve.deployment(AdmissionController, name="AdmissionController", num_replicas=1,
-                                  max_ongoing_requests=100_000, ray_actor_options={"num_cpus": 0},
-                                  logging_config={"enable_access_log": False})
-    return controller.bind(quotas_of(config), route_limits, route_weights, cpu_nice=config.ingress.cpu_nice)
+    controller = serve.deployment(
+        AdmissionController, name="AdmissionController",
+        **_on_domain_nodes({"num_replicas": 1, "max_ongoing_requests": 100_000,
+                            "ray_actor_options": {"num_cpus": 0}}, placement.ray_resources),
+        logging_config={"enable_access_log": False})
+    return controller.bind(quotas_of(config), route_limits, route_weights, cores=placement.cores,
+                           cpu_nice=placement.cpu_nice)
+
+
+def _on_domain_nodes(options: dict[str, Any], resources: dict[str, float]) -> dict[str, Any]:
+    """Deployment options that ask, besides their own, for the domain's node resource."""
+    actor = dict(options.get("ray_actor_options") or {})
+    actor["resources"] = {**(actor.get("resources") or {}), **resources}
+    return {**options, "ray_actor_options": actor}
 
 
 def quotas_of(config: PlatformConfig) -> dict[str, QuotaLimits]:

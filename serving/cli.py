@@ -29,6 +29,18 @@ def _config_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(f"{args.config or 'default config'}: valid "
           f"({len(config.models)} model(s), {len(config.pools)} pool(s))")
+    print("isolation domains (each its own front door, admission controller, ledger, keys and salt):")
+    for domain in config.domains():
+        print(f"  {domain.name}: classes {', '.join(sorted(domain.classes))}; pools {', '.join(domain.pools)}")
+        if domain.is_mixing_government_and_commercial:
+            print(f"fabriek: warning: domain {domain.name!r} holds both government and commercial "
+                  "tenants: their requests share pools and front-door processes; give each class "
+                  "pools of its own to separate them", file=sys.stderr)
+    for pool in config.unreachable_pools():
+        print(f"fabriek: warning: pool {pool!r} is used by no class, so no front door reaches it "
+              "and it is not deployed; add it to a class's `pools`", file=sys.stderr)
+    if not config.domains():
+        print("fabriek: warning: no class uses any pool: there is nothing to serve", file=sys.stderr)
     return 0
 
 
@@ -40,38 +52,49 @@ def _config_ray_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_file(args: argparse.Namespace):
+def _key_files(args: argparse.Namespace):
+    """The config and each domain's key file, by domain name."""
     from routers import KeyFile
     from serving.config import load_config
 
     config = load_config(args.config)
-    return config, KeyFile(config.auth.resolved_key_file())
+    return config, {d.name: KeyFile(config.auth.resolved_key_file(d.name)) for d in config.domains()}
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    config, keys = _key_file(args)
+    config, files = _key_files(args)
+    domain = config.domain_of(args.tenant).name
+    # Only the tenant's own domain's file: its front door is the only one that knows the key.
+    keys = files[domain]
     key, record = keys.create(args.tenant, {t.id for t in config.tenants})
-    print(f"created key {record.key_id} for tenant {record.tenant_id} in {keys.path}")
+    print(f"created key {record.key_id} for tenant {record.tenant_id} in {keys.path} ({domain} domain)")
     print("the key is shown only now; store it safely:")
     print(key)  # last line: scripts take it with `| tail -n 1`
     return 0
 
 
 def _keys_list(args: argparse.Namespace) -> int:
-    _, keys = _key_file(args)
-    records = keys.read().records
-    print(f"{'KEY ID':<14}{'TENANT':<24}{'CREATED (UTC)':<22}STATUS")
-    for r in records:
-        status = f"revoked {_utc(r.revoked_at)}" if r.is_revoked else "active"
-        print(f"{r.key_id:<14}{r.tenant_id:<24}{_utc(r.created_at):<22}{status}")
-    if not records:
-        print(f"(no keys in {keys.path})")
+    _, files = _key_files(args)
+    print(f"{'KEY ID':<14}{'TENANT':<24}{'DOMAIN':<14}{'CREATED (UTC)':<22}STATUS")
+    count = 0
+    for domain, keys in files.items():
+        for r in keys.read().records:
+            status = f"revoked {_utc(r.revoked_at)}" if r.is_revoked else "active"
+            print(f"{r.key_id:<14}{r.tenant_id:<24}{domain:<14}{_utc(r.created_at):<22}{status}")
+            count += 1
+    if not count:
+        print(f"(no keys in {', '.join(str(k.path) for k in files.values())})")
     return 0
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:
-    _, keys = _key_file(args)
-    record = keys.revoke(args.key_id)
+    from routers import KeyFileError
+
+    _, files = _key_files(args)
+    holders = [keys for keys in files.values() if any(r.key_id == args.key_id for r in keys.read().records)]
+    if not holders:
+        raise KeyFileError(f"no key with id {args.key_id!r} in any domain's key file")
+    record = holders[0].revoke(args.key_id)
     print(f"revoked key {record.key_id} of tenant {record.tenant_id}; "
           "a running server refuses it within about a second")
     return 0
@@ -83,9 +106,11 @@ def _usage(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     since = args.since
-    ledger = UsageLedger(config.ledger.resolved_url())
-    rows = ledger.totals(tenant_id=args.tenant, since=since)
-    ledger.close()
+    rows = []
+    for domain in config.domains():  # each domain keeps its own ledger
+        ledger = UsageLedger(config.ledger.resolved_url(domain.name))
+        rows += ledger.totals(tenant_id=args.tenant, since=since)
+        ledger.close()
     header = f"{'TENANT':<20}{'MODEL':<28}{'STATUS':<14}{'REQUESTS':>9}{'PROMPT TOK':>12}{'COMPL TOK':>11}"
     print(header)
     for row in rows:

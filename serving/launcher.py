@@ -12,7 +12,8 @@ from pathlib import Path
 
 from serving.records import tracing
 from serving.config import BUILTIN_SCHEME, PlatformConfig
-from serving.engine.cpu_affinity import cores_of
+from serving.config.cpu_lists import cores_of
+from serving.config.domains import domain_resource
 
 # Where Ray keeps (and, in token mode, creates) the cluster's auth token.
 RAY_TOKEN_PATH = Path.home() / ".ray" / "auth_token"
@@ -45,8 +46,9 @@ def serve_locally(config: PlatformConfig) -> int:
 
     import ray
     from ray import serve
+    from ray.serve import RunTarget
 
-    from serving.app import APP_NAME, build_app_from_config
+    from serving.app import build_domain_app, route_prefix
 
     http, local = config.http, config.local
     api_url = f"http://{http.host}:{http.port}"
@@ -61,7 +63,12 @@ def serve_locally(config: PlatformConfig) -> int:
         # This one node plays every pool's nodes: it advertises each pool's resource, which
         # the pool's engine deployments require (serving.engine.engines); the CPU binding in the
         # config keeps their engines on separate cores.
+        # It also plays each isolation domain's nodes, for the domains' front doors.
+        domains = config.domains()
+        if not domains:
+            raise ValueError("no tenant class uses any pool (`classes` in the config): nothing to serve")
         pool_resources = {pool.ray_resource: 1.0 for pool in config.pools}
+        pool_resources.update({domain_resource(d.name): 1.0 for d in domains})
         if local.system_cpus is not None:
             # Every Ray process inherits this; engine replicas move to their pool's cores.
             os.sched_setaffinity(0, cores_of(local.system_cpus))
@@ -76,23 +83,30 @@ def serve_locally(config: PlatformConfig) -> int:
         serve.start(http_options={"host": http.host, "port": http.port},
                     grpc_options=config.grpc.ray_options(),
                     tracing_config=tracing.serve_tracing_config(os.environ))
-        _say(f"API base URL:  {api_url}/v1")
+        for domain in domains:
+            # One front door per isolation domain: its own URL prefix and gRPC application.
+            _say(f"API base URL:  {api_url}{route_prefix(domain.name)}/v1  "
+                 f"({domain.name} domain: {', '.join(sorted(domain.classes))})")
         _say(f"gRPC API:      {http.host}:{config.grpc.port} (fabriek.v1.InferenceService, "
-             "serving/protos/fabriek/v1/inference.proto)")
+             "serving/protos/fabriek/v1/inference.proto; metadata `application: DOMAIN`)")
         _say(f"Ray dashboard: http://{context.dashboard_url}" if context.dashboard_url
              else "Ray dashboard: disabled")
         _say(f"Ray logs:      {Path(context.address_info['session_dir']) / 'logs'}")
         _say(f"Metrics:       http://127.0.0.1:{local.metrics_export_port}/metrics (Prometheus)")
         _say(f"Traces:        {tracing.describe(os.environ)}")
         _say(f"Ray address:   {context.address_info['gcs_address']} (`ray status --address ...`)")
-        _say(f"API keys:      {config.auth.resolved_key_file()} "
-             "(`fabriek keys create --tenant TENANT` makes one)")
+        for domain in domains:
+            _say(f"API keys:      {config.auth.resolved_key_file(domain.name)} "
+                 "(`fabriek keys create --tenant TENANT` makes one)")
         if RAY_TOKEN_PATH.is_file():
             # Ray 2.60 protects a local cluster with a token by default (it can run code).
             _say(f"dashboard token: in {RAY_TOKEN_PATH} (paste it at the dashboard's login)")
         _say("deploying the engines (about a minute for the default model on a CPU)")
-        serve.run(build_app_from_config(config), name=APP_NAME, route_prefix="/")
-        _wait_until_healthy(f"{api_url}/health", READY_TIMEOUT_S)
+        # All domains at once: their engines load side by side.
+        serve.run_many([RunTarget(build_domain_app(config, d.name), name=d.name, route_prefix=route_prefix(d.name))
+                        for d in domains])
+        for domain in domains:
+            _wait_until_healthy(f"{api_url}{route_prefix(domain.name)}/health", READY_TIMEOUT_S)
         print("fabriek ready", flush=True)
         while True:
             time.sleep(3600)

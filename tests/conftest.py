@@ -53,15 +53,30 @@ class FabriekServer:
     grpc_port: int
     dashboard_port: int
     config_path: Path
-    ledger_url: str
+    ledger_url_template: str  # with {domain}
     metrics_port: int
     keys: dict[str, str]  # tenant id -> API key, made by `fabriek keys create`
+    domain_of: dict[str, str] = field(default_factory=dict)  # tenant id -> its isolation domain
     lines: list[str] = field(default_factory=list)
     is_ready: bool = False
 
     @property
-    def base_url(self) -> str:
+    def root_url(self) -> str:
+        """The HTTP address before any domain's prefix."""
         return f"http://127.0.0.1:{self.http_port}"
+
+    def base_url(self, tenant_or_domain: str = "gov-demo") -> str:
+        """The front door of a tenant's (or a named) domain: ``http://...:PORT/<domain>``."""
+        return f"{self.root_url}/{self.domain_of.get(tenant_or_domain, tenant_or_domain)}"
+
+    def ledger_url(self, tenant_or_domain: str = "gov-demo") -> str:
+        """The usage ledger of a tenant's (or a named) domain."""
+        return self.ledger_url_template.replace("{domain}", self.domain_of.get(tenant_or_domain, tenant_or_domain))
+
+    def grpc_metadata(self, tenant: str, key: str | None = None) -> list[tuple[str, str]]:
+        """``authorization`` with the tenant's key (or ``key``) and the ``application``
+        (the tenant's domain) that routes a gRPC call to its domain's front door."""
+        return [("authorization", f"Bearer {key or self.keys[tenant]}"), ("application", self.domain_of[tenant])]
 
     @property
     def grpc_target(self) -> str:
@@ -129,9 +144,12 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
     config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
     config["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
     home = tmp_path_factory.mktemp("config")
-    config["auth"].update(key_file=str(home / "api-keys.json"),
-                          cache_salt_secret_file=str(home / "cache-salt.secret"))
-    config["ledger"] = {"url": (ledger_url := f"sqlite:///{home / 'usage.db'}")}
+    # One key file, salt and ledger per isolation domain, as the config requires.
+    config["auth"].update(key_file=str(home / "{domain}" / "api-keys.json"),
+                          cache_salt_secret_file=str(home / "{domain}" / "cache-salt.secret"))
+    for domain in ("government", "commercial"):
+        (home / domain).mkdir()
+    config["ledger"] = {"url": (ledger_url := f"sqlite:///{home / '{domain}' / 'usage.db'}")}
     # Two ingress replicas, as a facility runs: quotas and fairness must hold across them.
     config["ingress"]["deployment"] = {"num_replicas": 2, "max_ongoing_requests": 1000,
                                        "ray_actor_options": {"num_cpus": 0.5}}
@@ -152,7 +170,11 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
                                          # Ray exports metrics every 10 s by default.
                                          "RAY_metrics_report_interval_ms": "2000"}),
         http_port=http_port, grpc_port=grpc_port, dashboard_port=dashboard_port, config_path=config_path,
-        ledger_url=ledger_url, metrics_port=metrics_port, keys={})
+        ledger_url_template=ledger_url, metrics_port=metrics_port, keys={})
+    from serving.config import load_config
+
+    loaded = load_config(config_path)
+    server.domain_of = {t.id: loaded.domain_of(t.id).name for t in loaded.tenants}
     for tenant in (*DEMO_TENANTS, *QUOTA_TENANTS):
         server.keys[tenant] = server.cli("keys", "create", "--tenant", tenant).splitlines()[-1]
     ready = threading.Event()

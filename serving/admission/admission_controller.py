@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 from routers import Rejection, RejectionReason, Route
 from routers.fair_queue import FairQueue, Offer, PoolLimits, Ticket
 from routers.quota import QuotaGrant, QuotaLimits, QuotaStore
-from serving.engine.cpu_affinity import renice_process
+from serving.engine.cpu_affinity import place_front_door
 
 logger = logging.getLogger("fabriek.admission")
 
@@ -57,14 +57,14 @@ class AdmissionController:
         route_limits: route -> capacity and queue bounds of its engine deployment.
         route_weights: route -> {tenant id: fairness weight} of the tenants that may use it.
         clock: monotonic seconds (injected for tests).
-        cpu_nice: this process's niceness (the front door's, ``ingress.cpu_nice``), if set.
+        cores / cpu_nice: where this front-door process runs (``serving.config.domains.FrontDoorPlacement``).
     """
 
     def __init__(self, tenant_limits: Mapping[str, QuotaLimits], route_limits: Mapping[Route, PoolLimits],
                  route_weights: Mapping[Route, Mapping[str, float]],
-                 clock: Callable[[], float] = time.monotonic, cpu_nice: int | None = None):
-        if cpu_nice is not None:
-            renice_process(cpu_nice)
+                 clock: Callable[[], float] = time.monotonic, cores: frozenset[int] | None = None,
+                 cpu_nice: int | None = None):
+        place_front_door(cores, cpu_nice)
         self._tenant_limits = dict(tenant_limits)
         self._queues = {r: FairQueue(limits, dict(route_weights.get(r, {})))
                         for r, limits in route_limits.items()}

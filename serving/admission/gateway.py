@@ -10,11 +10,12 @@ policy core (``routers``) behind ``TenantAccess`` and the ``AdmissionGate``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 from opentelemetry.trace import Span
 from ray.exceptions import RayActorError
@@ -27,7 +28,8 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from routers import Admission, Rejection, RejectionReason, Route, Tenancy, Tenant
 from routers.quota import QuotaLimits
 from serving.records import tracing
-from serving.admission.admission_gate import CLIENT_CLOSED, AdmissionGate, status_of
+from serving.admission.admission_gate import AdmissionGate, Visit, status_of
+from serving.admission.refusals import CLIENT_CLOSED
 from serving.config.admission_specs import LedgerSpec
 from serving.records.ledger import UsageLedger
 from serving.records.ledger_writer import LedgerWriter
@@ -48,13 +50,16 @@ ENGINE_METHODS = tuple(OPERATIONS)
 
 @dataclass
 class EngineAnswer:
-    """The start of an engine's answer, and the rest of it still to come.
+    """The start of an engine's answer, the rest of it still to come, and its outcome.
+
+    The front door reads the answer inside ``Gateway.request`` and says how it ended with
+    ``settle``; leaving the ``async with`` block accounts for it whatever happened.
 
     Args:
         route: the pool and model that serve the request.
         replica: ``<deployment>#<replica id>`` of the engine replica that answered, if it said.
         first: the first item: a complete response (unstreamed), or a batch of SSE events.
-        rest: the engine stream; cancel it when the client goes away.
+        rest: the engine stream; cancelled when the request's block is left.
         error: the engine refused the request (e.g. a prompt longer than the context).
         request_id: the request's id in the usage ledger and the engine.
         strips_usage: the engine was asked for usage that the client did not ask for.
@@ -67,21 +72,22 @@ class EngineAnswer:
     error: ErrorResponse | None = None
     request_id: str = ""
     strips_usage: bool = False
-    _finish: Any = field(default=None, repr=False)
+    status: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
-    def finish(self, status: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
-        """Ends the request's accounting (lease, ledger, metrics); later calls do nothing.
+    def settle(self, status: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        """Says how the answer ended, for its accounting when the request's block is left.
 
         Args:
             status: HTTP-style outcome (200, an error status, 499 when the client left).
         """
-        if self._finish is not None:
-            self._finish(status, prompt_tokens, completion_tokens)
+        self.status, self.prompt_tokens, self.completion_tokens = status, prompt_tokens, completion_tokens
 
-    def finish_response(self) -> None:
-        """Ends a complete (unstreamed) answer with the usage it reports."""
-        usage = getattr(self.first, "usage", None)
-        self.finish(200, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+    @property
+    def is_complete(self) -> bool:
+        """A whole, unstreamed response (not a batch of events, not an error)."""
+        return self.error is None and not isinstance(self.first, list)
 
 
 class Gateway:
@@ -89,6 +95,7 @@ class Gateway:
 
     Args:
         engines: route (pool and model) -> engine deployment, in config order.
+        domain: the isolation domain whose front door this is (its ledger).
         tenancy / key_file / cache_salt_secret_file / key_reload_interval_s: see ``TenantAccess``.
         admission_controller: handle of the shared ``AdmissionController``.
         ledger: where the usage ledger is (resolved here, in the replica's environment).
@@ -98,7 +105,7 @@ class Gateway:
         max_model_lens: model id -> context length, to bound a reservation without ``max_tokens``.
     """
 
-    def __init__(self, engines: Mapping[Route, DeploymentHandle], *, tenancy: Tenancy, key_file: Path,
+    def __init__(self, engines: Mapping[Route, DeploymentHandle], *, domain: str, tenancy: Tenancy, key_file: Path,
                  cache_salt_secret_file: Path, key_reload_interval_s: float,
                  admission_controller: DeploymentHandle, ledger: LedgerSpec, token_counter: TokenCounter,
                  quotas: Mapping[str, QuotaLimits], max_model_lens: Mapping[str, int | None]):
@@ -110,7 +117,7 @@ class Gateway:
         self._access = TenantAccess(tenancy, engines, key_file=key_file,
                                     cache_salt_secret_file=cache_salt_secret_file,
                                     key_reload_interval_s=key_reload_interval_s)
-        self._gate = AdmissionGate(admission_controller, LedgerWriter(UsageLedger(ledger.resolved_url())),
+        self._gate = AdmissionGate(admission_controller, LedgerWriter(UsageLedger(ledger.resolved_url(domain))),
                                    PlatformMetrics())
         self._prompt_tokens = PromptTokenCounter(token_counter)
         self._max_tokens_caps = {t: q.max_tokens for t, q in quotas.items() if q.max_tokens is not None}
@@ -140,9 +147,13 @@ class Gateway:
         """
         return self._access.admit(tenant, model_id, lambda route: True)
 
-    async def call(self, tenant: Tenant, body: OpenAIRequest, method: str, protocol: str) -> EngineAnswer:
+    @contextlib.asynccontextmanager
+    async def request(self, tenant: Tenant, body: OpenAIRequest, method: str,
+                      protocol: str) -> AsyncIterator[EngineAnswer]:
         """Admit ``body`` for ``tenant``, lease room for it, send it to an engine of its pool
-        and wait for the first item. The caller must ``finish`` the answer.
+        and wait for the first item; the block reads the rest. Leaving the block, however it
+        is left (answered, refused by the engine, cancelled, failed), settles the lease, the
+        usage record, the metrics and the span exactly once: nothing for a front door to forget.
 
         Args:
             method: ``chat`` or ``completions``.
@@ -153,11 +164,11 @@ class Gateway:
                 unavailable; it carries the request id once the request has a record.
         """
         # The request's span: its admission and the engine call (Ray Serve's handle spans,
-        # vLLM's request span) open beneath it; it ends when the answer is finished.
+        # vLLM's request span) open beneath it; it ends when the request does.
         span = tracing.start_request_span(OPERATIONS[method], body.model, protocol)
         try:
             with tracing.activated(span):
-                return await self._call(tenant, body, method, protocol, span)
+                answer, visit = await self._start(tenant, body, method, protocol, span)
         except Refused as refused:
             tracing.mark_refused(span, str(refused.rejection.reason), status_of(refused.rejection))
             span.end()
@@ -165,9 +176,36 @@ class Gateway:
         except BaseException:
             span.end()
             raise
+        left_early = False
+        try:
+            yield answer
+        except (asyncio.CancelledError, GeneratorExit):
+            left_early = True  # the client went away (or its deadline passed)
+            raise
+        except BaseException:
+            if answer.status is None:
+                answer.settle(500)
+            raise
+        finally:
+            # The engine stops generating for a request nobody reads any more.
+            answer.rest.cancel()
+            if answer.status is None:
+                if left_early:
+                    answer.settle(CLIENT_CLOSED)
+                elif answer.is_complete:
+                    usage = getattr(answer.first, "usage", None)
+                    answer.settle(200, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+                else:
+                    logger.error("request %s left unsettled by its front door", answer.request_id)
+                    answer.settle(500)
+            timings = self._gate.leave(visit, answer.status, answer.prompt_tokens, answer.completion_tokens)
+            if timings is not None:
+                tracing.end_request_span(span, status=answer.status, prompt_tokens=answer.prompt_tokens,
+                                         completion_tokens=answer.completion_tokens, timings=timings,
+                                         replica=answer.replica)
 
-    async def _call(self, tenant: Tenant, body: OpenAIRequest, method: str, protocol: str,
-                    span: Span) -> EngineAnswer:
+    async def _start(self, tenant: Tenant, body: OpenAIRequest, method: str, protocol: str,
+                     span: Span) -> tuple[EngineAnswer, Visit]:
         request_id = f"fabriek-{uuid.uuid4().hex}"
         try:
             admission = self._access.admit(tenant, body.model, self.readiness.is_ready)
@@ -201,19 +239,11 @@ class Gateway:
             self._gate.leave(visit, CLIENT_CLOSED if isinstance(err, asyncio.CancelledError) else 500)
             raise
         answer.strips_usage = strips_usage
-
-        def finish(status: int, prompt: int, completion: int) -> None:
-            timings = self._gate.leave(visit, status, prompt, completion)
-            if timings is not None:
-                tracing.end_request_span(span, status=status, prompt_tokens=prompt,
-                                         completion_tokens=completion, timings=timings,
-                                         replica=answer.replica)
-        answer._finish = finish
         if answer.error is not None:
-            answer.finish(answer.error.error.code)
+            answer.settle(answer.error.error.code)
         else:
             self._gate.first_token(visit)
-        return answer
+        return answer, visit
 
     async def _first_item(self, route: Route, body: OpenAIRequest, method: str, request_id: str) -> EngineAnswer:
         stream: DeploymentResponseGenerator = self._streaming[(route, method)].remote(body)

@@ -8,12 +8,11 @@ table: HTTP statuses in ``serving.frontdoor.errors``, gRPC status codes in ``ser
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable, Iterable
 
 from routers import (Admission, AdmissionPipeline, AdmissionRequest, Authenticator, Candidate, KeyFile,
-                     KeyFileWatcher, Rejection, RejectionReason, Route, Tenancy, Tenant,
+                     KeyFileWatcher, Rejection, Route, Tenancy, Tenant,
                      load_or_create_secret)
 from serving.admission.refusals import RETRY_AFTER_NOT_READY_S, Refused  # noqa: F401  (Refused: raised here)
 

@@ -54,20 +54,33 @@ class PoolAdmissionSpec(_Frozen):
 
 
 class LedgerSpec(_Frozen):
-    """Where every request's usage record is written."""
+    """Where every request's usage record is written: one database per isolation domain."""
 
     url: str | None = Field(None, description=(
-        "SQLAlchemy URL of the usage database, e.g. postgresql+psycopg://user@host/fabriek "
-        "(install fabriek[postgres]). Default: SQLite at $FABRIEK_HOME/usage.db."))
+        "SQLAlchemy URL of a domain's usage database, e.g. "
+        "postgresql+psycopg://fabriek_{domain}@host/fabriek_{domain} (install fabriek[postgres]); "
+        "`{domain}` stands for the domain's name (required with two or more domains, so that "
+        "no domain's writer holds another's records). Default: SQLite at "
+        "$FABRIEK_HOME/domains/{domain}/usage.db."))
     url_env: str | None = Field("FABRIEK_USAGE_DATABASE_URL", description=(
         "Environment variable that, when set where the ingress runs, holds the URL instead "
-        "(the Helm chart fills it from a Secret, so a password never sits in the config)."))
+        "(the Helm chart fills it from the domain's own Secret, so a password never sits in "
+        "the config)."))
 
-    def resolved_url(self) -> str:
-        """The URL in effect in this process: the variable's, the config's, or the default."""
+    def resolved_url(self, domain: str) -> str:
+        """The URL in effect for ``domain`` in this process: the variable's, the config's, or
+        the default."""
         import os
 
         from serving.config.home import default_ledger_url, fabriek_home
 
         from_env = os.environ.get(self.url_env) if self.url_env else None
-        return from_env or self.url or default_ledger_url(fabriek_home().resolve())
+        if from_env:
+            return from_env
+        if self.url:
+            return self.url.replace("{domain}", domain)
+        return default_ledger_url((fabriek_home() / "domains" / domain).resolve())
+
+    def is_shared_by_domains(self) -> bool:
+        """Whether the config names one database for every domain."""
+        return self.url is not None and "{domain}" not in self.url

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from routers import ClassPolicy, Tenancy, Tenant, TenantClass
+from routers import ClassPolicy, IsolationDomain, Tenancy, Tenant, TenantClass, derive_domains
 from serving.config.admission_specs import LedgerSpec, PoolAdmissionSpec, QuotaSpec
-from serving.config.library_settings import check_deployment_options, check_engine_args
+from serving.config.auth_specs import DOMAIN_PLACEHOLDER, AuthSpec
+from serving.config.runtime_specs import DeploymentOptions, GrpcSpec, HttpSpec, IngressSpec, LocalClusterSpec, ServeRuntimeSpec
+from serving.config.library_settings import check_engine_args
 
 DEFAULT_CONFIG_PATH = Path(__file__).parents[1] / "configs" / "local-cpu.yaml"
 
@@ -37,7 +39,6 @@ POOL_RESOURCE_PER_REPLICA = 0.001
 
 # Library settings that pass through, checked against the library's own definitions.
 EngineArgs = Annotated[dict[str, Any], AfterValidator(check_engine_args)]
-DeploymentOptions = Annotated[dict[str, Any], AfterValidator(check_deployment_options)]
 
 
 class ConfigError(ValueError):
@@ -158,116 +159,6 @@ class TenantSpec(_Frozen):
         return value
 
 
-class AuthSpec(_Frozen):
-    """API keys and the per-tenant engine isolation secrets."""
-
-    key_file: Path | None = Field(None, description=(
-        "JSON file of API key records (salted hashes only), managed with `fabriek keys`; "
-        "may be a mounted Kubernetes Secret. Default: $FABRIEK_HOME/api-keys.json."))
-    cache_salt_secret_file: Path | None = Field(None, description=(
-        "Secret from which each tenant's vLLM prefix-cache salt is derived; created "
-        "(random, 0600) if absent. Default: $FABRIEK_HOME/cache-salt.secret."))
-    key_reload_interval_s: float = Field(1.0, gt=0, le=60, description=(
-        "How often at most the ingress looks at the key file for created or revoked keys."))
-
-    def resolved_key_file(self) -> Path:
-        """The key file path, defaulted and made absolute."""
-        return self._resolve(self.key_file, "api-keys.json")
-
-    def resolved_cache_salt_secret_file(self) -> Path:
-        """The cache salt secret path, defaulted and made absolute."""
-        return self._resolve(self.cache_salt_secret_file, "cache-salt.secret")
-
-    @staticmethod
-    def _resolve(path: Path | None, default_name: str) -> Path:
-        from serving.config.home import fabriek_home
-
-        return (path.expanduser() if path is not None else fabriek_home() / default_name).resolve()
-
-
-class HttpSpec(_Frozen):
-    """The OpenAI-compatible HTTP API."""
-
-    host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds.")
-    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the API.")
-    max_request_bytes: int = Field(1 << 20, ge=1024, description=(
-        "Largest request body accepted; larger ones get 413."))
-
-
-class GrpcSpec(_Frozen):
-    """The gRPC API (``fabriek.v1.InferenceService``), served by Ray Serve's gRPC proxy."""
-
-    # What Ray Serve's gRPC proxy (and, with the haproxy front end, every ingress replica)
-    # imports to register the service; the Helm chart renders the same path.
-    SERVICER_FUNCTION: ClassVar[str] = (
-        "serving.protos.fabriek.v1.inference_pb2_grpc.add_InferenceServiceServicer_to_server")
-
-    port: int = Field(9000, ge=1, le=65535, description=(
-        "gRPC port of the API; it binds the same address as `http.host`."))
-
-    def ray_options(self) -> dict[str, Any]:
-        """Ray Serve's ``gRPCOptions`` for this API."""
-        return {"port": self.port, "grpc_servicer_functions": [self.SERVICER_FUNCTION]}
-
-
-class IngressSpec(_Frozen):
-    """The ingress deployment that terminates HTTP and gRPC and calls the engines."""
-
-    deployment: DeploymentOptions = Field(
-        default_factory=lambda: {"num_replicas": 1, "max_ongoing_requests": 1000,
-                                 "ray_actor_options": {"num_cpus": 0.5}},
-        description="Ray Serve deployment options of the ingress.")
-    cpu_nice: int | None = Field(None, ge=-20, le=19, description=(
-        "The niceness of the front door that every class shares: the ingress replicas and "
-        "the admission controller. Ray runs them at 15, level with engines that keep Ray's "
-        "niceness, so on a machine they share with a flooded pool's engine they get half a "
-        "core while requests of every class wait in their event loops. Below 15 needs "
-        "CAP_SYS_NICE (root); without it a warning, and 15."))
-
-
-class ServeRuntimeSpec(_Frozen):
-    """Ray Serve's cluster-wide data-path settings (Ray reads them from the environment of
-    every Ray process, so they are set before the cluster starts)."""
-
-    proxy: Literal["haproxy", "ray"] = Field("haproxy", description=(
-        "haproxy: Ray Serve's HAProxy front end with direct ingress, where HAProxy forwards "
-        "HTTP straight to the ingress replicas' own servers (measured ~5 ms less per request "
-        "than the Python proxy, see docs/benchmarks.md); ray: the classic Python proxy actor."))
-    throughput_optimized: bool = Field(True, description=(
-        "Ray Serve's throughput mode: user code on the replica's main event loop, buffered "
-        "access logs, replica logs to files only (not stderr)."))
-    drain_period_s: float = Field(30.0, ge=0, description=(
-        "With the haproxy front end: how long a stopping ingress replica keeps serving so "
-        "load balancers can move away; a single machine needs little."))
-    haproxy_stats_port: int = Field(8404, ge=1, le=65535, description="HAProxy's stats page.")
-    haproxy_metrics_port: int = Field(9101, ge=1, le=65535, description="HAProxy's Prometheus metrics.")
-
-    def ray_env(self) -> dict[str, str]:
-        """Environment variables that put these settings into effect for a Ray cluster."""
-        haproxy = "1" if self.proxy == "haproxy" else "0"
-        return {"RAY_SERVE_ENABLE_HA_PROXY": haproxy, "RAY_SERVE_ENABLE_DIRECT_INGRESS": haproxy,
-                "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if self.throughput_optimized else "0",
-                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(self.drain_period_s),
-                "RAY_SERVE_HAPROXY_STATS_PORT": str(self.haproxy_stats_port),
-                "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.haproxy_metrics_port)}
-
-
-class LocalClusterSpec(_Frozen):
-    """How `fabriek serve` starts its single-machine Ray head."""
-
-    num_cpus: int | None = Field(8, ge=1, description=(
-        "Logical CPUs declared to Ray; more than the cores is fine, since replicas "
-        "reserve logical CPUs and the engine threads are scheduled by the OS."))
-    dashboard_host: str = Field("127.0.0.1", description="Address of the Ray dashboard.")
-    dashboard_port: int = Field(8265, ge=1, le=65535, description="Port of the Ray dashboard.")
-    metrics_export_port: int = Field(8080, ge=1, le=65535, description=(
-        "Port of Ray's Prometheus endpoint (/metrics): fabriek's, Ray Serve's and vLLM's metrics."))
-    system_cpus: str | None = Field(None, pattern=r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$", description=(
-        "Cores for everything but the engines (Ray's processes, HAProxy, the ingress and the "
-        "admission controller), e.g. `1` or `2-3`; each engine then moves to its pool's cores. "
-        "None: any core. On one machine this keeps the platform's own work (a flood's "
-        "refusals included) off a pool's cores; on a cluster, pools have nodes of their own."))
-
 
 class PlatformConfig(_Frozen):
     """A whole fabriek deployment."""
@@ -302,7 +193,20 @@ class PlatformConfig(_Frozen):
             if model.id not in served:
                 raise ValueError(f"models[{model.id}]: no pool serves it; add it to a pool's models")
         self._check_tenancy()
+        self._check_domains()
         return self
+
+    def _check_domains(self) -> None:
+        domains = self.domains()
+        if len(domains) < 2:
+            return
+        names = ", ".join(d.name for d in domains)
+        for field_name in self.auth.shared_paths():
+            raise ValueError(f"auth.{field_name}: {len(domains)} isolation domains ({names}) would share "
+                             f"one file; put {DOMAIN_PLACEHOLDER} in the path so each domain holds only its own")
+        if self.ledger.is_shared_by_domains():
+            raise ValueError(f"ledger.url: {len(domains)} isolation domains ({names}) would share one "
+                             f"database; put {DOMAIN_PLACEHOLDER} in the URL (e.g. the database name)")
 
     def _check_tenancy(self) -> None:
         pools = {p.name: p for p in self.pools}
@@ -337,6 +241,38 @@ class PlatformConfig(_Frozen):
         return Tenancy(
             tenants={t.id: Tenant(t.id, t.tenant_class, frozenset(t.models)) for t in self.tenants},
             classes={c: ClassPolicy(frozenset(s.pools), s.priority) for c, s in self.classes.items()})
+
+    def domains(self) -> tuple[IsolationDomain, ...]:
+        """The isolation domains: classes joined by the pools they share (``routers``)."""
+        return derive_domains({c: s.pools for c, s in self.classes.items()}, [p.name for p in self.pools])
+
+    def unreachable_pools(self) -> list[str]:
+        """Pools that no class uses: no front door reaches them, so they are not deployed."""
+        used = {p for spec in self.classes.values() for p in spec.pools}
+        return [p.name for p in self.pools if p.name not in used]
+
+    def domain(self, name: str) -> IsolationDomain:
+        """The domain called ``name``.
+
+        Raises:
+            ConfigError: no domain has this name.
+        """
+        for domain in self.domains():
+            if domain.name == name:
+                return domain
+        raise ConfigError(f"no isolation domain {name!r}; this config has "
+                          f"{[d.name for d in self.domains()]}")
+
+    def domain_of(self, tenant_id: str) -> IsolationDomain:
+        """The domain whose front door serves this tenant.
+
+        Raises:
+            ConfigError: no tenant has this id.
+        """
+        for tenant in self.tenants:
+            if tenant.id == tenant_id:
+                return next(d for d in self.domains() if tenant.tenant_class in d.classes)
+        raise ConfigError(f"unknown tenant {tenant_id!r}; the config has {sorted(t.id for t in self.tenants)}")
 
     def model(self, model_id: str) -> ModelSpec:
         """The model spec with this public id.

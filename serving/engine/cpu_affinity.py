@@ -17,23 +17,14 @@ from __future__ import annotations
 import logging
 import os
 
+from serving.config.cpu_lists import cores_of
+
 logger = logging.getLogger("fabriek.cpu_affinity")
 
 # The pool's cpu_nice, handed to its engine replicas in their environment.
 POOL_NICE_ENV = "FABRIEK_POOL_CPU_NICE"
 
 
-def cores_of(threads_bind: str) -> set[int] | None:
-    """The cores a ``VLLM_CPU_OMP_THREADS_BIND`` value names (``0``, ``0-3,8``, ``0-1|2-3``);
-    None for ``auto`` or ``nobind``, which name none."""
-    if threads_bind in ("auto", "nobind", ""):
-        return None
-    cores: set[int] = set()
-    for rank in threads_bind.split("|"):
-        for part in rank.split(","):
-            first, _, last = part.partition("-")
-            cores.update(range(int(first), int(last or first) + 1))
-    return cores
 
 
 def pin_to_pool_cores() -> set[int] | None:
@@ -56,11 +47,7 @@ def renice_process(niceness: int) -> bool:
     Ray worker has started its threads before any user code runs); threads started later
     inherit it from their starter. Returns whether all threads took it."""
     try:
-        threads = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:  # no procfs (not Linux): this thread only
-        threads = [0]
-    try:
-        for thread in threads:
+        for thread in _threads_of_process():
             os.setpriority(os.PRIO_PROCESS, thread, niceness)
     except ProcessLookupError:  # a thread that ended meanwhile
         pass
@@ -84,3 +71,36 @@ def take_pool_niceness() -> int | None:
                        os.getpriority(os.PRIO_PROCESS, 0), err)
         return None
     return int(wanted)
+
+
+def _threads_of_process() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # no procfs (not Linux): this thread only
+        return [0]
+
+
+def pin_process(cores: set[int] | frozenset[int]) -> bool:
+    """Pins every thread of this process to ``cores`` (Linux keeps affinity per thread, and a
+    Ray worker has started its threads before any user code runs); threads started later
+    inherit it. Returns whether all threads took it."""
+    if not hasattr(os, "sched_setaffinity"):
+        return False
+    try:
+        for thread in _threads_of_process():
+            os.sched_setaffinity(thread, cores)
+    except ProcessLookupError:  # a thread that ended meanwhile
+        pass
+    except OSError as err:  # a core this machine (or its cgroup) does not have
+        logger.warning("cannot pin to cores %s: %s; not pinning", sorted(cores), err)
+        return False
+    return True
+
+
+def place_front_door(cores: frozenset[int] | None, cpu_nice: int | None) -> None:
+    """Puts this front-door process (ingress or admission controller) on its domain's cores at
+    its domain's niceness, so that it competes only with its own domain's engine."""
+    if cores is not None:
+        pin_process(cores)
+    if cpu_nice is not None:
+        renice_process(cpu_nice)

@@ -95,63 +95,73 @@ class InferenceService:
         authorization = next((v for k, v in context.invocation_metadata() if k == "authorization"), None)
         return self._gateway.authenticate(authorization)
 
-    async def _start(self, request, context: RayServegRPCContext, method: str,
-                     build: Callable[..., OpenAIRequest], *, stream: bool) -> EngineAnswer | None:
-        """Authenticate, validate and admit; None (with the status set) when refused."""
+    def _parse(self, request, context: RayServegRPCContext, build: Callable[..., OpenAIRequest], *,
+               stream: bool) -> tuple[Tenant, OpenAIRequest] | None:
+        """Authenticate and validate; None (with the status set) when refused."""
         try:
-            tenant = self._authenticate(context)
-            body = build(request, stream=stream)
-            answer = await self._gateway.call(tenant, body, method, "grpc")
+            return self._authenticate(context), build(request, stream=stream)
         except Refused as refused:
             set_refused(context, refused)
-            return None
         except APIError as err:
             set_error(context, code_for_http_status(err.status), err.message)
-            return None
-        if answer.error is not None:
-            answer.rest.cancel()
-            error = answer.error.error
-            set_error(context, code_for_http_status(error.code), error.message, metadata=_where(answer))
-            return None
-        return answer
+        return None
 
     async def _unary(self, request, context: RayServegRPCContext, method: str, build: Callable[..., OpenAIRequest],
                      convert: Callable, empty: type):
-        answer = await self._start(request, context, method, build, stream=False)
-        if answer is None:
+        parsed = self._parse(request, context, build, stream=False)
+        if parsed is None:
             return empty()
-        context.set_trailing_metadata(_where(answer))
-        answer.finish_response()
-        return convert(answer.first)
+        try:
+            async with self._gateway.request(*parsed, method, "grpc") as answer:
+                if answer.error is not None:
+                    _set_engine_error(context, answer)
+                    return empty()
+                context.set_trailing_metadata(_where(answer))
+                return convert(answer.first)
+        except Refused as refused:
+            set_refused(context, refused)
+            return empty()
 
     async def _stream(self, request, context: RayServegRPCContext, method: str,
                       build: Callable[..., OpenAIRequest]) -> AsyncIterator[StreamMessage]:
-        answer = await self._start(request, context, method, build, stream=True)
-        if answer is None:
+        parsed = self._parse(request, context, build, stream=True)
+        if parsed is None:
             return
-        decoder = StreamDecoder(is_chat=method == "chat")
-        status = CLIENT_CLOSED  # unless it ends, below
         try:
-            batch = answer.first
-            while True:
-                message = decoder.decode(batch)
-                if message is not None:
-                    yield message
+            # Leaving this block, however the stream ends (done, engine error, client
+            # cancelled, deadline passed), settles the request.
+            async with self._gateway.request(*parsed, method, "grpc") as answer:
+                if answer.error is not None:
+                    _set_engine_error(context, answer)
+                    return
+                decoder = StreamDecoder(is_chat=method == "chat")
                 try:
-                    batch = await answer.rest.__anext__()
-                except StopAsyncIteration:
-                    break
-            if not decoder.is_finished:
-                yield decoder.last()
-            context.set_trailing_metadata(_where(answer))
-            status = 200
-        except EngineStreamError as err:
-            status = err.status
-            set_error(context, code_for_http_status(err.status), err.message, metadata=_where(answer))
-        finally:
-            # Cancelled (client gone, deadline passed) or done: stop the engine request too.
-            answer.rest.cancel()
-            answer.finish(status, *decoder.tokens)
+                    batch = answer.first
+                    while True:
+                        message = decoder.decode(batch)
+                        if message is not None:
+                            yield message
+                        try:
+                            batch = await answer.rest.__anext__()
+                        except StopAsyncIteration:
+                            break
+                    if not decoder.is_finished:
+                        yield decoder.last()
+                    context.set_trailing_metadata(_where(answer))
+                    answer.settle(200, *decoder.tokens)
+                except EngineStreamError as err:
+                    answer.settle(err.status, *decoder.tokens)
+                    set_error(context, code_for_http_status(err.status), err.message, metadata=_where(answer))
+                finally:
+                    if answer.status is None:  # cancelled: what was produced is still charged
+                        answer.settle(CLIENT_CLOSED, *decoder.tokens)
+        except Refused as refused:  # only ever from opening the request: nothing was sent yet
+            set_refused(context, refused)
+
+
+def _set_engine_error(context: RayServegRPCContext, answer: EngineAnswer) -> None:
+    error = answer.error.error
+    set_error(context, code_for_http_status(error.code), error.message, metadata=_where(answer))
 
 
 def _where(answer: EngineAnswer) -> list[tuple[str, str]]:

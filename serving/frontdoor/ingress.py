@@ -18,7 +18,7 @@ from typing import AsyncIterator, Mapping
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -32,8 +32,7 @@ from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion
 from routers import Route, Tenancy
 from routers.quota import QuotaLimits
 from serving.frontdoor.body_limit import BodySizeLimit
-from serving.engine.cpu_affinity import renice_process
-from serving.admission.refusals import CLIENT_CLOSED
+from serving.engine.cpu_affinity import place_front_door
 from serving.config.admission_specs import LedgerSpec
 from serving.frontdoor.errors import REQUEST_ID_HEADER, APIError, error_response, install_error_handlers
 from serving.admission.gateway import EngineAnswer, Gateway, OpenAIRequest
@@ -66,26 +65,27 @@ class OpenAIIngress:
         engines: route (pool and model) -> engine deployment, in config order.
         model_cards: model id -> extra card fields (e.g. ``max_model_len``).
         max_request_bytes: largest accepted request body; larger ones get 413.
-        tenancy: tenants and class policies from the platform config.
+        domain: the isolation domain this front door serves (its ledger, its route prefix).
+        tenancy: the domain's tenants and class policies (no other domain's).
         key_file / cache_salt_secret_file / key_reload_interval_s: see ``TenantAccess``.
         tokenizer_files: model id -> its ``tokenizer.json`` on this node, for token counting.
-        admission_controller: handle of the shared ``AdmissionController``.
+        admission_controller: handle of the domain's ``AdmissionController``.
         ledger: where the usage ledger is (its URL is resolved in the replica).
         quotas: tenant id -> its quota (caps, and whose prompts to count).
-        cpu_nice: this replica's niceness (``ingress.cpu_nice``), if set.
+        cores / cpu_nice: where this front-door process runs (``serving.config.domains.FrontDoorPlacement``).
     """
 
     def __init__(self, engines: Mapping[Route, DeploymentHandle], model_cards: Mapping[str, dict],
-                 max_request_bytes: int, *, tenancy: Tenancy, key_file: Path,
+                 max_request_bytes: int, *, domain: str, tenancy: Tenancy, key_file: Path,
                  cache_salt_secret_file: Path, key_reload_interval_s: float = 1.0,
                  tokenizer_files: Mapping[str, str] | None = None,
                  admission_controller: DeploymentHandle, ledger: LedgerSpec,
-                 quotas: Mapping[str, QuotaLimits] | None = None, cpu_nice: int | None = None):
-        if cpu_nice is not None:
-            renice_process(cpu_nice)
+                 quotas: Mapping[str, QuotaLimits] | None = None, cores: frozenset[int] | None = None,
+                 cpu_nice: int | None = None):
+        place_front_door(cores, cpu_nice)
         token_counter = TokenCounter(tokenizer_files or {})
         self._model_cards = dict(model_cards)
-        self._gateway = Gateway(engines, tenancy=tenancy, key_file=key_file,
+        self._gateway = Gateway(engines, domain=domain, tenancy=tenancy, key_file=key_file,
                                 cache_salt_secret_file=cache_salt_secret_file,
                                 key_reload_interval_s=key_reload_interval_s,
                                 admission_controller=admission_controller, ledger=ledger,
@@ -150,20 +150,31 @@ class OpenAIIngress:
                             status_code=200 if is_ready else 503)
 
     async def _relay(self, tenant, body: OpenAIRequest, method: str) -> Response:
-        answer = await self._gateway.call(tenant, body, method, "http")
+        # The request's lifecycle is one async generator: its `async with` opens the request
+        # (first item in hand) and, however the generator ends, settles it. An unstreamed
+        # answer ends it here; a stream ends it when the response stops iterating it.
+        lifecycle = self._answer_events(tenant, body, method)
+        answer = await lifecycle.__anext__()
         headers = {POOL_HEADER: answer.route.pool, REQUEST_ID_HEADER: answer.request_id,
                    INGRESS_HEADER: self._replica_id}
         if answer.replica is not None:
             headers[REPLICA_HEADER] = answer.replica
-        if answer.error is not None:
-            error = answer.error.error
-            return error_response(error.code, error.message, param=error.param, headers=headers)
-        if not isinstance(answer.first, list):
+        if answer.error is not None or answer.is_complete:
+            await lifecycle.aclose()
+            if answer.error is not None:
+                error = answer.error.error
+                return error_response(error.code, error.message, param=error.param, headers=headers)
             # A complete, non-streamed response; serialize once, here.
-            answer.finish_response()
             return Response(answer.first.model_dump_json(), media_type="application/json", headers=headers)
-        return StreamingResponse(_server_sent_events(answer), media_type="text/event-stream",
-                                 headers=headers)
+        return StreamingResponse(lifecycle, media_type="text/event-stream", headers=headers)
+
+    async def _answer_events(self, tenant, body: OpenAIRequest, method: str) -> AsyncIterator:
+        """Yields the answer, then (for a stream) its SSE packets; settles it on the way out."""
+        async with self._gateway.request(tenant, body, method, "http") as answer:
+            yield answer
+            if answer.error is None and not answer.is_complete:
+                async for packet in _server_sent_events(answer):
+                    yield packet
 
     # --- gRPC: fabriek.v1.InferenceService (serving/protos/fabriek/v1/inference.proto) ---
 
@@ -201,25 +212,24 @@ async def _server_sent_events(answer: EngineAnswer) -> AsyncIterator[str]:
     """Join each engine batch of ``data: ...`` events into one write; end with [DONE].
 
     The engine is always asked for usage (the ledger needs it): the usage event is read
-    from the last batch, and dropped unless the client asked for it too."""
-    is_done, tokens, status = False, (0, 0), CLIENT_CLOSED
-    try:
-        batch = answer.first
-        while True:
-            if any(_USAGE_ONLY in event for event in batch):
-                batch, tokens = _take_usage(batch, answer.strips_usage)
-            packet = "".join(batch)
-            is_done = is_done or packet.rstrip().endswith("data: [DONE]")
-            yield packet
+    from the last batch, and dropped unless the client asked for it too. The answer is
+    settled when the engine's stream ends; a client that leaves first is settled by
+    ``Gateway.request``."""
+    is_done, tokens = False, (0, 0)
+    batch = answer.first
+    while True:
+        if any(_USAGE_ONLY in event for event in batch):
+            batch, tokens = _take_usage(batch, answer.strips_usage)
+        packet = "".join(batch)
+        is_done = is_done or packet.rstrip().endswith("data: [DONE]")
+        yield packet
+        try:
             batch = await answer.rest.__anext__()
-    except StopAsyncIteration:
-        status = 200
-        if not is_done:
-            yield "data: [DONE]\n\n"
-    finally:
-        # The client may have gone away mid-stream: stop the engine request too.
-        answer.rest.cancel()
-        answer.finish(status, *tokens)
+        except StopAsyncIteration:
+            break
+    answer.settle(200, *tokens)
+    if not is_done:
+        yield "data: [DONE]\n\n"
 
 
 def _take_usage(batch: list[str], strip: bool) -> tuple[list[str], tuple[int, int]]:

@@ -11,7 +11,7 @@ from ray.serve.deployment import Application
 from ray.serve.schema import ServeDeploySchema
 
 from serving.app import build_app
-from serving.config import DEFAULT_CONFIG_PATH, load_config
+from serving.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from serving.engine.engines import build_engine_deployments
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,18 +29,68 @@ def default_model_prepared():
     ray.shutdown()
 
 
-def test_serve_config_file_is_valid_and_builds_the_app(monkeypatch):
+def test_serve_config_file_has_one_app_per_domain_and_builds_them(monkeypatch):
     monkeypatch.chdir(REPO)  # config_path in the file is relative to the repo
     schema = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "deploy/serve-config.yaml").read_text()))
-    [app_schema] = schema.applications
-    module, attr = app_schema.import_path.split(":")
-    builder = getattr(__import__(module, fromlist=[attr]), attr)
-    assert isinstance(builder(app_schema.args), Application)
+    domains = [d.name for d in load_config(DEFAULT_CONFIG_PATH).domains()]
+    assert [(a.name, a.route_prefix, a.args["domain"]) for a in schema.applications] == \
+        [(d, f"/{d}", d) for d in domains]
+    for app_schema in schema.applications:
+        module, attr = app_schema.import_path.split(":")
+        builder = getattr(__import__(module, fromlist=[attr]), attr)
+        assert isinstance(builder(app_schema.args), Application)
 
 
 def test_builder_takes_the_config_inline():
     inline = load_config(DEFAULT_CONFIG_PATH).model_dump()
-    assert isinstance(build_app({"config": inline}), Application)
+    assert isinstance(build_app({"config": inline, "domain": "government"}), Application)
+
+
+def test_builder_needs_a_domain_when_there_are_several():
+    inline = load_config(DEFAULT_CONFIG_PATH).model_dump()
+    with pytest.raises(ValueError, match=r"isolation domains \['government', 'commercial'\]; pass `domain`"):
+        build_app({"config": inline})
+    with pytest.raises(ConfigError, match="no isolation domain 'research'"):
+        build_app({"config": inline, "domain": "research"})
+
+
+def _bound(app: Application) -> tuple[tuple, dict]:
+    return app._bound_deployment.init_args, app._bound_deployment.init_kwargs
+
+
+def test_a_domains_app_holds_only_its_own_tenants_pools_and_secrets():
+    from serving.config import fabriek_home
+
+    home = fabriek_home().resolve()
+    for domain, other in (("government", "commercial"), ("commercial", "government")):
+        app = build_app({"domain": domain})
+        args, kwargs = _bound(app)
+        engines = args[0]
+        assert {route.pool for route in engines} == {domain}
+        assert kwargs["domain"] == domain
+        assert kwargs["key_file"] == home / "domains" / domain / "api-keys.json"
+        assert kwargs["cache_salt_secret_file"] == home / "domains" / domain / "cache-salt.secret"
+        tenancy = kwargs["tenancy"]
+        assert {str(t.tenant_class) for t in tenancy.tenants.values()} == {domain}
+        assert set(tenancy.classes) == {domain}
+        assert set(kwargs["quotas"]) == set(tenancy.tenants)
+        controller_args, _ = _bound(kwargs["admission_controller"])
+        assert set(controller_args[0]) == set(tenancy.tenants)  # quotas: its own tenants only
+        assert {route.pool for route in controller_args[1]} == {domain}
+        # Nothing anywhere in what the domain's processes are given names the other domain.
+        assert f"domains/{other}" not in repr((args, kwargs))
+
+
+def test_front_door_is_placed_on_its_domains_nodes_and_cores():
+    for domain, core, nice in (("government", 0, 0), ("commercial", 1, 15)):
+        app = build_app({"domain": domain})
+        _, kwargs = _bound(app)
+        assert (kwargs["cores"], kwargs["cpu_nice"]) == (frozenset({core}), nice)
+        controller = kwargs["admission_controller"]
+        for deployment in (app._bound_deployment, controller._bound_deployment):
+            resources = deployment._replica_config.ray_actor_options["resources"]
+            assert resources == {f"domain_{domain}": 0.001}
+        assert _bound(controller)[1] == {"cores": frozenset({core}), "cpu_nice": nice}
 
 
 def test_builder_refuses_unknown_or_conflicting_args():

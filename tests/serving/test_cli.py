@@ -45,7 +45,7 @@ def _config_with_key_file(tmp_path):
     from serving.config import DEFAULT_CONFIG_PATH
 
     config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    config["auth"]["key_file"] = str(tmp_path / "keys.json")
+    config["auth"]["key_file"] = str(tmp_path / "{domain}-keys.json")
     path = tmp_path / "platform.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -71,10 +71,66 @@ def test_keys_create_refuses_a_tenant_the_config_does_not_name(tmp_path, capsys)
     config = str(_config_with_key_file(tmp_path))
     assert main(["keys", "create", "--tenant", "mallory", "--config", config]) == 2
     assert "unknown tenant 'mallory'" in capsys.readouterr().err
-    assert not (tmp_path / "keys.json").exists()
+    assert not list(tmp_path.glob("*keys.json"))
 
 
 def test_keys_revoke_of_an_unknown_id_exits_2(tmp_path, capsys):
     config = str(_config_with_key_file(tmp_path))
     assert main(["keys", "revoke", "ffffffffffff", "--config", config]) == 2
     assert "no key with id" in capsys.readouterr().err
+
+
+def test_config_check_prints_the_isolation_domains(capsys):
+    assert main(["config", "check"]) == 0
+    captured = capsys.readouterr()
+    assert "  government: classes government; pools government" in captured.out
+    assert "  commercial: classes commercial; pools commercial" in captured.out
+    assert "warning" not in captured.err
+
+
+def test_config_check_warns_when_government_shares_a_domain_with_commercial(tmp_path, capsys):
+    import yaml
+
+    from serving.config import DEFAULT_CONFIG_PATH
+
+    config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    config["classes"]["commercial"]["pools"] = ["commercial", "government"]  # one shared pool
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["config", "check", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "  commercial-government: classes commercial, government; pools government, commercial" in captured.out
+    assert "domain 'commercial-government' holds both government and commercial tenants" in captured.err
+
+
+def test_keys_go_only_into_the_tenants_own_domain_file(tmp_path, capsys):
+    config = str(_config_with_key_file(tmp_path))
+    assert main(["keys", "create", "--tenant", "gov-demo", "--config", config]) == 0
+    assert main(["keys", "create", "--tenant", "pilot-demo", "--config", config]) == 0
+    gov_key, pilot_key = (line for line in capsys.readouterr().out.splitlines() if line.startswith("fk_"))
+    government, commercial = ((tmp_path / f"{d}-keys.json").read_text() for d in ("government", "commercial"))
+    assert gov_key.split("_")[1] in government and gov_key.split("_")[1] not in commercial
+    assert pilot_key.split("_")[1] in commercial and pilot_key.split("_")[1] not in government
+    assert '"pilot-demo"' not in government and '"gov-demo"' not in commercial
+    assert main(["keys", "list", "--config", config]) == 0
+    listing = capsys.readouterr().out
+    assert "government" in listing and "commercial" in listing
+    # Revoking finds the key in whichever domain holds it.
+    assert main(["keys", "revoke", pilot_key.split("_")[1], "--config", config]) == 0
+    import json
+
+    [record] = json.loads((tmp_path / "commercial-keys.json").read_text())["keys"]
+    assert record["revoked_at"] is not None
+
+
+def test_one_key_file_for_two_domains_is_refused(tmp_path, capsys):
+    import yaml
+
+    from serving.config import DEFAULT_CONFIG_PATH
+
+    config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    config["auth"]["key_file"] = str(tmp_path / "keys.json")
+    path = tmp_path / "shared.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["config", "check", str(path)]) == 2
+    assert "auth.key_file: 2 isolation domains (government, commercial) would share one file" in capsys.readouterr().err

@@ -10,7 +10,6 @@ import grpc
 import httpx
 import openai
 import pytest
-import yaml
 
 from serving.records.ledger import UsageLedger
 from serving.protos.fabriek.v1 import inference_pb2 as pb
@@ -25,12 +24,12 @@ REQUEST_ID_HEADER = "x-fabriek-request-id"
 
 def client(server, tenant) -> openai.OpenAI:
     # max_retries=0: the client would otherwise wait out Retry-After and try again.
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=server.keys[tenant], max_retries=0)
+    return openai.OpenAI(base_url=f"{server.base_url(tenant)}/v1", api_key=server.keys[tenant], max_retries=0)
 
 
 def chat(server, tenant, **kwargs) -> httpx.Response:
     body = {"model": MODEL_ID, "messages": QUESTION, "max_tokens": 4, **kwargs}
-    return httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=120,
+    return httpx.post(f"{server.base_url(tenant)}/v1/chat/completions", json=body, timeout=120,
                       headers={"Authorization": f"Bearer {server.keys[tenant]}"})
 
 
@@ -55,30 +54,12 @@ def test_quotas_hold_across_both_ingress_replicas(fabriek_server):
     assert len({a.headers["x-fabriek-ingress"] for a in answers if a.status_code == 200}) == 2
 
 
-def test_front_door_runs_at_its_configured_niceness(fabriek_server):
-    """Every thread of both ingress replicas and of the admission controller takes
-    ``ingress.cpu_nice`` (0 in the shipped config; Ray starts them at 15). Lowering a
-    niceness needs root: without it they keep Ray's, and say so in a warning."""
-    import os
-
-    import psutil
-
-    wanted = yaml.safe_load(fabriek_server.config_path.read_text())["ingress"]["cpu_nice"]
-    family = psutil.Process(fabriek_server.process.pid).children(recursive=True)
-    front_door = [p for p in family if re.search(r"ServeReplica:fabriek:(OpenAIIngress|AdmissionController)",
-                                                 " ".join(p.cmdline()))]
-    assert len(front_door) == 3  # two ingress replicas, one controller
-    expected = wanted if os.geteuid() == 0 else 15
-    for process in front_door:
-        assert {os.getpriority(os.PRIO_PROCESS, t.id) for t in process.threads()} == {expected}
-
-
 def test_tokens_are_reserved_while_running_and_settled_after(fabriek_server):
     # 400 tokens per minute: a running request reserving ~320 leaves too little for a second.
     headers = {"Authorization": f"Bearer {fabriek_server.keys['quota-tpm']}"}
     body = {"model": MODEL_ID, "messages": QUESTION, "max_tokens": 300, "stream": True,
             "ignore_eos": True}
-    with httpx.stream("POST", f"{fabriek_server.base_url}/v1/chat/completions", json=body,
+    with httpx.stream("POST", f"{fabriek_server.base_url('quota-tpm')}/v1/chat/completions", json=body,
                       headers=headers, timeout=120) as running:
         assert running.status_code == 200
         lines = running.iter_lines()  # held: a dropped iterator closes the response
@@ -92,7 +73,7 @@ def test_tokens_are_reserved_while_running_and_settled_after(fabriek_server):
 def test_concurrent_requests_are_capped(fabriek_server):
     headers = {"Authorization": f"Bearer {fabriek_server.keys['quota-conc']}"}
     body = {"model": MODEL_ID, "messages": QUESTION, "max_tokens": 200, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", f"{fabriek_server.base_url}/v1/chat/completions", json=body,
+    with httpx.stream("POST", f"{fabriek_server.base_url('quota-conc')}/v1/chat/completions", json=body,
                       headers=headers, timeout=120) as running:
         lines = running.iter_lines()
         next(lines)
@@ -121,7 +102,7 @@ def test_ledger_holds_exactly_one_record_per_request(fabriek_server):
     responses = {"ok": ok, "streamed": streamed, "not_found": not_found}
     ids = {name: r.headers[REQUEST_ID_HEADER] for name, r in responses.items()}
     assert len(set(ids.values())) == 3
-    ledger = UsageLedger(fabriek_server.ledger_url)
+    ledger = UsageLedger(fabriek_server.ledger_url("pilot-demo"))
 
     def finished():
         records = {r.request_id: r for r in ledger.records(tenant_id="pilot-demo")}
@@ -189,7 +170,7 @@ def test_killed_ingress_loses_no_usage_record(fabriek_server):
         body = {"model": MODEL_ID, "messages": QUESTION, "max_tokens": 120, "stream": True,
                 "ignore_eos": True}
         try:
-            with httpx.stream("POST", f"{fabriek_server.base_url}/v1/chat/completions", json=body,
+            with httpx.stream("POST", f"{fabriek_server.base_url('gov-demo')}/v1/chat/completions", json=body,
                               headers=headers, timeout=60) as response:
                 seen_ids.append(response.headers[REQUEST_ID_HEADER])
                 for _ in response.iter_lines():
@@ -204,12 +185,14 @@ def test_killed_ingress_loses_no_usage_record(fabriek_server):
         assert _eventually(lambda: len(seen_ids) == 4, timeout_s=60)  # all four streaming
         # Only this server's replicas: another `fabriek serve` may run on the machine.
         family = psutil.Process(fabriek_server.process.pid).children(recursive=True)
-        replicas = [p for p in family if "ServeReplica:fabriek:OpenAIIngress" in " ".join(p.cmdline())]
+        replicas = [p for p in family if "ServeReplica:government:OpenAIIngress" in " ".join(p.cmdline())]
         assert len(replicas) == 2
         for process in replicas:
             process.send_signal(signal.SIGKILL)
+        # The commercial domain's front door is another process: it never noticed.
+        assert chat(fabriek_server, "pilot-demo").status_code == 200
     assert len(seen_ids) == 4
-    ledger = UsageLedger(fabriek_server.ledger_url)
+    ledger = UsageLedger(fabriek_server.ledger_url("gov-demo"))
     records = {r.request_id: r for r in ledger.records(tenant_id="gov-demo")}
     ledger.close()
     # Each accepted request's record was committed before its first token.
@@ -235,7 +218,7 @@ def _grpc_answers(server) -> bool:
     with grpc.insecure_channel(server.grpc_target) as channel:
         try:
             InferenceServiceStub(channel).ListModels(
-                pb.ListModelsRequest(), metadata=[("authorization", f"Bearer {server.keys['gov-demo']}")],
+                pb.ListModelsRequest(), metadata=server.grpc_metadata("gov-demo"),
                 timeout=10)
             return True
         except grpc.RpcError:

@@ -35,7 +35,8 @@ def stub(fabriek_server) -> InferenceServiceStub:
 
 
 def key(fabriek_server, tenant: str = "gov-demo", **extra: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {fabriek_server.keys[tenant]}"), *extra.items()]
+    """The tenant's key and the `application` (its domain) that routes the call to its front door."""
+    return [*fabriek_server.grpc_metadata(tenant), *extra.items()]
 
 
 def greedy(max_tokens: int = 24) -> pb.SamplingParams:
@@ -115,7 +116,7 @@ def code_of(call, *args, **kwargs) -> grpc.RpcError:
 def test_bad_key_is_unauthenticated(stub, metadata, rpc):
     request = {"Chat": pb.ChatRequest(messages=QUESTION), "ChatStream": pb.ChatRequest(messages=QUESTION),
                "ListModels": pb.ListModelsRequest(), "CountTokens": pb.CountTokensRequest(text="x")}[rpc]
-    error = code_of(getattr(stub, rpc), request, metadata=metadata, timeout=10)
+    error = code_of(getattr(stub, rpc), request, metadata=[*metadata, ("application", "government")], timeout=10)
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
 
 
@@ -241,6 +242,7 @@ def test_example_client_generated_from_the_proto_streams_a_chat(fabriek_server, 
                         f"--grpc_python_out={tmp_path}", str(root / "serving/protos/fabriek/v1/inference.proto")]) == 0
     run = functools.partial(
         subprocess.run, [sys.executable, str(root / "examples/grpc_chat.py"), "--target", fabriek_server.grpc_target,
+                         "--domain", "commercial",
                          # Greedy: a sampled answer may name another city (CI once saw one).
                          "--max-tokens", "24", "--temperature", "0", "What is the capital of the Netherlands?"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path)

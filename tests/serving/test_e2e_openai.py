@@ -22,8 +22,9 @@ QUESTION = [{"role": "user", "content": "What is the capital of the Netherlands?
 POOL_OF = {"gov-demo": "government", "pilot-demo": "commercial"}
 
 
-def openai_client(fabriek_server, api_key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{fabriek_server.base_url}/v1", api_key=api_key, max_retries=0)
+def openai_client(fabriek_server, api_key: str, door: str = "gov-demo") -> openai.OpenAI:
+    """A client of the front door of ``door`` (a tenant's domain, or a domain by name)."""
+    return openai.OpenAI(base_url=f"{fabriek_server.base_url(door)}/v1", api_key=api_key, max_retries=0)
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +36,20 @@ def client(fabriek_server) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def pilot(fabriek_server) -> openai.OpenAI:
     """The commercial demo tenant."""
-    return openai_client(fabriek_server, fabriek_server.keys["pilot-demo"])
+    return openai_client(fabriek_server, fabriek_server.keys["pilot-demo"], "pilot-demo")
 
 
 @pytest.fixture(scope="module")
 def http(fabriek_server) -> httpx.Client:
     headers = {"Authorization": f"Bearer {fabriek_server.keys['gov-demo']}"}
-    with httpx.Client(base_url=fabriek_server.base_url, timeout=60, headers=headers) as c:
+    with httpx.Client(base_url=fabriek_server.base_url("gov-demo"), timeout=60, headers=headers) as c:
         yield c
 
 
 def test_serve_prints_urls_then_ready(fabriek_server):
     output = fabriek_server.output(last=10_000)
-    assert f"API base URL:  http://127.0.0.1:{fabriek_server.http_port}/v1" in output
+    for domain in ("government", "commercial"):
+        assert f"API base URL:  http://127.0.0.1:{fabriek_server.http_port}/{domain}/v1  ({domain} domain" in output
     assert f"Ray dashboard: http://127.0.0.1:{fabriek_server.dashboard_port}" in output
     assert output.index("API base URL") < output.index("fabriek ready")
 
@@ -63,23 +65,24 @@ def test_dashboard_needs_and_accepts_the_ray_token(fabriek_server):
     assert response.json()["ray_version"] == "2.60.0"
 
 
-def test_health_reports_every_pool_ready(fabriek_server):
-    response = httpx.get(f"{fabriek_server.base_url}/health", timeout=10)  # no key: a probe
+@pytest.mark.parametrize("domain", ["government", "commercial"])
+def test_health_reports_the_domains_own_pools_ready(fabriek_server, domain):
+    response = httpx.get(f"{fabriek_server.base_url(domain)}/health", timeout=10)  # no key: a probe
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "pools": {"government": {MODEL: "ready"},
-                                                         "commercial": {MODEL: "ready"}}}
+    # Each front door knows only its own domain's pools.
+    assert response.json() == {"status": "ok", "pools": {domain: {MODEL: "ready"}}}
 
 
 @pytest.mark.parametrize("tenant", ["gov-demo", "pilot-demo"])
 def test_models_lists_the_tenants_models(fabriek_server, tenant):
-    models = openai_client(fabriek_server, fabriek_server.keys[tenant]).models.list().data
+    models = openai_client(fabriek_server, fabriek_server.keys[tenant], tenant).models.list().data
     assert [m.id for m in models] == [MODEL]
     assert models[0].owned_by == "fabriek"
 
 
 @pytest.mark.parametrize("tenant", ["gov-demo", "pilot-demo"])
 def test_each_tenant_is_served_by_its_own_pools_replica(fabriek_server, tenant):
-    tenant_client = openai_client(fabriek_server, fabriek_server.keys[tenant])
+    tenant_client = openai_client(fabriek_server, fabriek_server.keys[tenant], tenant)
     raw = tenant_client.chat.completions.with_raw_response.create(
         model=MODEL, messages=QUESTION, max_tokens=24, temperature=0)
     assert "Amsterdam" in raw.parse().choices[0].message.content
@@ -102,7 +105,7 @@ def test_each_pool_engine_binds_its_own_core(fabriek_server):
 
 def test_missing_key_is_401(fabriek_server):
     for path in ("/v1/models", "/v1/completions"):
-        response = httpx.request("GET" if path.endswith("models") else "POST", fabriek_server.base_url + path,
+        response = httpx.request("GET" if path.endswith("models") else "POST", fabriek_server.base_url() + path,
                                  json={"model": MODEL, "prompt": "x"}, timeout=10)
         assert response.status_code == 401
         assert response.json()["error"]["type"] == "AuthenticationError"
@@ -117,7 +120,7 @@ def test_unknown_key_raises_authentication_error(fabriek_server):
 
 def test_key_created_and_revoked_while_running(fabriek_server):
     key = fabriek_server.cli("keys", "create", "--tenant", "pilot-demo").splitlines()[-1]
-    late = openai_client(fabriek_server, key)
+    late = openai_client(fabriek_server, key, "pilot-demo")
     deadline = time.monotonic() + 15
     while True:  # the ingress looks at the key file at most once a second
         try:
@@ -137,7 +140,7 @@ def test_key_created_and_revoked_while_running(fabriek_server):
 @pytest.mark.parametrize("tenant", ["gov-demo", "pilot-demo"])
 def test_model_not_granted_raises_not_found(fabriek_server, tenant):
     with pytest.raises(openai.NotFoundError):
-        openai_client(fabriek_server, fabriek_server.keys[tenant]).completions.create(
+        openai_client(fabriek_server, fabriek_server.keys[tenant], tenant).completions.create(
             model="eurollm-9b", prompt="x", max_tokens=1)
 
 

@@ -53,7 +53,7 @@ def assert_no_content(spans: list[ReceivedSpan], *texts: str) -> None:
 def test_http_request_is_one_trace_from_ingress_to_vllm(fabriek_server, otlp_collector):
     trace_id, parent_id, traceparent = new_traceparent()
     marker = f"Vondelpark-{secrets.token_hex(4)}"
-    client = openai.OpenAI(base_url=f"{fabriek_server.base_url}/v1", api_key=fabriek_server.keys["gov-demo"],
+    client = openai.OpenAI(base_url=f"{fabriek_server.base_url('gov-demo')}/v1", api_key=fabriek_server.keys["gov-demo"],
                            default_headers={"traceparent": traceparent})
     raw = client.chat.completions.with_raw_response.create(
         model=MODEL, messages=[{"role": "user", "content": f"Describe the {marker} in one line."}],
@@ -90,7 +90,7 @@ def test_http_request_is_one_trace_from_ingress_to_vllm(fabriek_server, otlp_col
     assert vllm_request.attributes["gen_ai.usage.completion_tokens"] == response.usage.completion_tokens
     assert_no_content(spans, marker, response.choices[0].message.content)
     # The usage record names the trace: from a bill to the request's path.
-    ledger = UsageLedger(fabriek_server.ledger_url)
+    ledger = UsageLedger(fabriek_server.ledger_url("gov-demo"))
     try:
         [record] = [r for r in ledger.records(tenant_id="gov-demo") if r.request_id == attributes["fabriek.request_id"]]
     finally:
@@ -105,8 +105,7 @@ def test_grpc_request_joins_the_trace_of_its_metadata(fabriek_server, otlp_colle
         answer = InferenceServiceStub(channel).Chat(
             pb.ChatRequest(model=MODEL, messages=[pb.ChatMessage(role=pb.ROLE_USER, content=f"Where is {marker}?")],
                            sampling=pb.SamplingParams(max_tokens=8, temperature=0)),
-            metadata=[("authorization", f"Bearer {fabriek_server.keys['pilot-demo']}"),
-                      ("traceparent", traceparent)], timeout=60)
+            metadata=[*fabriek_server.grpc_metadata("pilot-demo"), ("traceparent", traceparent)], timeout=60)
     spans = otlp_collector.wait_for(trace_id, {f"chat {MODEL}", "replica_handle_request commercial--",
                                                "llm_request"}, parent_id)
     assert_one_tree(spans, parent_id)
@@ -119,7 +118,7 @@ def test_grpc_request_joins_the_trace_of_its_metadata(fabriek_server, otlp_colle
 
 def test_refused_request_span_names_its_reason(fabriek_server, otlp_collector):
     trace_id, parent_id, traceparent = new_traceparent()
-    refused = httpx.post(f"{fabriek_server.base_url}/v1/chat/completions", timeout=60, json={
+    refused = httpx.post(f"{fabriek_server.base_url('quota-caps')}/v1/chat/completions", timeout=60, json={
         "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 17},
         headers={"authorization": f"Bearer {fabriek_server.keys['quota-caps']}", "traceparent": traceparent})
     assert refused.status_code == 400

@@ -239,10 +239,10 @@ def test_cpu_pool_settings(setting, value, accelerator, expected):
             load_config(config)
 
 
-def test_auth_paths_default_under_fabriek_home(tmp_path, monkeypatch):
+def test_auth_paths_default_under_fabriek_home_per_domain(tmp_path, monkeypatch):
     monkeypatch.setenv("FABRIEK_HOME", str(tmp_path))
     auth = load_config(VALID).auth
-    assert auth.resolved_key_file() == tmp_path / "api-keys.json"
-    assert auth.resolved_cache_salt_secret_file() == tmp_path / "cache-salt.secret"
-    explicit = load_config({**VALID, "auth": {"key_file": str(tmp_path / "k.json")}}).auth
-    assert explicit.resolved_key_file() == tmp_path / "k.json"
+    assert auth.resolved_key_file("government") == tmp_path / "domains/government/api-keys.json"
+    assert auth.resolved_cache_salt_secret_file("commercial") == tmp_path / "domains/commercial/cache-salt.secret"
+    explicit = load_config({**VALID, "auth": {"key_file": str(tmp_path / "{domain}-k.json")}}).auth
+    assert explicit.resolved_key_file("research") == tmp_path / "research-k.json"

@@ -28,6 +28,7 @@ from google.rpc import error_details_pb2, status_pb2
 from routers import KeyFile, RejectionReason, Route, cache_salt_for, load_or_create_secret
 from serving.config.admission_specs import LedgerSpec
 from serving.app import bind_admission_controller
+from serving.config.domains import FrontDoorPlacement
 from serving.config import GrpcSpec, load_config
 from serving.frontdoor.errors import STATUS_BY_REASON
 from serving.frontdoor.grpc_status import CODE_BY_HTTP_STATUS, CODE_BY_REASON
@@ -93,9 +94,12 @@ def server(tmp_path_factory):
     ingress = serve.deployment(OpenAIIngress, ray_actor_options={"num_cpus": 0})
     engines = {Route("loading", MODEL): LoadingEngine.bind(), Route("echo", MODEL): EchoEngine.bind(),
                Route("echo", "other"): EchoEngine.options(name="EchoOther").bind()}
-    app = ingress.bind(engines, {MODEL: {}, "other": {}}, 4096, tenancy=CONFIG.tenancy(),
+    # One ingress over pools of two domains: what is tested here is its routing within what it is
+    # given (fail closed, no fallback between pools); the app builder gives it one domain.
+    anywhere = FrontDoorPlacement(ray_resources={}, cores=None, cpu_nice=None)
+    app = ingress.bind(engines, {MODEL: {}, "other": {}}, 4096, domain="test", tenancy=CONFIG.tenancy(),
                        key_file=keys.path, cache_salt_secret_file=home / "salt.secret",
-                       key_reload_interval_s=0.2, admission_controller=bind_admission_controller(CONFIG),
+                       key_reload_interval_s=0.2, admission_controller=bind_admission_controller(CONFIG, anywhere),
                        ledger=LedgerSpec(url=f"sqlite:///{home / 'usage.db'}"),
                        quotas={})
     # _blocking=False: the app never becomes RUNNING, which is the point of the test.

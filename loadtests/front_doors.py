@@ -1,0 +1,56 @@
+"""Where a benchmark's tenants enter a fabriek server: each isolation domain's own base URL
+and key file, as `fabriek serve` and `fabriek keys create` lay them out."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from routers import KeyFile  # noqa: E402
+from serving.config import load_config  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def own_files_and_ports(config: dict, logs: Path, name: str) -> None:
+    """Gives a platform config (as loaded from YAML) key, salt and ledger files under
+    ``logs``, one set per isolation domain, and free ports of its own, so that it runs beside
+    any other server here."""
+    config["auth"] = {"key_file": str(logs / f"{name}-{{domain}}-keys.json"),
+                      "cache_salt_secret_file": str(logs / f"{name}-{{domain}}-salt.secret")}
+    config["ledger"] = {"url": f"sqlite:///{logs / f'{name}-{{domain}}-usage.db'}"}
+    config["grpc"]["port"] = free_port()
+    config["local"]["metrics_export_port"] = free_port()
+    config["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
+
+
+def create_key(config: dict, tenant: str) -> str:
+    """A new key of ``tenant``, in its own domain's key file (as `fabriek keys create`)."""
+    loaded = load_config(config)
+    domain = loaded.domain_of(tenant).name
+    key, _ = KeyFile(loaded.auth.resolved_key_file(domain)).create(tenant, {t.id for t in loaded.tenants})
+    return key
+
+
+def base_url(config: dict, tenant: str, port: int) -> str:
+    """The front door of ``tenant``'s domain on a server at ``port``: ``http://127.0.0.1:PORT/<domain>``."""
+    return f"http://127.0.0.1:{port}/{load_config(config).domain_of(tenant).name}"
+
+
+def ledger_url(config: dict, tenant: str) -> str:
+    """The usage ledger of ``tenant``'s domain."""
+    loaded = load_config(config)
+    return loaded.ledger.resolved_url(loaded.domain_of(tenant).name)
+
+
+def health_urls(config: dict, port: int) -> list[str]:
+    """Every domain's ``/health``: the server is ready when all answer 200."""
+    return [f"http://127.0.0.1:{port}/{d.name}/health" for d in load_config(config).domains()]
