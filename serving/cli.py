@@ -41,6 +41,10 @@ def _config_check(args: argparse.Namespace) -> int:
               "and it is not deployed; add it to a class's `pools`", file=sys.stderr)
     if not config.domains():
         print("fabriek: warning: no class uses any pool: there is nothing to serve", file=sys.stderr)
+    if config.serve.proxy == "ray" and len(config.domains()) > 1:
+        print("fabriek: warning: serve.proxy `ray` puts every domain's requests through Ray's one "
+              "Python proxy per node; use `haproxy` (the default) to keep the domains' traffic apart "
+              "up to their own front doors", file=sys.stderr)
     return 0
 
 

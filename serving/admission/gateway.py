@@ -190,11 +190,11 @@ class Gateway:
             # The engine stops generating for a request nobody reads any more.
             answer.rest.cancel()
             if answer.status is None:
-                if left_early:
-                    answer.settle(CLIENT_CLOSED)
-                elif answer.is_complete:
+                if answer.is_complete:  # produced in full, sent or not: charged as answered
                     usage = getattr(answer.first, "usage", None)
                     answer.settle(200, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+                elif left_early:
+                    answer.settle(CLIENT_CLOSED)
                 else:
                     logger.error("request %s left unsettled by its front door", answer.request_id)
                     answer.settle(500)

@@ -134,3 +134,16 @@ def test_one_key_file_for_two_domains_is_refused(tmp_path, capsys):
     path.write_text(yaml.safe_dump(config))
     assert main(["config", "check", str(path)]) == 2
     assert "auth.key_file: 2 isolation domains (government, commercial) would share one file" in capsys.readouterr().err
+
+
+def test_config_check_warns_that_the_python_proxy_is_shared_by_domains(tmp_path, capsys):
+    import yaml
+
+    from serving.config import DEFAULT_CONFIG_PATH
+
+    config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    config["serve"]["proxy"] = "ray"
+    path = tmp_path / "ray-proxy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["config", "check", str(path)]) == 0
+    assert "serve.proxy `ray` puts every domain's requests through Ray's one Python proxy" in capsys.readouterr().err

@@ -163,7 +163,7 @@ def commercial_engine(fabriek_server):
     _enable_token_auth()  # the server's cluster wants the token it made, ~/.ray/auth_token
     ray.init(address=fabriek_server.ray_address, namespace="fabriek", log_to_driver=False)
     try:
-        yield serve.get_deployment_handle(f"commercial--{MODEL}", app_name="fabriek")
+        yield serve.get_deployment_handle(f"commercial--{MODEL}", app_name="commercial")  # the commercial domain's application
     finally:
         ray.shutdown()
 
