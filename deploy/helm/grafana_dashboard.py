@@ -18,10 +18,14 @@ DASHBOARD_PATH = Path(__file__).parent / "fabriek" / "dashboards" / "fabriek.jso
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # Ray prefixes every application metric with ray_ (fabriek's, vLLM's and Ray Serve's own).
 FABRIEK = '{pool=~"$pool", tenant_class=~"$tenant_class"}'
+# Ray Serve's own series name the application, which is the isolation domain (one Serve
+# application per domain); fabriek's are labelled by pool and tenant class, and each pool
+# belongs to one domain, so the pool filter narrows them to a domain already.
+SERVE = 'application=~"$domain"'
 # vLLM's metrics name the engine replica's Ray worker, not its deployment (pool--model, see
 # serving.engine.engines): join them to Ray Serve's own per-replica series, which name both.
 ENGINE_OF_WORKER = ('group by (WorkerId, deployment) (ray_serve_replica_processing_queries'
-                    '{application="fabriek", deployment=~"(${pool:pipe})--.*"})')
+                    f'{{{SERVE}, deployment=~"(${{pool:pipe}})--.*"}})')
 
 
 def per_engine(expr: str) -> str:
@@ -109,17 +113,17 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
     ("Ray Serve", (
         Panel("Healthy replicas", "Healthy replicas per deployment: the ingress, the admission "
               "controller and one engine deployment per pool and model.", "short", (
-                  Query('sum by (deployment) (ray_serve_deployment_replica_healthy{application="fabriek"})',
-                        "{{deployment}}"),)),
+                  Query(f'sum by (application, deployment) (ray_serve_deployment_replica_healthy{{{SERVE}}})',
+                        "{{application}} {{deployment}}"),)),
         Panel("Requests at replicas", "Requests in flight at each deployment's replicas.", "short", (
-            Query('sum by (deployment) (ray_serve_replica_processing_queries{application="fabriek"})',
-                  "{{deployment}}"),)),
+            Query(f'sum by (application, deployment) (ray_serve_replica_processing_queries{{{SERVE}}})',
+                  "{{application}} {{deployment}}"),)),
     )),
 )
 
 
-def _variable(name: str, label: str) -> dict:
-    query = f"label_values(ray_fabriek_requests_total, {name})"
+def _variable(name: str, label: str, metric: str = "ray_fabriek_requests_total", label_name: str = "") -> dict:
+    query = f"label_values({metric}, {label_name or name})"
     return {"name": name, "label": label, "type": "query", "datasource": DATASOURCE,
             "query": {"query": query, "refId": name}, "definition": query, "refresh": 2,
             "includeAll": True, "multi": True, "allValue": ".*", "sort": 1,
@@ -147,12 +151,13 @@ def dashboard() -> dict:
         y += 8
     return {
         "uid": "fabriek-serving", "title": "fabriek: serving", "tags": ["fabriek", "ray-serve", "vllm"],
-        "description": "Service levels, tokens, queueing and engines of fabriek, per pool and tenant class.",
+        "description": "Service levels, tokens, queueing and engines of fabriek, per isolation domain, pool and tenant class.",
         "schemaVersion": 39, "version": 1, "editable": True, "graphTooltip": 1, "refresh": "30s",
         "time": {"from": "now-3h", "to": "now"}, "timezone": "browser",
         "templating": {"list": [
             {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
              "current": {}, "hide": 0},
+            _variable("domain", "Isolation domain", "ray_serve_deployment_replica_healthy", "application"),
             _variable("pool", "Pool"), _variable("tenant_class", "Tenant class")]},
         "annotations": {"list": []}, "links": [], "panels": panels}
 

@@ -15,8 +15,10 @@ With ``--check`` it writes nothing and exits 1 when the committed file is stale.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from serving.config import PlatformConfig  # noqa: E402  (needs the repo on sys.path)
+from routers import TenantClass  # noqa: E402  (needs the repo on sys.path)
+from serving.config import PlatformConfig  # noqa: E402
 
 SCHEMA_PATH = Path(__file__).parent / "fabriek" / "values.schema.json"
 
@@ -61,7 +64,7 @@ class PodSettings(_Values):
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
     rayStartParams: dict[str, str] = Field(default_factory=dict, description=(
-        "Extra `ray start` parameters (strings); the chart sets the pool resource and GPU count itself."))
+        "Extra `ray start` parameters (strings); the chart sets the pool and domain resources, the GPU count and Ray's ports (rayPorts) itself."))
 
 
 class Head(PodSettings):
@@ -92,27 +95,57 @@ class Autoscaling(_Values):
     resources: K8sObject = Field(description="Resources of the autoscaler container.")
 
 
-class Secret(_Values):
-    """The API key store, the cache salt secret and the usage database URL."""
+# Every name an isolation domain can have: each non-empty set of tenant classes, sorted and
+# joined with '-' (routers/isolation_domains.py).
+DomainName = Enum("DomainName", {name: name for name in sorted(
+    "-".join(sorted(combo)) for n in range(1, len(TenantClass) + 1)
+    for combo in itertools.combinations([str(c) for c in TenantClass], n))}, type=str)
 
-    existingSecret: str = Field(description=(
-        "Name of a Secret to use instead of creating one; it needs the keys `api-keys.json`, "
-        "`cache-salt.secret` and (rayAuth.mode token) `auth_token`, and may hold `usage-database-url`."))
-    apiKeys: str = Field(description=(
-        "Content of the key file (`fabriek keys create` output file, salted hashes only); "
-        "empty: no keys, every request gets 401 until keys are added."))
-    cacheSaltSecret: str = Field(pattern=r"^([0-9a-fA-F]{64,})?$", description=(
-        "Hex secret (>= 64 digits) of the per-tenant prefix-cache salt; empty: generated "
-        "once and kept across upgrades."))
-    usageDatabaseUrl: str = Field(description=(
-        "URL of the usage database, handed to the pods as FABRIEK_USAGE_DATABASE_URL, which the usage ledger reads (platform.ledger.url_env); empty: SQLite inside each ingress pod, lost with the pod."))
+
+class DomainSecret(_Values):
+    """One isolation domain's Secret: its tenants' key hashes, its cache salt secret, its usage database URL."""
+
+    existingSecret: str = Field("", description=(
+        "Name of a Secret to use instead of creating one; it needs the keys `api-keys.json` "
+        "and `cache-salt.secret`, and may hold `usage-database-url`."))
+    apiKeys: str = Field("", description=(
+        "Content of the domain's key file (`fabriek keys create` writes it, salted hashes "
+        "only, this domain's tenants only); empty: no keys, every request gets 401 until "
+        "keys are added."))
+    cacheSaltSecret: str = Field("", pattern=r"^([0-9a-fA-F]{64,})?$", description=(
+        "Hex secret (>= 64 digits) of the domain's per-tenant prefix-cache salts; empty: "
+        "generated once and kept across upgrades."))
+    usageDatabaseUrl: str = Field("", description=(
+        "URL of the domain's usage database, handed to its pods only as the variable "
+        "platform.ledger.url_env names (FABRIEK_USAGE_DATABASE_URL); empty: platform.ledger.url, "
+        "else SQLite inside each ingress pod, lost with the pod."))
+
+
+class Secret(_Values):
+    """Per isolation domain, the Secret mounted only into that domain's worker pods."""
+
+    domains: dict[DomainName, DomainSecret | None] = Field(default_factory=dict, description=(
+        "Keyed by domain name (`fabriek config check` lists a config's domains); a domain "
+        "left out gets a Secret with no keys and a generated salt; null drops an entry."))
+
+
+class RayPorts(_Values):
+    """Ray's ports, fixed so that the NetworkPolicies can name them (the head's GCS is 6379)."""
+
+    nodeManager: int = Field(ge=1024, le=65535, description="The raylet's port (`node-manager-port`).")
+    objectManager: int = Field(ge=1024, le=65535, description="The object manager's port (`object-manager-port`).")
+    dashboardAgentGrpc: int = Field(ge=1024, le=65535, description="The dashboard agent's gRPC port.")
+    dashboardAgentListen: int = Field(ge=1024, le=65535, description=(
+        "The dashboard agent's HTTP port (KubeRay's health probes use it)."))
+    minWorker: int = Field(ge=1024, le=65535, description="Lowest port of Ray's worker processes.")
+    maxWorker: int = Field(ge=1024, le=65535, description="Highest port of Ray's worker processes.")
 
 
 class RayAuth(_Values):
     """Ray's token authentication of the dashboard and the cluster's control plane (Ray >= 2.52)."""
 
     mode: Literal["token", "disabled"] = Field(description=(
-        "token: KubeRay sets the token (key `auth_token` of the chart's Secret) on every Ray "
+        "token: KubeRay sets the token (key `auth_token` of the shared Secret RELEASE-fabriek-secrets) on every Ray "
         "container and the dashboard asks for it; disabled: anyone who reaches the dashboard "
         "can run code on the cluster."))
 
@@ -135,13 +168,15 @@ class Service(_Values):
 class Services(_Values):
     """Services the chart creates (KubeRay adds its own head and serve Services)."""
 
-    http: Service = Field(description="The OpenAI-compatible API (platform.http.port, 8000).")
-    grpc: Service = Field(description="The gRPC API (platform.grpc.port, 9000).")
+    http: Service = Field(description=(
+        "Each domain's OpenAI-compatible API (platform.http.port, 8000): RELEASE-fabriek-<domain>-http."))
+    grpc: Service = Field(description=(
+        "Each domain's gRPC API (platform.grpc.port, 9000): RELEASE-fabriek-<domain>-grpc."))
     dashboard: Service = Field(description="The Ray dashboard (8265); keep it cluster-internal.")
 
 
 class Ingress(_Values):
-    """An Ingress for the HTTP API."""
+    """An Ingress for the HTTP API: path /<domain> to each domain's HTTP Service."""
 
     enabled: bool = Field(description="Create the Ingress.")
     className: str = Field(description="IngressClass name; empty: the cluster's default.")
@@ -151,16 +186,28 @@ class Ingress(_Values):
 
 
 class NetworkPolicy(_Values):
-    """Who may reach the Ray pods: clients only the API ports."""
+    """Deny by default; each domain's pods talk only to their own domain, the head's control
+    plane, API clients on the API ports, and the egress peers listed here."""
 
-    enabled: bool = Field(description="Create the NetworkPolicy.")
+    enabled: bool = Field(description="Create the NetworkPolicies.")
     apiClients: K8sList = Field(description=(
-        "NetworkPolicy peers allowed to the HTTP and gRPC ports; empty: any source."))
+        "NetworkPolicy peers allowed to every domain's HTTP and gRPC ports; empty: any source."))
     dashboardClients: K8sList = Field(description=(
-        "Peers allowed to the dashboard (8265) besides the KubeRay operator; empty: none."))
+        "Peers allowed to the dashboard (8265) and GCS (6379) besides the KubeRay operator; empty: none."))
     metricsClients: K8sList = Field(description="Peers allowed to the metrics port (8080), e.g. Prometheus.")
     kuberayOperatorNamespace: str = Field(min_length=1, description=(
         "Namespace of the KubeRay operator, which polls the dashboard for Serve status."))
+    dnsEgress: K8sList = Field(description="Peers every pod may send DNS (port 53) to; empty: any address.")
+    ledgerEgress: K8sList = Field(description=(
+        "Peers of the usage databases the domains' pods may reach (any port); empty: none."))
+    modelStoreEgress: K8sList = Field(description=(
+        "Peers of the model store (object store endpoints) the domains' pods may reach (any port); empty: none."))
+    apiServerEgress: K8sList = Field(description=(
+        "Peers of the Kubernetes API server, which the head's autoscaler reaches on 443 and "
+        "6443; empty: any address on those ports."))
+    extraEgress: K8sList = Field(description=(
+        "Further egress rules (NetworkPolicyEgressRule) of every Ray pod, e.g. to the "
+        "OpenTelemetry collector."))
 
 
 class PodDisruptionBudget(_Values):
@@ -224,6 +271,7 @@ class ChartValues(_Values):
     autoscaling: Autoscaling
     secret: Secret
     rayAuth: RayAuth
+    rayPorts: RayPorts
     grpc: Grpc
     services: Services
     ingress: Ingress

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import tempfile
@@ -38,7 +39,51 @@ def local_cpu_values() -> dict[str, Any]:
     return {"platform": platform, "workerGroups": {p["name"]: CPU_WORKER_GROUP for p in platform["pools"]}}
 
 
-VALUE_SETS = {"facility-default": {}, "local-cpu": local_cpu_values()}
+def chart_defaults() -> dict[str, Any]:
+    """values.yaml as the chart ships it."""
+    return yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def research_values() -> dict[str, Any]:
+    """The facility's values plus a third isolation domain: a research class with a pool, a
+    worker group and a tenant of its own (and no secret.domains entry: the defaults apply)."""
+    defaults = chart_defaults()
+    platform = defaults["platform"]
+    group = copy.deepcopy(defaults["workerGroups"]["government"])
+    group["nodeSelector"]["fabriek.ai/pool"] = "research"
+    group["tolerations"][0]["value"] = "research"
+    group["volumes"][0]["persistentVolumeClaim"]["claimName"] = "fabriek-models-research"
+    return {
+        "platform": {
+            # Lists replace the defaults whole: the facility's pools and tenants, and research's.
+            "pools": [*platform["pools"], {"name": "research", "accelerator": "gpu", "models": ["geitje-7b-ultra"],
+                                           "engine_args": {"scheduling_policy": "priority"}}],
+            "classes": {"research": {"pools": ["research"], "priority": 5}},
+            "tenants": [*platform["tenants"],
+                        {"id": "tu-delft", "class": "research", "models": ["geitje-7b-ultra"]}],
+        },
+        "workerGroups": {"research": group},
+    }
+
+
+def merged_research_values() -> dict[str, Any]:
+    """research on the government pool: one domain government-research, not two."""
+    defaults = chart_defaults()
+    return {
+        "platform": {
+            "classes": {"research": {"pools": ["government"], "priority": 5}},
+            "tenants": [*defaults["platform"]["tenants"],
+                        {"id": "tu-delft", "class": "research", "models": ["eurollm-9b-instruct"]}],
+        },
+        # Helm merges maps: the default `government` entry goes, the merged domain's comes.
+        "secret": {"domains": {"government": None, "government-research": {"cacheSaltSecret": "cd" * 32}}},
+    }
+
+
+# Every test over `rendered` runs for each: two domains (the facility's, and local-cpu's on CPU
+# worker groups), three (research added), and two where research shares the government pool.
+VALUE_SETS = {"facility-default": {}, "local-cpu": local_cpu_values(), "facility-research": research_values(),
+              "facility-merged": merged_research_values()}
 
 
 @dataclass
@@ -95,3 +140,27 @@ def helm(tmp_path_factory) -> Helm:
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     """The rendered objects of one kind."""
     return [o for o in objects if o["kind"] == kind]
+
+
+@pytest.fixture(scope="module", params=sorted(VALUE_SETS))
+def rendered(request, helm):
+    """(value set name, its values, the rendered objects)."""
+    values = VALUE_SETS[request.param]
+    return request.param, values, helm.template(values)
+
+
+def rayservice(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one RayService."""
+    [service] = by_kind(objects, "RayService")
+    return service
+
+
+def serve_config(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The RayService's serveConfigV2, parsed."""
+    return yaml.safe_load(rayservice(objects)["spec"]["serveConfigV2"])
+
+
+def pod_groups(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The head's and every worker group's spec, by group name ("head" for the head)."""
+    cluster = rayservice(objects)["spec"]["rayClusterConfig"]
+    return {"head": cluster["headGroupSpec"], **{g["groupName"]: g for g in cluster["workerGroupSpecs"]}}

@@ -1,4 +1,4 @@
-"""The chart lints and renders for both value sets; every object is valid; the serve config builds."""
+"""The chart lints and renders for every value set; every object is valid; every domain's app builds."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ from ray.serve.deployment import Application
 from ray.serve.schema import ServeDeploySchema
 
 from serving.config import load_config
-from tests.deploy.conftest import CHART, REPO, VALUE_SETS, by_kind
+from serving.config.domains import domain_resource
+from tests.deploy.conftest import (
+    CHART,
+    REPO,
+    VALUE_SETS,
+    by_kind,
+    pod_groups,
+    rayservice,
+    serve_config,
+)
 
 KUBERAY_CRDS = REPO.parent / "shared" / "kuberay-crds-v1.7.0"
 # The Kubernetes version the objects are checked against (kubectl's in the helm package).
@@ -26,23 +35,17 @@ NOT_CORE = {"RayService", "ServiceMonitor", "PodMonitor"}
 ALL_ON = {"ingress": {"enabled": True, "host": "api.facility.example",
                       "tls": [{"hosts": ["api.facility.example"], "secretName": "api-tls"}]},
           "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
-          "secret": {"usageDatabaseUrl": "postgresql://usage@db/usage"}}
+          "secret": {"domains": {"commercial": {"usageDatabaseUrl": "postgresql://usage@db/usage"}}},
+          "networkPolicy": {"ledgerEgress": [{"ipBlock": {"cidr": "10.20.0.5/32"}}],
+                            "modelStoreEgress": [{"ipBlock": {"cidr": "10.30.0.0/24"}}],
+                            "extraEgress": [{"to": [{"namespaceSelector": {"matchLabels": {
+                                "kubernetes.io/metadata.name": "monitoring"}}}],
+                                "ports": [{"port": 4317, "protocol": "TCP"}]}]}}
 
 
-@pytest.fixture(scope="module", params=sorted(VALUE_SETS))
-def rendered(request, helm):
-    """(value set name, its values, the rendered objects)."""
-    values = VALUE_SETS[request.param]
-    return request.param, values, helm.template(values)
-
-
-def rayservice(objects):
-    [service] = by_kind(objects, "RayService")
-    return service
-
-
-def serve_config(objects) -> dict:
-    return yaml.safe_load(rayservice(objects)["spec"]["serveConfigV2"])
+def platform(objects):
+    """The platform config every domain's app gets (the same for all), validated."""
+    return load_config(serve_config(objects)["applications"][0]["args"]["config"])
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -53,14 +56,19 @@ def test_helm_lint_passes(helm, name):
 
 def test_renders_the_expected_objects(rendered):
     _, _, objects = rendered
+    config = platform(objects)
+    domains, pools = len(config.domains()), len(config.pools)
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == sorted(["RayService", "Secret", "ServiceAccount", "Service", "Service", "Service",
-                            "NetworkPolicy", "PodDisruptionBudget", "PodDisruptionBudget"])
+    # Per domain a Secret, two Services and a NetworkPolicy; the shared Ray token Secret, the
+    # dashboard Service, the default-deny and head policies; per pool a disruption budget.
+    assert kinds == sorted(["RayService", "ServiceAccount", "Service"] + ["Secret"] * (domains + 1)
+                           + ["Service"] * 2 * domains + ["NetworkPolicy"] * (domains + 2)
+                           + ["PodDisruptionBudget"] * pools)
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_every_core_object_is_valid_kubernetes(helm, name):
-    objects = helm.template({**VALUE_SETS[name], **ALL_ON})
+    objects = helm.template(_deep_merge(VALUE_SETS[name], ALL_ON))
     for obj in objects:
         if obj["kind"] in NOT_CORE:
             continue
@@ -90,21 +98,26 @@ def test_rayservice_is_valid_for_kuberay_1_7(rendered):
     assert not errors, "\n".join(errors)
 
 
-def test_serve_config_passes_ray_serves_schema_and_builds_the_app(rendered, monkeypatch, tmp_path):
+def test_serve_config_passes_ray_serves_schema_and_builds_every_domains_app(rendered):
+    from serving.app import route_prefix
+
     name, _, objects = rendered
     schema = ServeDeploySchema.model_validate(serve_config(objects))
     assert schema.http_options.port == 8000 and schema.grpc_options.port == 9000
-    [app] = schema.applications
-    assert (app.name, app.import_path, app.route_prefix) == ("fabriek", "serving.app:build_app", "/")
+    # One application per isolation domain, as serving/app.py's builder takes them.
+    domains = [d.name for d in platform(objects).domains()]
+    assert [(a.name, a.route_prefix, a.import_path, a.args["domain"]) for a in schema.applications] == [
+        (d, route_prefix(d), "serving.app:build_app", d) for d in domains]
     if name == "local-cpu":
         from serving.engine.default_model import prepare_default_model
 
         prepare_default_model(show_progress=False)
-    module, attr = app.import_path.split(":")
-    builder = getattr(__import__(module, fromlist=[attr]), attr)
     try:
-        # Built as the Serve controller builds it, without starting engines.
-        assert isinstance(builder(app.args), Application)
+        for app in schema.applications:
+            module, attr = app.import_path.split(":")
+            builder = getattr(__import__(module, fromlist=[attr]), attr)
+            # Built as the Serve controller builds it, without starting engines.
+            assert isinstance(builder(app.args), Application), app.name
     finally:
         ray.shutdown()  # Ray Serve LLM's builder starts a local Ray instance
 
@@ -113,11 +126,20 @@ def test_serve_config_holds_the_values_platform_config(rendered):
     _, values, objects = rendered
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())["platform"]
     expected = _helm_merge(defaults, values.get("platform", {}))
-    expected["auth"] = {**expected.get("auth", {}), "key_file": "/etc/fabriek/secret/api-keys.json",
-                        "cache_salt_secret_file": "/etc/fabriek/secret/cache-salt.secret"}
-    # One source of truth: the app gets the values' config; only the Secret paths are the chart's.
-    config = serve_config(objects)["applications"][0]["args"]["config"]
-    assert load_config(config) == load_config(expected)
+    expected["auth"] = {**expected.get("auth", {}), "key_file": "/etc/fabriek/secrets/{domain}/api-keys.json",
+                        "cache_salt_secret_file": "/etc/fabriek/secrets/{domain}/cache-salt.secret"}
+    # One source of truth: every app gets the values' config; only the Secret paths are the chart's.
+    for app in serve_config(objects)["applications"]:
+        assert load_config(app["args"]["config"]) == load_config(expected), app["name"]
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    """Two values files in one: maps merge, the rest (nulls included) is overridden."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (_deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict)
+                       else value)
+    return merged
 
 
 def _helm_merge(defaults: dict, override: dict) -> dict:
@@ -133,17 +155,20 @@ def _helm_merge(defaults: dict, override: dict) -> dict:
     return merged
 
 
-def test_one_worker_group_per_pool_with_its_pool_resource_and_gpus(rendered):
-    name, values, objects = rendered
+def test_one_worker_group_per_pool_with_its_pool_and_domain_resources_and_gpus(rendered):
+    name, _, objects = rendered
     cluster = rayservice(objects)["spec"]["rayClusterConfig"]
-    config = load_config(serve_config(objects)["applications"][0]["args"]["config"])
+    config = platform(objects)
+    domain_of = {p: d.name for d in config.domains() for p in d.pools}
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     assert list(groups) == [p.name for p in config.pools]
     for pool in config.pools:
         group = groups[pool.name]
         params = group["rayStartParams"]
         # KubeRay passes the value to `ray start --resources` through a shell: a quoted JSON.
-        assert json.loads(json.loads(params["resources"])) == {pool.ray_resource: 1}
+        # The pool's engines ask for the first, its domain's front door for the second.
+        assert json.loads(json.loads(params["resources"])) == {pool.ray_resource: 1,
+                                                               domain_resource(domain_of[pool.name]): 1}
         [container] = group["template"]["spec"]["containers"]
         gpus = int(params["num-gpus"])
         assert (gpus > 0) == (pool.accelerator == "gpu")
@@ -151,7 +176,7 @@ def test_one_worker_group_per_pool_with_its_pool_resource_and_gpus(rendered):
         assert group["template"]["metadata"]["labels"]["fabriek.ai/pool"] == pool.name
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
     head = cluster["headGroupSpec"]
-    assert head["rayStartParams"]["num-gpus"] == "0"
+    assert head["rayStartParams"]["num-gpus"] == "0" and "resources" not in head["rayStartParams"]
     assert "nvidia.com/gpu" not in json.dumps(head["template"]["spec"]["containers"][0]["resources"])
     if name == "facility-default":
         gov = groups["government"]["template"]["spec"]
@@ -162,58 +187,66 @@ def test_one_worker_group_per_pool_with_its_pool_resource_and_gpus(rendered):
 
 def test_ray_environment_is_what_fabriek_config_ray_env_prints(rendered):
     _, _, objects = rendered
-    config = load_config(serve_config(objects)["applications"][0]["args"]["config"])
-    cluster = rayservice(objects)["spec"]["rayClusterConfig"]
-    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+    config = platform(objects)
+    for group in pod_groups(objects).values():
         env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
         for name, value in config.serve.ray_env().items():
             assert float(env[name]) == float(value), name
 
 
-def test_pods_run_unprivileged_and_mount_the_secret_read_only(rendered):
+def test_pods_run_unprivileged(rendered):
     _, _, objects = rendered
-    cluster = rayservice(objects)["spec"]["rayClusterConfig"]
-    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+    for group in pod_groups(objects).values():
         pod = group["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         [container] = pod["containers"]
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
-        [mount] = [m for m in container["volumeMounts"] if m["name"] == "fabriek-secret"]
-        assert mount["readOnly"] is True and mount["mountPath"] == "/etc/fabriek/secret"
 
 
-def test_the_generated_secret_holds_an_empty_key_file_and_a_valid_salt(rendered):
+def test_each_domains_generated_secret_holds_an_empty_key_file_and_its_own_salt(rendered):
     _, _, objects = rendered
-    [secret] = by_kind(objects, "Secret")
-    data = secret["stringData"]
-    assert json.loads(data["api-keys.json"]) == {"version": 1, "keys": []}
-    assert len(bytes.fromhex(data["cache-salt.secret"])) >= 32  # routers/cache_salt.py's minimum
-    assert "usage-database-url" not in data
+    domains = [d.name for d in platform(objects).domains()]
+    secrets = {s["metadata"]["name"]: s["stringData"] for s in by_kind(objects, "Secret")}
+    assert set(secrets) == {f"fab-fabriek-{d}" for d in domains} | {"fab-fabriek-secrets"}
+    salts = set()
+    for domain in domains:
+        data = secrets[f"fab-fabriek-{domain}"]
+        assert json.loads(data["api-keys.json"]) == {"version": 1, "keys": []}
+        assert len(bytes.fromhex(data["cache-salt.secret"])) >= 32  # routers/cache_salt.py's minimum
+        assert "usage-database-url" not in data and "auth_token" not in data
+        salts.add(data["cache-salt.secret"])
+    assert len(salts) == len(domains)  # no two domains share a salt
+    # The shared Secret holds Ray's token only.
+    assert set(secrets["fab-fabriek-secrets"]) == {"auth_token"}
 
 
-def test_services_expose_http_grpc_and_an_internal_dashboard(rendered):
+def test_services_expose_each_domains_http_and_grpc_and_an_internal_dashboard(rendered):
     _, _, objects = rendered
     services = {s["metadata"]["name"]: s["spec"] for s in by_kind(objects, "Service")}
-    assert services["fab-fabriek-http"]["ports"][0]["port"] == 8000
-    assert services["fab-fabriek-grpc"]["ports"][0]["port"] == 9000
+    for domain in platform(objects).domains():
+        assert services[f"fab-fabriek-{domain.name}-http"]["ports"][0]["port"] == 8000
+        assert services[f"fab-fabriek-{domain.name}-grpc"]["ports"][0]["port"] == 9000
+    assert "fab-fabriek-http" not in services and "fab-fabriek-grpc" not in services
     assert services["fab-fabriek-dashboard"]["ports"][0]["port"] == 8265
     assert services["fab-fabriek-dashboard"]["type"] == "ClusterIP"
     assert services["fab-fabriek-dashboard"]["selector"]["app.kubernetes.io/component"] == "head"
 
 
-def test_network_policy_opens_only_the_api_ports_to_clients(rendered):
+def test_network_policies_open_only_the_api_ports_to_any_client(rendered):
     _, _, objects = rendered
-    [policy] = by_kind(objects, "NetworkPolicy")
-    rules = policy["spec"]["ingress"]
-    open_to_all = [r for r in rules if "from" not in r]
-    assert [sorted(p["port"] for p in r["ports"]) for r in open_to_all] == [[8000, 9000]]
-    # Everything else comes from named peers: the release's own pods, the operator, Prometheus.
-    assert all("from" in r for r in rules if r not in open_to_all)
+    for policy in by_kind(objects, "NetworkPolicy"):
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        open_to_all = [r for r in policy["spec"].get("ingress", []) if "from" not in r]
+        # Everything else comes from named peers: the domain's own pods, the head, the
+        # operator, Prometheus.
+        assert [sorted(p["port"] for p in r["ports"]) for r in open_to_all] in ([], [[8000, 9000]])
 
 
-def test_notes_tell_the_api_dashboard_and_metrics(helm):
+def test_notes_give_each_domains_base_url_and_grpc_application(helm):
     notes = helm.notes()
-    assert "http://fab-fabriek-http.fabriek.svc:8000/v1" in notes
+    for domain in ("government", "commercial"):
+        assert f"http://fab-fabriek-{domain}-http.fabriek.svc:8000/{domain}/v1" in notes
+        assert f"fab-fabriek-{domain}-grpc.fabriek.svc:9000 with metadata `application: {domain}`" in notes
     assert "port-forward svc/fab-fabriek-dashboard 8265" in notes
     assert "port 8080 (/metrics)" in notes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from tests.deploy.conftest import CHART, REPO, by_kind
+from tests.deploy.conftest import CHART, REPO, by_kind, pod_groups
 
 
 def _names(objects, kind):
@@ -17,22 +18,28 @@ def _names(objects, kind):
 
 
 def _pod_specs(objects):
-    [service] = by_kind(objects, "RayService")
-    cluster = service["spec"]["rayClusterConfig"]
-    return {g.get("groupName", "head"): g["template"]["spec"]
-            for g in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]}
+    return {name: group["template"]["spec"] for name, group in pod_groups(objects).items()}
+
+
+def _policy(objects, name):
+    [policy] = [p for p in by_kind(objects, "NetworkPolicy") if p["metadata"]["name"] == name]
+    return policy["spec"]
 
 
 # ---- switches -------------------------------------------------------------------------
 
-def test_ingress_enabled_routes_the_host_to_the_http_service(helm):
+def test_ingress_enabled_routes_each_domains_path_to_its_http_service(helm):
     objects = helm.template({"ingress": {"enabled": True, "className": "nginx", "host": "api.example",
                                          "tls": [{"hosts": ["api.example"], "secretName": "api-tls"}]}})
     [ingress] = by_kind(objects, "Ingress")
     [rule] = ingress["spec"]["rules"]
     assert rule["host"] == "api.example" and ingress["spec"]["ingressClassName"] == "nginx"
-    assert rule["http"]["paths"][0]["backend"]["service"] == {"name": "fab-fabriek-http", "port": {"name": "http"}}
+    assert [(p["path"], p["pathType"], p["backend"]["service"]) for p in rule["http"]["paths"]] == [
+        (f"/{d}", "Prefix", {"name": f"fab-fabriek-{d}-http", "port": {"name": "http"}})
+        for d in ("government", "commercial")]
     assert ingress["spec"]["tls"][0]["secretName"] == "api-tls"
+    assert "https://api.example/government/v1" in helm.notes({"ingress": {"enabled": True, "host": "api.example",
+                                                                         "tls": [{"hosts": ["api.example"], "secretName": "t"}]}})
 
 
 def test_network_policy_disabled(helm):
@@ -41,10 +48,87 @@ def test_network_policy_disabled(helm):
 
 def test_network_policy_api_clients_restrict_the_api_ports(helm):
     peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}}
-    [policy] = by_kind(helm.template({"networkPolicy": {"apiClients": [peer]}}), "NetworkPolicy")
-    assert all("from" in rule for rule in policy["spec"]["ingress"])
-    [api_rule] = [r for r in policy["spec"]["ingress"] if {"port": 8000, "protocol": "TCP"} in r.get("ports", [])]
-    assert api_rule["from"] == [peer]
+    objects = helm.template({"networkPolicy": {"apiClients": [peer]}})
+    for domain in ("government", "commercial"):
+        policy = _policy(objects, f"fab-fabriek-{domain}")
+        assert all("from" in rule for rule in policy["ingress"])
+        [api_rule] = [r for r in policy["ingress"] if {"port": 8000, "protocol": "TCP"} in r.get("ports", [])]
+        assert api_rule["from"] == [peer]
+
+
+def test_network_policy_dashboard_clients_reach_the_dashboard_and_gcs(helm):
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "platform-ops"}}}
+    head = _policy(helm.template({"networkPolicy": {"dashboardClients": [peer]}}), "fab-fabriek-head")
+    [rule] = [r for r in head["ingress"] if {"port": 8265, "protocol": "TCP"} in r["ports"]]
+    assert peer in rule["from"] and {"port": 6379, "protocol": "TCP"} in rule["ports"]
+
+
+def test_network_policy_metrics_clients(helm):
+    peer = {"podSelector": {"matchLabels": {"app": "prometheus"}}}
+    objects = helm.template({"networkPolicy": {"metricsClients": [peer]}})
+    for name in ("fab-fabriek-head", "fab-fabriek-government", "fab-fabriek-commercial"):
+        [rule] = [r for r in _policy(objects, name)["ingress"] if r.get("ports") == [{"port": 8080, "protocol": "TCP"}]]
+        assert rule["from"] == [peer]
+
+
+@pytest.mark.parametrize("value", ["ledgerEgress", "modelStoreEgress"])
+def test_network_policy_ledger_and_model_store_egress_from_the_domains_pods(helm, value):
+    peer = {"ipBlock": {"cidr": "10.20.0.5/32"}}
+    objects = helm.template({"networkPolicy": {value: [peer]}})
+    for domain in ("government", "commercial"):
+        assert {"to": [peer]} in _policy(objects, f"fab-fabriek-{domain}")["egress"]
+    assert {"to": [peer]} not in _policy(objects, "fab-fabriek-head")["egress"]
+    # Not set: no such rule, the egress stays closed.
+    for domain in ("government", "commercial"):
+        assert all(r.get("to") != [peer] for r in _policy(helm.template({}), f"fab-fabriek-{domain}")["egress"])
+
+
+def test_network_policy_dns_egress(helm):
+    peer = {"ipBlock": {"cidr": "169.254.20.10/32"}}
+    objects = helm.template({"networkPolicy": {"dnsEgress": [peer]}})
+    for name in ("fab-fabriek-head", "fab-fabriek-government", "fab-fabriek-commercial"):
+        [rule] = [r for r in _policy(objects, name)["egress"] if {"port": 53, "protocol": "UDP"} in r.get("ports", [])]
+        assert rule["to"] == [peer]
+
+
+def test_network_policy_api_server_egress_of_the_autoscaler(helm):
+    peer = {"ipBlock": {"cidr": "10.0.0.1/32"}}
+    head = _policy(helm.template({"networkPolicy": {"apiServerEgress": [peer]}}), "fab-fabriek-head")
+    [rule] = [r for r in head["egress"] if {"port": 6443, "protocol": "TCP"} in r.get("ports", [])]
+    assert rule["to"] == [peer]
+    # Without the autoscaler the head needs no Kubernetes API.
+    head = _policy(helm.template({"autoscaling": {"enabled": False}}), "fab-fabriek-head")
+    assert not [r for r in head["egress"] if {"port": 6443, "protocol": "TCP"} in r.get("ports", [])]
+
+
+def test_network_policy_extra_egress_on_every_ray_pod(helm):
+    rule = {"to": [{"ipBlock": {"cidr": "10.40.0.9/32"}}], "ports": [{"port": 4317, "protocol": "TCP"}]}
+    objects = helm.template({"networkPolicy": {"extraEgress": [rule]}})
+    for name in ("fab-fabriek-head", "fab-fabriek-government", "fab-fabriek-commercial"):
+        assert rule in _policy(objects, name)["egress"]
+
+
+def test_ray_ports_set_ray_start_and_the_policies(helm):
+    ports = {"nodeManager": 7000, "objectManager": 7001, "dashboardAgentGrpc": 7002,
+             "dashboardAgentListen": 7003, "minWorker": 20000, "maxWorker": 20999}
+    objects = helm.template({"rayPorts": ports})
+    for group in pod_groups(objects).values():
+        params = group["rayStartParams"]
+        assert (params["node-manager-port"], params["object-manager-port"], params["dashboard-agent-grpc-port"],
+                params["dashboard-agent-listen-port"], params["min-worker-port"], params["max-worker-port"]) == (
+            "7000", "7001", "7002", "7003", "20000", "20999")
+    government = _policy(objects, "fab-fabriek-government")
+    [from_head] = [r for r in government["ingress"] if r.get("from", [{}])[0].get("podSelector", {}).get(
+        "matchLabels", {}).get("app.kubernetes.io/component") == "head"]
+    assert from_head["ports"] == [{"port": p, "protocol": "TCP"} for p in (7000, 7001, 7002, 7003)] + [
+        {"port": 20000, "endPort": 20999, "protocol": "TCP"}]
+
+
+def test_ray_serve_proxy_without_haproxy_needs_no_fallback_proxy_ports(helm):
+    objects = helm.template({"platform": {"serve": {"proxy": "ray"}}})
+    to_head = [r for r in _policy(objects, "fab-fabriek-government")["egress"] if "ports" in r and "to" in r
+               and {"port": 6379, "protocol": "TCP"} in r["ports"]]
+    assert [{"port": 8500, "protocol": "TCP"} in r["ports"] for r in to_head] == [False]
 
 
 def test_pod_disruption_budget_disabled(helm):
@@ -54,6 +138,8 @@ def test_pod_disruption_budget_disabled(helm):
 def test_pod_disruption_budget_max_unavailable(helm):
     budgets = by_kind(helm.template({"podDisruptionBudget": {"maxUnavailable": 2}}), "PodDisruptionBudget")
     assert [b["spec"]["maxUnavailable"] for b in budgets] == [2, 2]
+    # Per pool, as before domains: a drain takes at most that many of one pool's workers.
+    assert [b["spec"]["selector"]["matchLabels"]["fabriek.ai/pool"] for b in budgets] == ["government", "commercial"]
 
 
 def test_service_monitor_enabled(helm):
@@ -117,40 +203,62 @@ def test_tracing_off_by_default(helm):
         assert not [e for e in spec["containers"][0]["env"] if e["name"].startswith("OTEL_")]
 
 
-def test_existing_secret_is_mounted_instead_of_a_generated_one(helm):
-    objects = helm.template({"secret": {"existingSecret": "fabriek-keys"}})
-    assert not by_kind(objects, "Secret")
-    for pod in _pod_specs(objects).values():
-        [volume] = [v for v in pod["volumes"] if v["name"] == "fabriek-secret"]
-        assert volume["secret"]["secretName"] == "fabriek-keys"
+def test_a_domains_existing_secret_is_mounted_instead_of_a_generated_one(helm):
+    objects = helm.template({"secret": {"domains": {"government": {"existingSecret": "fabriek-keys-gov"}}}})
+    assert _names(objects, "Secret") == ["fab-fabriek-commercial", "fab-fabriek-secrets"]
+    pods = _pod_specs(objects)
+    [volume] = [v for v in pods["government"]["volumes"] if v.get("secret")]
+    assert volume["secret"]["secretName"] == "fabriek-keys-gov"
+    [env] = [e for e in pods["government"]["containers"][0]["env"] if e["name"] == "FABRIEK_USAGE_DATABASE_URL"]
+    assert env["valueFrom"]["secretKeyRef"]["name"] == "fabriek-keys-gov"
+    [volume] = [v for v in pods["commercial"]["volumes"] if v.get("secret")]
+    assert volume["secret"]["secretName"] == "fab-fabriek-commercial"
 
 
-def test_api_keys_cache_salt_and_usage_database_go_into_the_secret(helm):
+def test_a_domains_api_keys_cache_salt_and_usage_database_go_into_its_secret_only(helm):
     keys = '{"version": 1, "keys": []}'
-    [secret] = by_kind(helm.template({"secret": {"apiKeys": keys, "cacheSaltSecret": "ab" * 32,
-                                                 "usageDatabaseUrl": "postgresql://db/usage"}}), "Secret")
-    data = {k: v for k, v in secret["stringData"].items() if k != "auth_token"}
-    assert data == {"api-keys.json": keys, "cache-salt.secret": "ab" * 32,
-                    "usage-database-url": "postgresql://db/usage"}
+    objects = helm.template({"secret": {"domains": {"commercial": {
+        "apiKeys": keys, "cacheSaltSecret": "ab" * 32, "usageDatabaseUrl": "postgresql://db/usage_commercial"}}}})
+    secrets = {s["metadata"]["name"]: s["stringData"] for s in by_kind(objects, "Secret")}
+    assert secrets["fab-fabriek-commercial"] == {"api-keys.json": keys, "cache-salt.secret": "ab" * 32,
+                                                 "usage-database-url": "postgresql://db/usage_commercial"}
+    assert "usage-database-url" not in secrets["fab-fabriek-government"]
+    assert secrets["fab-fabriek-government"]["cache-salt.secret"] != "ab" * 32
 
 
-def test_a_key_file_from_fabriek_keys_works_from_the_rendered_secret(helm, tmp_path):
+def test_a_key_file_from_fabriek_keys_works_from_the_rendered_domain_secret(helm, tmp_path):
     from routers import KeyFile
 
     made = KeyFile(tmp_path / "made.json")
     key, record = made.create("pilot-mkb", {"pilot-mkb"})
-    [secret] = by_kind(helm.template({"secret": {"apiKeys": made.path.read_text()}}), "Secret")
+    objects = helm.template({"secret": {"domains": {"commercial": {"apiKeys": made.path.read_text()}}}})
+    secrets = {s["metadata"]["name"]: s["stringData"] for s in by_kind(objects, "Secret")}
     mounted = tmp_path / "mounted.json"
-    mounted.write_text(secret["stringData"]["api-keys.json"])
-    # The ingress reads the mounted file: the key printed once authenticates against it.
+    mounted.write_text(secrets["fab-fabriek-commercial"]["api-keys.json"])
+    # The commercial ingress reads the mounted file: the key printed once authenticates against it.
     assert KeyFile(mounted).read().authenticate(key).key_id == record.key_id
 
 
-def test_ray_token_auth_uses_the_chart_secret(helm):
+def test_fabriek_keys_create_writes_the_tenants_domain_key_file_at_the_mounted_path(tmp_path, monkeypatch):
+    """The keys workflow of deploy/README.md: the chart's config with the mount root
+    replaced by a local folder; `keys create` writes <folder>/<domain>/api-keys.json."""
+    from serving.cli import main
+
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["platform"]
+    defaults["auth"] = {"key_file": str(tmp_path / "{domain}" / "api-keys.json"),
+                        "cache_salt_secret_file": str(tmp_path / "{domain}" / "cache-salt.secret")}
+    config = tmp_path / "platform.yaml"
+    config.write_text(yaml.safe_dump(defaults))
+    assert main(["keys", "create", "--tenant", "pilot-mkb", "--config", str(config)]) == 0
+    assert (tmp_path / "commercial" / "api-keys.json").is_file()
+    assert not (tmp_path / "government" / "api-keys.json").exists()
+
+
+def test_ray_token_auth_uses_the_shared_secret(helm):
     objects = helm.template()
     [service] = by_kind(objects, "RayService")
     assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token", "secretName": "fab-fabriek-secrets"}
-    [secret] = by_kind(objects, "Secret")
+    [secret] = [s for s in by_kind(objects, "Secret") if s["metadata"]["name"] == "fab-fabriek-secrets"]
     assert len(secret["stringData"]["auth_token"]) >= 32
 
 
@@ -158,8 +266,13 @@ def test_ray_token_auth_disabled(helm):
     objects = helm.template({"rayAuth": {"mode": "disabled"}})
     [service] = by_kind(objects, "RayService")
     assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "disabled"}
-    [secret] = by_kind(objects, "Secret")
-    assert "auth_token" not in secret["stringData"]
+    assert _names(objects, "Secret") == ["fab-fabriek-commercial", "fab-fabriek-government"]
+
+
+def test_ledger_url_env_names_the_variable_the_domain_secret_fills(helm):
+    objects = helm.template({"platform": {"ledger": {"url_env": "USAGE_DB"}}})
+    env = [e["name"] for e in _pod_specs(objects)["government"]["containers"][0]["env"]]
+    assert "USAGE_DB" in env and "FABRIEK_USAGE_DATABASE_URL" not in env
 
 
 def test_dashboard_service_type(helm):
@@ -219,7 +332,11 @@ SCHEMA_ERRORS = {
     "negative gpus": ({"workerGroups": {"government": {"gpus": -1}}}, "/workerGroups/government/gpus"),
     "unknown worker group key": ({"workerGroups": {"government": {"gpu": 8}}}, "'gpu' not allowed"),
     "empty image tag": ({"image": {"tag": ""}}, "/image/tag"),
-    "bad cache salt": ({"secret": {"cacheSaltSecret": "not-hex"}}, "/secret/cacheSaltSecret"),
+    "bad cache salt": ({"secret": {"domains": {"government": {"cacheSaltSecret": "not-hex"}}}},
+                       "/secret/domains/government/cacheSaltSecret"),
+    "secret for a name no domain can have": ({"secret": {"domains": {"military": {}}}}, "invalid propertyName 'military'"),
+    "old single secret value": ({"secret": {"apiKeys": "{}"}}, "additional properties 'apiKeys' not allowed"),
+    "ray port out of range": ({"rayPorts": {"nodeManager": 80}}, "/rayPorts/nodeManager"),
     "bad service type": ({"services": {"dashboard": {"type": "Public"}}}, "/services/dashboard/type"),
 }
 
@@ -254,7 +371,33 @@ CONTRADICTIONS = {
          "workerGroups": {"commercial": None}},
         "platform.classes.commercial.pools: unknown pool commercial"),
     "api keys not a key file": (
-        {"secret": {"apiKeys": "hello"}}, "secret.apiKeys: not a fabriek key file"),
+        {"secret": {"domains": {"government": {"apiKeys": "hello"}}}},
+        "secret.domains.government.apiKeys: not a fabriek key file"),
+    "pool that no class uses": (
+        {"platform": {"classes": {"commercial": {"pools": ["government"]}},
+                      "tenants": [{"id": "rijksoverheid-chat", "class": "government", "models": ["eurollm-9b-instruct"]}]},
+         "secret": {"domains": {"government": None, "commercial": None}}},
+        "platform.pools[commercial]: no tenant class uses it, so it is in no isolation domain"),
+    "secret for a domain the config does not derive": (
+        {"secret": {"domains": {"research": {"apiKeys": ""}}}},
+        "secret.domains.research: the config has no isolation domain research (domains: government, commercial)"),
+    "another domain's key in a domain's key file": (
+        {"secret": {"domains": {"government": {"apiKeys": json.dumps({"version": 1, "keys": [
+            {"key_id": "fab_k1", "tenant_id": "pilot-mkb"}]})}}}},
+        "secret.domains.government.apiKeys: key fab_k1 is for tenant pilot-mkb, which is not a tenant of domain government"),
+    "one ledger url for every domain": (
+        {"platform": {"ledger": {"url": "postgresql://db/usage"}}},
+        "platform.ledger.url: 2 isolation domains (government, commercial) would share one usage database"),
+    "worker group setting its own resources": (
+        {"workerGroups": {"government": {"rayStartParams": {"resources": '{"domain_commercial": 1}'}}}},
+        "workerGroups.government.rayStartParams.resources: set by the chart"),
+    "head setting a ray port": (
+        {"head": {"rayStartParams": {"min-worker-port": "30000"}}}, "head.rayStartParams.min-worker-port: set by the chart"),
+    "worker group relabelling its domain": (
+        {"workerGroups": {"commercial": {"labels": {"fabriek.ai/domain": "government"}}}},
+        "workerGroups.commercial.labels.fabriek.ai/domain: set by the chart"),
+    "worker port range upside down": (
+        {"rayPorts": {"minWorker": 20000, "maxWorker": 10000}}, "rayPorts: need minWorker <= maxWorker"),
 }
 
 

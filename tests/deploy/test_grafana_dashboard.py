@@ -48,7 +48,7 @@ def test_every_query_uses_the_chosen_datasource_and_balances_its_brackets():
 def test_fabrieks_metrics_in_queries_are_the_ones_the_platform_defines():
     # PlatformMetrics creates Ray metrics in __init__; read their names from its source rather
     # than start Ray in this process.
-    source = (REPO / "serving" / "metrics.py").read_text()
+    source = (REPO / "serving" / "records" / "metrics.py").read_text()
     defined = set(re.findall(r'"(fabriek_[a-z_]+)"', source))
     used = {name for _, target in _targets() for name in re.findall(r"ray_(fabriek_[a-z_]+)", target["expr"])}
     # Prometheus names: a counter gains _total, a histogram _bucket, _sum and _count.
@@ -61,3 +61,12 @@ def test_pool_and_tenant_class_filters_come_from_fabrieks_labels():
     variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
     assert variables["pool"]["definition"] == "label_values(ray_fabriek_requests_total, pool)"
     assert variables["tenant_class"]["definition"] == "label_values(ray_fabriek_requests_total, tenant_class)"
+
+
+def test_domain_filter_is_the_serve_application_of_each_isolation_domain():
+    # One Serve application per domain (serving/app.py): Ray Serve's series say which.
+    variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
+    assert variables["domain"]["definition"] == "label_values(ray_serve_deployment_replica_healthy, application)"
+    serve_queries = [t["expr"] for _, t in _targets() if "ray_serve_" in t["expr"]]
+    assert serve_queries and all('application=~"$domain"' in expr for expr in serve_queries)
+    assert 'application=\\"fabriek\\"' not in json.dumps(DASHBOARD)

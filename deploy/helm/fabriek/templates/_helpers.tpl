@@ -31,8 +31,96 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: fabriek
 {{- end -}}
 
+{{/* The Secret shared by every pod: Ray's token only (KubeRay's authOptions; one control plane). */}}
 {{- define "fabriek.secretName" -}}
-{{- .Values.secret.existingSecret | default (printf "%s-secrets" (include "fabriek.fullname" .)) -}}
+{{- printf "%s-secrets" (include "fabriek.fullname" .) -}}
+{{- end -}}
+
+{{/*
+The isolation domains, derived as routers/isolation_domains.py derives them: classes that
+share a pool share a domain (transitively). Each class starts labelled with its own name;
+every pass gives both classes of a shared pool the smaller label. With at most 3 classes
+(the TenantClass enum) no two classes are more than 2 shares apart, so 3 passes reach the
+closure. A domain is named by its classes, sorted and joined with "-"; its pools keep config
+order, and domains follow the order of their first pool. Pools no class uses are in none.
+Returns JSON: {"domains": [{"name", "classes", "pools"}], "byPool": {pool: domain}}.
+*/}}
+{{- define "fabriek.domains" -}}
+{{- $classPools := dict -}}
+{{- range $class, $spec := (.Values.platform.classes | default dict) -}}
+{{- if $spec }}{{ $_ := set $classPools $class ($spec.pools | default list) }}{{ end -}}
+{{- end -}}
+{{- $label := dict -}}
+{{- range $class, $_ := $classPools }}{{ $_ := set $label $class $class }}{{ end -}}
+{{- range $pass := until 3 -}}
+{{- range $a, $poolsA := $classPools -}}
+{{- range $b, $poolsB := $classPools -}}
+{{- $shared := false -}}
+{{- range $poolsA }}{{ if has . $poolsB }}{{ $shared = true }}{{ end }}{{ end -}}
+{{- if $shared -}}
+{{- $la := index $label $a -}}
+{{- $lb := index $label $b -}}
+{{- $least := $lb -}}
+{{- if lt $la $lb }}{{ $least = $la }}{{ end -}}
+{{- $_ := set $label $a $least -}}
+{{- $_ := set $label $b $least -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $domains := list -}}
+{{- $byPool := dict -}}
+{{- $seen := dict -}}
+{{- range $pool := .Values.platform.pools -}}
+{{- $root := "" -}}
+{{- range $class, $pools := $classPools }}{{ if and (not $root) (has $pool.name $pools) }}{{ $root = index $label $class }}{{ end }}{{ end -}}
+{{- if and $root (not (hasKey $seen $root)) -}}
+{{- $classes := list -}}
+{{- range $class, $l := $label }}{{ if eq $l $root }}{{ $classes = append $classes $class }}{{ end }}{{ end -}}
+{{- $name := join "-" ($classes | sortAlpha) -}}
+{{- $members := list -}}
+{{- range $p := $.Values.platform.pools -}}
+{{- range $class := $classes }}{{ if and (has $p.name (index $classPools $class)) (not (has $p.name $members)) }}{{ $members = append $members $p.name }}{{ end }}{{ end -}}
+{{- end -}}
+{{- range $members }}{{ $_ := set $byPool . $name }}{{ end -}}
+{{- $_ := set $seen $root $name -}}
+{{- $domains = append $domains (dict "name" $name "classes" ($classes | sortAlpha) "pools" $members) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (dict "domains" $domains "byPool" $byPool) -}}
+{{- end -}}
+
+{{/* The domains as a list (see fabriek.domains). */}}
+{{- define "fabriek.domainList" -}}
+{{- toJson (include "fabriek.domains" . | fromJson).domains -}}
+{{- end -}}
+
+{{/* A domain's Secret settings: secret.domains.<name>, empty where not given. Call with (dict "root" $ "domain" NAME). */}}
+{{- define "fabriek.domainSecretValues" -}}
+{{- toJson (index (.root.Values.secret.domains | default dict) .domain | default dict) -}}
+{{- end -}}
+
+{{/* A domain's Secret: key hashes, cache salt, ledger URL. Call with (dict "root" $ "domain" NAME). */}}
+{{- define "fabriek.domainSecretName" -}}
+{{- $values := include "fabriek.domainSecretValues" . | fromJson -}}
+{{- $values.existingSecret | default (include "fabriek.domainFullname" .) -}}
+{{- end -}}
+
+{{/* A domain's object names: RELEASE-fabriek-<domain>. */}}
+{{- define "fabriek.domainFullname" -}}
+{{- printf "%s-%s" (include "fabriek.fullname" .root) .domain | trunc 55 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels that select one domain's worker pods (never the head, never another domain's). */}}
+{{- define "fabriek.domainSelectorLabels" -}}
+{{ include "fabriek.selectorLabels" .root }}
+fabriek.ai/domain: {{ .domain }}
+{{- end -}}
+
+{{/* Labels that select the head pod. */}}
+{{- define "fabriek.headSelectorLabels" -}}
+{{ include "fabriek.selectorLabels" . }}
+app.kubernetes.io/component: head
 {{- end -}}
 
 {{- define "fabriek.serviceAccountName" -}}
@@ -43,21 +131,30 @@ app.kubernetes.io/part-of: fabriek
 {{- end -}}
 {{- end -}}
 
-{{/* Where the Secret is mounted in every Ray pod; the platform config points there. */}}
-{{- define "fabriek.secretDir" -}}/etc/fabriek/secret{{- end -}}
+{{/*
+Where each domain's Secret is mounted, in that domain's worker pods only:
+/etc/fabriek/secrets/<domain>/. The platform config names it with {domain}.
+*/}}
+{{- define "fabriek.secretsDir" -}}/etc/fabriek/secrets{{- end -}}
 
 {{/*
-The platform config as the app receives it: the values' `platform`, with the key file and
-the cache salt secret in the mounted Secret (every ingress replica, on whichever pod,
-reads the same files).
+The platform config as every domain's app receives it: the values' `platform`, with the key
+file and the cache salt secret in the domain's mounted Secret (`{domain}` in the paths;
+serving/config/auth_specs.py). Each app cuts its own domain out of it
+(serving/config/domains.py), so a domain's processes know only its tenants.
 */}}
 {{- define "fabriek.platformConfig" -}}
 {{- $platform := deepCopy .Values.platform -}}
 {{- $auth := deepCopy (default (dict) $platform.auth) -}}
-{{- $_ := set $auth "key_file" (printf "%s/api-keys.json" (include "fabriek.secretDir" .)) -}}
-{{- $_ := set $auth "cache_salt_secret_file" (printf "%s/cache-salt.secret" (include "fabriek.secretDir" .)) -}}
+{{- $_ := set $auth "key_file" (printf "%s/{domain}/api-keys.json" (include "fabriek.secretsDir" .)) -}}
+{{- $_ := set $auth "cache_salt_secret_file" (printf "%s/{domain}/cache-salt.secret" (include "fabriek.secretsDir" .)) -}}
 {{- $_ := set $platform "auth" $auth -}}
 {{- toYaml $platform -}}
+{{- end -}}
+
+{{/* The environment variable the usage ledger reads its URL from (platform.ledger.url_env). */}}
+{{- define "fabriek.ledgerUrlEnv" -}}
+{{- ((.Values.platform.ledger).url_env) | default "FABRIEK_USAGE_DATABASE_URL" -}}
 {{- end -}}
 
 {{- define "fabriek.httpPort" -}}
@@ -69,14 +166,19 @@ reads the same files).
 {{- end -}}
 
 {{/*
-Ray Serve's config for the RayService: the same application entry as
-deploy/serve-config.yaml, with the platform config inline.
+Ray Serve's config for the RayService: one application per isolation domain, as in
+deploy/serve-config.yaml (name = domain, route prefix /<domain>), with the platform config
+inline and the domain it builds.
 */}}
 {{- define "fabriek.serveConfig" -}}
-{{- $app := dict "name" "fabriek" "route_prefix" "/" "import_path" "serving.app:build_app" "args" (dict "config" (include "fabriek.platformConfig" . | fromYaml)) -}}
+{{- $platform := include "fabriek.platformConfig" . | fromYaml -}}
+{{- $apps := list -}}
+{{- range $domain := include "fabriek.domainList" . | fromJsonArray -}}
+{{- $apps = append $apps (dict "name" $domain.name "route_prefix" (printf "/%s" $domain.name) "import_path" "serving.app:build_app" "args" (dict "config" $platform "domain" $domain.name)) -}}
+{{- end -}}
 {{- $http := dict "host" "0.0.0.0" "port" (include "fabriek.httpPort" . | int) -}}
 {{- $grpc := dict "port" (include "fabriek.grpcPort" . | int) "grpc_servicer_functions" .Values.grpc.servicerFunctions -}}
-{{- $config := dict "proxy_location" "EveryNode" "http_options" $http "grpc_options" $grpc "applications" (list $app) -}}
+{{- $config := dict "proxy_location" "EveryNode" "http_options" $http "grpc_options" $grpc "applications" $apps -}}
 {{- with .Values.tracing }}{{ if .otlpEndpoint -}}
 {{- /* What serving.records.tracing.serve_tracing_config derives from the OTEL_* variables below. */ -}}
 {{- $_ := set $config "tracing_config" (dict "enabled" true "exporter_import_path" "serving.records.tracing:span_processors" "sampling_ratio" .samplingRatio) -}}
@@ -86,8 +188,8 @@ deploy/serve-config.yaml, with the platform config inline.
 
 {{/*
 Environment of every Ray process: Ray Serve's data-path settings from `platform.serve`
-(what `fabriek config ray-env` prints; the chart tests compare the two), and the usage
-database URL from the Secret.
+(what `fabriek config ray-env` prints; the chart tests compare the two). A worker's
+domain adds its usage database URL (fabriek.rayContainer).
 */}}
 {{- define "fabriek.rayEnv" -}}
 {{- $serve := default (dict) .Values.platform.serve -}}
@@ -120,12 +222,20 @@ database URL from the Secret.
 - name: FABRIEK_VLLM_TRACES
   value: {{ ternary "on" "off" .vllmSpans | quote }}
 {{- end }}{{ end }}
-- name: FABRIEK_USAGE_DATABASE_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "fabriek.secretName" . }}
-      key: usage-database-url
-      optional: true
+{{- end -}}
+
+{{/*
+Ray's own ports, fixed (`rayPorts`) so that the NetworkPolicies can name them: the raylet
+(node manager), the object manager, the dashboard agent (gRPC and HTTP) and the range
+Ray's worker processes (actors, tasks) listen in. The head's GCS is 6379 (KubeRay's default).
+*/}}
+{{- define "fabriek.rayPortParams" -}}
+node-manager-port: {{ .Values.rayPorts.nodeManager | quote }}
+object-manager-port: {{ .Values.rayPorts.objectManager | quote }}
+dashboard-agent-grpc-port: {{ .Values.rayPorts.dashboardAgentGrpc | quote }}
+dashboard-agent-listen-port: {{ .Values.rayPorts.dashboardAgentListen | quote }}
+min-worker-port: {{ .Values.rayPorts.minWorker | quote }}
+max-worker-port: {{ .Values.rayPorts.maxWorker | quote }}
 {{- end -}}
 
 {{/* The Ray container's ports: every node runs a Serve proxy (proxy_location EveryNode). */}}
@@ -140,7 +250,8 @@ database URL from the Secret.
 
 {{/*
 A Ray container: `group` is the head's or a worker group's values, `extraMounts` the
-chart's own mounts. Called with (dict "root" $ "group" $group "name" "ray-head" ...).
+chart's own mounts, `domain` the worker group's isolation domain (empty for the head, which
+gets no domain's Secret). Called with (dict "root" $ "group" $group "name" "ray-head" ...).
 */}}
 {{- define "fabriek.rayContainer" -}}
 {{- $root := .root -}}
@@ -151,6 +262,15 @@ chart's own mounts. Called with (dict "root" $ "group" $group "name" "ray-head" 
     {{- .ports | nindent 4 }}
   env:
     {{- include "fabriek.rayEnv" $root | nindent 4 }}
+    {{- if .domain }}
+    {{- /* The domain's own usage database, from the domain's own Secret. */}}
+    - name: {{ include "fabriek.ledgerUrlEnv" $root }}
+      valueFrom:
+        secretKeyRef:
+          name: {{ include "fabriek.domainSecretName" (dict "root" $root "domain" .domain) }}
+          key: usage-database-url
+          optional: true
+    {{- end }}
     {{- with .group.env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -168,9 +288,11 @@ chart's own mounts. Called with (dict "root" $ "group" $group "name" "ray-head" 
       exec:
         command: ["/bin/sh", "-c", "ray stop"]
   volumeMounts:
-    - name: fabriek-secret
-      mountPath: {{ include "fabriek.secretDir" $root }}
+    {{- if .domain }}
+    - name: secret-{{ .domain }}
+      mountPath: {{ include "fabriek.secretsDir" $root }}/{{ .domain }}
       readOnly: true
+    {{- end }}
     {{- .extraMounts | nindent 4 }}
     {{- with .group.volumeMounts }}
     {{- toYaml . | nindent 4 }}
@@ -204,15 +326,17 @@ affinity:
 {{- end }}
 {{- end -}}
 
-{{/* The pod volumes every Ray pod has: the Secret, /dev/shm, and the group's own. */}}
+{{/* A Ray pod's volumes: its domain's Secret (workers only), /dev/shm, and the group's own. */}}
 {{- define "fabriek.podVolumes" -}}
-- name: fabriek-secret
+{{- if .domain }}
+- name: secret-{{ .domain }}
   secret:
-    secretName: {{ include "fabriek.secretName" .root }}
+    secretName: {{ include "fabriek.domainSecretName" (dict "root" .root "domain" .domain) }}
     defaultMode: 0440
     items:
       - {key: api-keys.json, path: api-keys.json}
       - {key: cache-salt.secret, path: cache-salt.secret}
+{{- end }}
 - name: dshm
   emptyDir:
     medium: Memory
@@ -220,4 +344,49 @@ affinity:
 {{- with .group.volumes }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/*
+NetworkPolicy ports of the Ray control plane. Towards the head (from a domain's workers):
+GCS, the raylet, the object manager, Ray's worker processes (the Serve controller is one),
+and with HAProxy Ray Serve's fallback proxy on the head (RAY_SERVE_FALLBACK_PROXY_HTTP_PORT
+and _GRPC_PORT, 8500 and 9500 in Ray): each node's HAProxy counts it as a backup server of
+every application and is not ready to serve until some server of each is up.
+Called with (dict "rp" .Values.rayPorts "haproxy" BOOL).
+*/}}
+{{- define "fabriek.npHeadPorts" -}}
+- {port: 6379, protocol: TCP}
+- {port: {{ .rp.nodeManager }}, protocol: TCP}
+- {port: {{ .rp.objectManager }}, protocol: TCP}
+- {port: {{ .rp.minWorker }}, endPort: {{ .rp.maxWorker }}, protocol: TCP}
+{{- if .haproxy }}
+- {port: 8500, protocol: TCP}
+- {port: 9500, protocol: TCP}
+{{- end }}
+{{- end -}}
+
+{{/*
+Towards a domain's workers (from the head): the raylet (GCS leases workers and health-checks
+it there), the object manager, the dashboard agent (gRPC and HTTP: the dashboard's node,
+log and state views) and Ray's worker processes (the controller calls the replicas).
+Called with .Values.rayPorts.
+*/}}
+{{- define "fabriek.npWorkerPorts" -}}
+- {port: {{ .nodeManager }}, protocol: TCP}
+- {port: {{ .objectManager }}, protocol: TCP}
+- {port: {{ .dashboardAgentGrpc }}, protocol: TCP}
+- {port: {{ .dashboardAgentListen }}, protocol: TCP}
+- {port: {{ .minWorker }}, endPort: {{ .maxWorker }}, protocol: TCP}
+{{- end -}}
+
+{{/* Egress to the cluster DNS (networkPolicy.dnsEgress). Called with .Values.networkPolicy. */}}
+{{- define "fabriek.npDnsEgress" -}}
+# DNS.
+- ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+  {{- with .dnsEgress }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 {{- end -}}

@@ -49,14 +49,72 @@ each other fail rendering with a message naming the value and the fix.
 {{- end -}}
 {{- with (.Values.platform.auth) -}}
 {{- if or .key_file .cache_salt_secret_file -}}
-{{- $messages = append $messages "platform.auth: key_file and cache_salt_secret_file are set by the chart (the mounted Secret); remove them and use the secret.* values" -}}
+{{- $messages = append $messages "platform.auth: key_file and cache_salt_secret_file are set by the chart (each domain's mounted Secret); remove them and use the secret.domains.<domain>.* values" -}}
 {{- end -}}
 {{- end -}}
-{{- if and (not .Values.secret.existingSecret) .Values.secret.apiKeys -}}
-{{- $keys := .Values.secret.apiKeys | fromJson -}}
+{{- /* Isolation domains (fabriek.domains): every pool in one, every Secret for one. */ -}}
+{{- $derived := include "fabriek.domains" . | fromJson -}}
+{{- $domainNames := list -}}
+{{- range $derived.domains }}{{ $domainNames = append $domainNames .name }}{{ end -}}
+{{- range $pool := .Values.platform.pools -}}
+{{- if not (hasKey $derived.byPool $pool.name) -}}
+{{- $messages = append $messages (printf "platform.pools[%s]: no tenant class uses it, so it is in no isolation domain and would not be deployed; add it to a class's pools under platform.classes, or remove the pool (and workerGroups.%s)" $pool.name $pool.name) -}}
+{{- end -}}
+{{- end -}}
+{{- $classDomain := dict -}}
+{{- range $derived.domains }}{{ $d := .name }}{{ range .classes }}{{ $_ := set $classDomain . $d }}{{ end }}{{ end -}}
+{{- range $name, $spec := (.Values.secret.domains | default dict) -}}
+{{- if $spec -}}
+{{- if not (has $name $domainNames) -}}
+{{- $messages = append $messages (printf "secret.domains.%s: the config has no isolation domain %s (domains: %s); rename the entry to its domain, or set secret.domains.%s to null to drop it" $name $name (join ", " $domainNames) $name) -}}
+{{- else if and (not $spec.existingSecret) $spec.apiKeys -}}
+{{- $keys := $spec.apiKeys | fromJson -}}
 {{- if or (hasKey $keys "Error") (ne (toString (index $keys "version")) "1") -}}
-{{- $messages = append $messages "secret.apiKeys: not a fabriek key file (JSON with \"version\": 1); use the file `fabriek keys create` writes" -}}
+{{- $messages = append $messages (printf "secret.domains.%s.apiKeys: not a fabriek key file (JSON with \"version\": 1); use the file `fabriek keys create` writes" $name) -}}
+{{- else -}}
+{{- /* A domain's key file holds its own tenants' keys only. */ -}}
+{{- range $record := (index $keys "keys" | default list) -}}
+{{- $tenantDomain := "" -}}
+{{- range $.Values.platform.tenants }}{{ if eq .id $record.tenant_id }}{{ $tenantDomain = index $classDomain (index . "class") | default "" }}{{ end }}{{ end -}}
+{{- if ne $tenantDomain $name -}}
+{{- $messages = append $messages (printf "secret.domains.%s.apiKeys: key %s is for tenant %s, which is not a tenant of domain %s; put it into that tenant's domain's key file (`fabriek keys create --tenant` writes there)" $name (toString $record.key_id) (toString $record.tenant_id) $name) -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- with (.Values.platform.ledger) -}}
+{{- if and .url (gt (len $domainNames) 1) (not (contains "{domain}" .url)) -}}
+{{- $messages = append $messages (printf "platform.ledger.url: %d isolation domains (%s) would share one usage database; put {domain} in the URL, or leave it out and set secret.domains.<domain>.usageDatabaseUrl" (len $domainNames) (join ", " $domainNames)) -}}
+{{- end -}}
+{{- end -}}
+{{- /* What the chart sets itself: placement resources, Ray's ports, the labels policies select. */ -}}
+{{- $portParams := list "node-manager-port" "object-manager-port" "dashboard-agent-grpc-port" "dashboard-agent-listen-port" "min-worker-port" "max-worker-port" -}}
+{{- range $key, $_ := (.Values.head.rayStartParams | default dict) -}}
+{{- if has $key (concat $portParams (list "resources" "num-gpus" "dashboard-host" "metrics-export-port")) -}}
+{{- $messages = append $messages (printf "head.rayStartParams.%s: set by the chart (rayPorts, metrics.port; no GPUs or domain resources on the head); remove it" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- range $group, $spec := (.Values.workerGroups | default dict) -}}
+{{- range $key, $_ := ($spec.rayStartParams | default dict) -}}
+{{- if has $key (concat $portParams (list "resources" "num-gpus" "metrics-export-port")) -}}
+{{- $messages = append $messages (printf "workerGroups.%s.rayStartParams.%s: set by the chart (pool and domain resources, gpus, rayPorts, metrics.port); remove it" $group $key) -}}
+{{- end -}}
+{{- end -}}
+{{- range $key, $_ := ($spec.labels | default dict) -}}
+{{- if or (hasPrefix "fabriek.ai/" $key) (hasPrefix "app.kubernetes.io/" $key) -}}
+{{- $messages = append $messages (printf "workerGroups.%s.labels.%s: set by the chart (the Services and NetworkPolicies select on it); use another label" $group $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $key, $_ := (.Values.head.labels | default dict) -}}
+{{- if or (hasPrefix "fabriek.ai/" $key) (hasPrefix "app.kubernetes.io/" $key) -}}
+{{- $messages = append $messages (printf "head.labels.%s: set by the chart (the NetworkPolicies select on it); use another label" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if gt (int .Values.rayPorts.minWorker) (int .Values.rayPorts.maxWorker) -}}
+{{- $messages = append $messages (printf "rayPorts: need minWorker <= maxWorker (got %v > %v)" .Values.rayPorts.minWorker .Values.rayPorts.maxWorker) -}}
 {{- end -}}
 {{- if and .Values.ingress.enabled (not .Values.ingress.host) .Values.ingress.tls -}}
 {{- $messages = append $messages "ingress.tls: TLS needs ingress.host" -}}
