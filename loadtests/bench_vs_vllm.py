@@ -87,9 +87,12 @@ def engine_flags(engine_args: dict) -> list[str]:
     return flags
 
 
-def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start(cmd: list[str], log: Path, env: dict[str, str] | None = None,
+          cores: set[int] | None = None) -> subprocess.Popen:
+    """A server in a session of its own; on ``cores`` only (all its processes) if given."""
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=REPO, env={**CLEAN_ENV, **(env or {})})
+                            start_new_session=True, cwd=REPO, env={**CLEAN_ENV, **(env or {})},
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -189,11 +192,12 @@ async def measure(base: str, model: str, args: argparse.Namespace, name: str) ->
 
 
 def run_server(name: str, cmd: list[str], base: str, ready_urls: list[str], model_id: str,
-               args, logs: Path, env: dict[str, str] | None = None, measure_with=None) -> PhaseResult:
+               args, logs: Path, env: dict[str, str] | None = None, measure_with=None,
+               cores: set[int] | None = None) -> PhaseResult:
     """Start one server, wait until every one of `ready_urls` answers 200, measure it at
     `base` (``measure`` unless ``measure_with`` is given), stop it."""
     log = logs / f"{name}.log"
-    process = start(cmd, log, env)
+    process = start(cmd, log, env, cores)
     try:
         ready_s = sum(wait_ready(url, process, log) for url in ready_urls)
         print(f"{name} ready in {ready_s:.0f} s", flush=True)
@@ -210,7 +214,10 @@ def run_vllm(model_dir: str, model_id: str, engine_args: dict, args, logs: Path,
            *engine_flags(engine_args)]
     args.api_key = None
     base = f"http://127.0.0.1:{port}"
-    return run_server("vllm", cmd, base, [f"{base}/v1/models"], model_id, args, logs, env)
+    # --vllm-cores: the whole server (API server included) on the cores fabriek gives the
+    # measured tenant's domain (engine and front door), for a comparison on the same cores.
+    cores = set(map(int, args.vllm_cores.split(","))) if args.vllm_cores else None
+    return run_server("vllm", cmd, base, [f"{base}/v1/models"], model_id, args, logs, env, cores=cores)
 
 
 def run_fabriek(model_id: str, args, logs: Path, env: dict[str, str] | None = None,
@@ -257,6 +264,8 @@ def main() -> None:
     parser.add_argument("--settle-s", type=float, default=20.0,
                         help="idle time after a server is ready, before warm-up and measurement")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench_vs_vllm.json")
+    parser.add_argument("--vllm-cores", default=None,
+                        help="run vLLM's whole server on these cores (e.g. 0: the government domain's core)")
     parser.add_argument("--only", choices=["vllm", "fabriek", "ray-stock"], default=None,
                         help="measure one server (for iterating); ratios need both")
     args = parser.parse_args()

@@ -4,18 +4,18 @@ A commercial tenant floods its pool at 4x its capacity (closed-loop workers that
 after a refusal: at once, or after Retry-After with ``--flood-retry retry-after``) while a
 government tenant sends steady chat traffic. Measured
 for two configs, each in two phases (government alone, then with the flood):
-  * isolated: the shipped config (government and commercial pools, each on its own core);
-  * shared: one pool serving both classes (no isolation), for contrast.
+  * isolated: the shipped config (two isolation domains: government and commercial pools,
+    each on its own core, each domain's front door on its pool's core);
+  * shared: one pool serving both classes (one domain, one front door: no isolation), for contrast.
 Reports government TTFT p50/p99 and errors (as its client saw them, and as the ingress
 measured them), and how the flood's requests were answered.
 
-Usage (after `make install`; ~7 minutes on a 2-core CPU machine):
+Usage (after `make install`; ~15 minutes on a 2-core CPU machine):
     .venv/bin/python loadtests/isolation.py [--phase-s 60] [--out results/isolation.json]
-The layout measured against the target (docs/benchmarks.md): the government engine alone
-on core 0, the platform beside the commercial engine on core 1, and both clients, which
-stand for other machines, given the CPU they need before the platform:
-    .venv/bin/python loadtests/isolation.py --only isolated --system-cpus 1 \
-        --client-group-nice -10 --flood-retry retry-after
+Measured against the target (docs/benchmarks.md, "Isolation domains"): the shipped config,
+the flood honouring Retry-After, and both clients, which stand for other machines, given
+the CPU they need before the platform:
+    .venv/bin/python loadtests/isolation.py --flood-retry retry-after --client-group-nice -10
 """
 
 from __future__ import annotations
