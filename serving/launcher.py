@@ -13,6 +13,7 @@ from pathlib import Path
 from serving.records import tracing
 from serving.config import BUILTIN_SCHEME, PlatformConfig
 from serving.config.cpu_lists import cores_of
+from serving.config.home import fabriek_home
 from serving.config.domains import domain_resource
 
 # Where Ray keeps (and, in token mode, creates) the cluster's auth token.
@@ -98,6 +99,11 @@ def serve_locally(config: PlatformConfig) -> int:
         for domain in domains:
             _say(f"API keys:      {config.auth.resolved_key_file(domain.name)} "
                  "(`fabriek keys create --tenant TENANT` makes one)")
+        legacy = fabriek_home() / "api-keys.json"
+        if config.auth.key_file is None and legacy.is_file():
+            # Before isolation domains all keys lived in one file; nothing reads it any more.
+            _say(f"note: {legacy} is no longer read (keys are kept per domain now); "
+                 "make new keys with `fabriek keys create --tenant TENANT`")
         if RAY_TOKEN_PATH.is_file():
             # Ray 2.60 protects a local cluster with a token by default (it can run code).
             _say(f"dashboard token: in {RAY_TOKEN_PATH} (paste it at the dashboard's login)")
