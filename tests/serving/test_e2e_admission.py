@@ -191,6 +191,13 @@ def test_killed_ingress_loses_no_usage_record(fabriek_server):
             process.send_signal(signal.SIGKILL)
         # The commercial domain's front door is another process: it never noticed.
         assert chat(fabriek_server, "pilot-demo").status_code == 200
+        # While the government front door is down, nothing answers for it elsewhere: a
+        # government request fails, or (once a replacement is up) runs on its own pool.
+        try:
+            during = chat(fabriek_server, "gov-demo")
+            assert during.status_code >= 500 or during.headers["x-fabriek-pool"] == "government"
+        except httpx.HTTPError:
+            pass  # refused at the connection: no front door, as it should be
     assert len(seen_ids) == 4
     ledger = UsageLedger(fabriek_server.ledger_url("gov-demo"))
     records = {r.request_id: r for r in ledger.records(tenant_id="gov-demo")}
@@ -227,7 +234,10 @@ def _grpc_answers(server) -> bool:
 
 def _status(server) -> int:
     try:
-        return chat(server, "gov-demo").status_code
+        answer = chat(server, "gov-demo")
     except httpx.HTTPError:
         return 0
+    if answer.status_code == 200:
+        assert answer.headers["x-fabriek-pool"] == "government"
+    return answer.status_code
 
