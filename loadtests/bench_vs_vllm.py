@@ -305,7 +305,7 @@ def main() -> None:
         },
     }
     args.out.write_text(json.dumps(report, indent=2))
-    print(f"\n| server | TTFT p50 (ms) | TTFT p99 (ms) | output tok/s @16 |\n|---|---|---|---|")
+    print("\n| server | TTFT p50 (ms) | TTFT p99 (ms) | output tok/s @16 |\n|---|---|---|---|")
     for r in (vllm, fabriek):
         print(f"| {r.server} | {r.ttft_p50_ms:.1f} | {r.ttft_p99_ms:.1f} | {r.c16_output_tokens_per_s:.1f} |")
     ratios = report["ratios"]

@@ -2,8 +2,8 @@
 
 Authentication and admission are decided by ``routers``; this module only takes the
 ``authorization`` value (an HTTP header or gRPC metadata), asks the readiness tracker which
-routes are up, and raises refusals as ``Refused``. Each protocol maps ``Refused`` with one
-table: HTTP statuses in ``serving.frontdoor.errors``, gRPC status codes in ``serving.frontdoor.grpc_status``.
+routes are up, and raises refusals as ``Refused`` (``serving.admission.refusals``, which
+also gives each reason its status; gRPC codes are in ``serving.frontdoor.grpc_status``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from typing import Callable, Iterable
 from routers import (Admission, AdmissionPipeline, AdmissionRequest, Authenticator, Candidate, KeyFile,
                      KeyFileWatcher, Rejection, Route, Tenancy, Tenant,
                      load_or_create_secret)
-from serving.admission.refusals import RETRY_AFTER_NOT_READY_S, Refused  # noqa: F401  (Refused: raised here)
-
-
+from serving.admission.refusals import Refused
 
 
 class TenantAccess:

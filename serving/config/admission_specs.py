@@ -6,10 +6,13 @@ idea. Each section converts to the policy core's own types (``routers``).
 
 from __future__ import annotations
 
+import os
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from routers.fair_queue import PoolLimits
 from routers.quota import QuotaLimits
+from serving.config.home import DOMAIN_PLACEHOLDER, default_ledger_url, domain_home
 
 
 class _Frozen(BaseModel):
@@ -70,17 +73,13 @@ class LedgerSpec(_Frozen):
     def resolved_url(self, domain: str) -> str:
         """The URL in effect for ``domain`` in this process: the variable's, the config's, or
         the default."""
-        import os
-
-        from serving.config.home import default_ledger_url, fabriek_home
-
         from_env = os.environ.get(self.url_env) if self.url_env else None
         if from_env:
             return from_env
         if self.url:
-            return self.url.replace("{domain}", domain)
-        return default_ledger_url((fabriek_home() / "domains" / domain).resolve())
+            return self.url.replace(DOMAIN_PLACEHOLDER, domain)
+        return default_ledger_url(domain_home(domain))
 
     def is_shared_by_domains(self) -> bool:
         """Whether the config names one database for every domain."""
-        return self.url is not None and "{domain}" not in self.url
+        return self.url is not None and DOMAIN_PLACEHOLDER not in self.url

@@ -12,10 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.config.home import fabriek_home
-
-# Stands for the domain's name in per-domain paths and URLs.
-DOMAIN_PLACEHOLDER = "{domain}"
+from serving.config.home import DOMAIN_PLACEHOLDER, domain_home
 
 
 class AuthSpec(BaseModel):
@@ -51,5 +48,5 @@ class AuthSpec(BaseModel):
 
 def _resolve(path: Path | None, default_name: str, domain: str) -> Path:
     if path is None:
-        return (fabriek_home() / "domains" / domain / default_name).resolve()
+        return domain_home(domain) / default_name
     return Path(str(path).replace(DOMAIN_PLACEHOLDER, domain)).expanduser().resolve()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from routers import IsolationDomain
-from serving.config.auth_specs import DOMAIN_PLACEHOLDER
+from serving.config.home import DOMAIN_PLACEHOLDER
 from serving.config.cpu_lists import cores_of
 from serving.config.schema import PlatformConfig, load_config
 
@@ -65,17 +65,16 @@ class FrontDoorPlacement:
 
     ray_resources: dict[str, float]
     cores: frozenset[int] | None
-    cpu_nice: int | None = RAY_WORKER_NICENESS
+    cpu_nice: int | None
 
 
 def front_door_placement(config: PlatformConfig, domain: IsolationDomain) -> FrontDoorPlacement:
     """The front door shares its domain's hardware and nothing else: its pools' nodes, and on
     one CPU machine its pools' cores at its pools' niceness (``ingress.cpu_nice`` overrides)."""
     pools = [p for p in config.pools if p.name in domain.pools]
-    binds = [p.cpu_threads_bind for p in pools]
-    cores = None
-    if binds and all(b is not None and cores_of(b) for b in binds):
-        cores = frozenset().union(*(cores_of(b) for b in binds))
+    # Pinned only where every pool names its cores (a GPU pool, or `auto`, names none).
+    bound = [cores_of(p.cpu_threads_bind) if p.cpu_threads_bind else None for p in pools]
+    cores = frozenset().union(*bound) if bound and all(bound) else None
     nices = [p.cpu_nice for p in pools if p.cpu_nice is not None]
     cpu_nice = config.ingress.cpu_nice if config.ingress.cpu_nice is not None else \
         min(nices, default=RAY_WORKER_NICENESS)

@@ -14,6 +14,15 @@ def fabriek_home() -> Path:
     return Path(cache).expanduser() / "fabriek"
 
 
+# Stands for the domain's name in per-domain paths and URLs of the config.
+DOMAIN_PLACEHOLDER = "{domain}"
+
+
+def domain_home(domain: str) -> Path:
+    """Where one isolation domain's keys, salt and (SQLite) ledger live by default."""
+    return (fabriek_home() / "domains" / domain).resolve()
+
+
 def default_ledger_url(home: Path) -> str:
     """The SQLite usage ledger under ``home``, where one machine keeps it by default."""
     return f"sqlite:///{home / 'usage.db'}"

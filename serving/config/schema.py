@@ -18,7 +18,8 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
 
 from routers import ClassPolicy, IsolationDomain, Tenancy, Tenant, TenantClass, derive_domains
 from serving.config.admission_specs import LedgerSpec, PoolAdmissionSpec, QuotaSpec
-from serving.config.auth_specs import DOMAIN_PLACEHOLDER, AuthSpec
+from serving.config.auth_specs import AuthSpec
+from serving.config.home import DOMAIN_PLACEHOLDER
 from serving.config.runtime_specs import DeploymentOptions, GrpcSpec, HttpSpec, IngressSpec, LocalClusterSpec, ServeRuntimeSpec
 from serving.config.library_settings import check_engine_args
 
@@ -39,6 +40,16 @@ POOL_RESOURCE_PER_REPLICA = 0.001
 
 # Library settings that pass through, checked against the library's own definitions.
 EngineArgs = Annotated[dict[str, Any], AfterValidator(check_engine_args)]
+
+
+def _dns_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(f"{value!r} must be lowercase letters, digits and '-'")
+    return value
+
+
+# Pool names and tenant ids name Ray resources, Kubernetes objects and ledger rows.
+DnsName = Annotated[str, AfterValidator(_dns_name)]
 
 
 class ConfigError(ValueError):
@@ -77,7 +88,7 @@ class ModelSpec(_Frozen):
 class PoolSpec(_Frozen):
     """A group of engine replicas on its own hardware, serving a set of models."""
 
-    name: str = Field(description="Lowercase DNS-style name, e.g. `government`.")
+    name: DnsName = Field(description="Lowercase DNS-style name, e.g. `government`.")
     accelerator: Literal["cpu", "gpu"] = Field(description="Hardware of the pool's replicas.")
     models: list[str] = Field(min_length=1, description="Model ids (from `models`) this pool serves.")
     engine_args: EngineArgs = Field(default_factory=dict, description=(
@@ -98,13 +109,6 @@ class PoolSpec(_Frozen):
         "the engine logs a warning and keeps Ray's."))
     admission: PoolAdmissionSpec = Field(default_factory=PoolAdmissionSpec, description=(
         "Capacity and queue of each engine deployment of the pool."))
-
-    @field_validator("name")
-    @classmethod
-    def _dns_name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(f"{value!r} must be lowercase letters, digits and '-'")
-        return value
 
     @field_validator("cpu_threads_bind")
     @classmethod
@@ -142,7 +146,7 @@ class TenantSpec(_Frozen):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    id: str = Field(description="Lowercase DNS-style tenant id, e.g. `gov-demo`.")
+    id: DnsName = Field(description="Lowercase DNS-style tenant id, e.g. `gov-demo`.")
     tenant_class: TenantClass = Field(alias="class", description=(
         "government, research or commercial; `classes` says which pools each may use."))
     models: list[str] = Field(min_length=1, description="Model ids (from `models`) the tenant may use.")
@@ -150,13 +154,6 @@ class TenantSpec(_Frozen):
     weight: float = Field(1.0, gt=0, description=(
         "Fair share within a pool relative to the other tenants there: a tenant of weight 2 "
         "gets twice the running requests of one of weight 1 when both have requests waiting."))
-
-    @field_validator("id")
-    @classmethod
-    def _dns_name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(f"{value!r} must be lowercase letters, digits and '-'")
-        return value
 
 
 

@@ -1,4 +1,5 @@
-"""A CPU pool's whole engine on its own cores, not only vLLM's compute threads.
+"""Where a process runs on a CPU machine: a pool's whole engine, and a domain's front door,
+on their own cores at their own niceness.
 
 vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` pins the model's OpenMP threads, but the replica
 process (request handling, detokenizing, streaming) and vLLM's engine-core process are
@@ -8,8 +9,9 @@ affinity), to the cores its pool's binding names; and, where the pool sets ``cpu
 takes that niceness, so that its engine wins its cores from the platform's own processes
 (which Ray runs at niceness 15) when both want them.
 
-Both act on the calling thread (Linux keeps affinity and niceness per thread); the engine's
-processes and threads started from it afterwards inherit them.
+The engine's settings act on the calling thread (Linux keeps affinity and niceness per
+thread); the engine's processes and threads started from it afterwards inherit them. A
+front door, a Ray worker whose threads exist before its code runs, sets every thread.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ logger = logging.getLogger("fabriek.cpu_affinity")
 
 # The pool's cpu_nice, handed to its engine replicas in their environment.
 POOL_NICE_ENV = "FABRIEK_POOL_CPU_NICE"
-
-
 
 
 def pin_to_pool_cores() -> set[int] | None:
@@ -47,10 +47,7 @@ def renice_process(niceness: int) -> bool:
     Ray worker has started its threads before any user code runs); threads started later
     inherit it from their starter. Returns whether all threads took it."""
     try:
-        for thread in _threads_of_process():
-            os.setpriority(os.PRIO_PROCESS, thread, niceness)
-    except ProcessLookupError:  # a thread that ended meanwhile
-        pass
+        _on_every_thread(lambda thread: os.setpriority(os.PRIO_PROCESS, thread, niceness))
     except OSError as err:  # below the current niceness without CAP_SYS_NICE
         logger.warning("cannot take niceness %d (now %d): %s", niceness,
                        os.getpriority(os.PRIO_PROCESS, 0), err)
@@ -73,28 +70,31 @@ def take_pool_niceness() -> int | None:
     return int(wanted)
 
 
-def _threads_of_process() -> list[int]:
-    try:
-        return [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:  # no procfs (not Linux): this thread only
-        return [0]
-
-
 def pin_process(cores: set[int] | frozenset[int]) -> bool:
-    """Pins every thread of this process to ``cores`` (Linux keeps affinity per thread, and a
-    Ray worker has started its threads before any user code runs); threads started later
-    inherit it. Returns whether all threads took it."""
+    """Pins every thread of this process to ``cores``, as ``renice_process`` renices them.
+    Returns whether all threads took it."""
     if not hasattr(os, "sched_setaffinity"):
         return False
     try:
-        for thread in _threads_of_process():
-            os.sched_setaffinity(thread, cores)
-    except ProcessLookupError:  # a thread that ended meanwhile
-        pass
+        _on_every_thread(lambda thread: os.sched_setaffinity(thread, cores))
     except OSError as err:  # a core this machine (or its cgroup) does not have
         logger.warning("cannot pin to cores %s: %s; not pinning", sorted(cores), err)
         return False
     return True
+
+
+def _on_every_thread(apply) -> None:
+    """``apply(thread id)`` for each thread of this process (this one alone without procfs);
+    a thread that ends meanwhile is skipped."""
+    try:
+        threads = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # no procfs (not Linux)
+        threads = [0]
+    for thread in threads:
+        try:
+            apply(thread)
+        except ProcessLookupError:
+            pass
 
 
 def place_front_door(cores: frozenset[int] | None, cpu_nice: int | None) -> None:

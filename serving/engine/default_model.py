@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from serving.config.home import fabriek_home  # noqa: F401  (re-exported: the CLI and tests use it here)
+from serving.config.home import fabriek_home
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 
@@ -48,8 +48,6 @@ class PreparedModel:
 
     path: Path
     was_created: bool
-
-
 
 
 def default_model_dir(home: Path | None = None) -> Path:

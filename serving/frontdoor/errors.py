@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 
 from routers import RejectionReason
-from serving.admission.refusals import STATUS_BY_REASON, Refused  # noqa: F401  (STATUS_BY_REASON: re-exported)
+from serving.admission.refusals import STATUS_BY_REASON, Refused
 
 # Error `type` names as OpenAI's API and client use them.
 _TYPE_BY_STATUS = {

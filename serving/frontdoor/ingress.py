@@ -141,7 +141,7 @@ class OpenAIIngress:
                                for m in sorted(tenant.model_ids) if m in self._model_cards])
 
     async def health(self) -> JSONResponse:
-        """200 when every engine of every pool answers its health probe, else 503."""
+        """200 when every engine of this domain's pools answers its health probe, else 503."""
         pools: dict[str, dict[str, str]] = {}
         for route, state in self._gateway.readiness.status().items():
             pools.setdefault(route.pool, {})[route.model_id] = state

@@ -19,8 +19,6 @@ from sqlalchemy import (Float, Integer, String, bindparam, create_engine, event,
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from serving.config.home import default_ledger_url  # noqa: F401  (re-exported for callers of the ledger)
-
 STARTED, OK, ERROR, REJECTED, CANCELLED = "started", "ok", "error", "rejected", "cancelled"
 # A started record older than this without an end belongs to a request that was cut off.
 INTERRUPTED_AFTER_S = 3600.0

@@ -30,7 +30,7 @@ from serving.config.admission_specs import LedgerSpec
 from serving.app import bind_admission_controller
 from serving.config.domains import FrontDoorPlacement
 from serving.config import GrpcSpec, load_config
-from serving.frontdoor.errors import STATUS_BY_REASON
+from serving.admission.refusals import STATUS_BY_REASON
 from serving.frontdoor.grpc_status import CODE_BY_HTTP_STATUS, CODE_BY_REASON
 from serving.protos.fabriek.v1 import inference_pb2 as pb
 from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub

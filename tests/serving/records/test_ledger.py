@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from serving.records.ledger import (INTERRUPTED_AFTER_S, OK, REJECTED, RequestEnd, RequestStart, UsageLedger,
-                            default_ledger_url)
+from serving.config.home import default_ledger_url
+from serving.records.ledger import INTERRUPTED_AFTER_S, OK, REJECTED, RequestEnd, RequestStart, UsageLedger
 
 
 def start(request_id: str, tenant: str = "gov") -> RequestStart:

@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from serving.records.ledger import OK, REJECTED, RequestEnd, UsageLedger, default_ledger_url
+from serving.config.home import default_ledger_url
+from serving.records.ledger import OK, REJECTED, RequestEnd, UsageLedger
 from serving.records.ledger_writer import LedgerWriter
 from tests.serving.records.test_ledger import start
 
