@@ -16,6 +16,8 @@ import secrets
 import tempfile
 from pathlib import Path
 
+from routers.key_file import make_private_dir
+
 SECRET_BYTES = 32
 
 
@@ -25,7 +27,8 @@ def cache_salt_for(secret: bytes, tenant_id: str) -> str:
 
 
 def load_or_create_secret(path: Path) -> bytes:
-    """Read the salt secret at ``path``; create it (random, mode 0600) if it does not exist.
+    """Read the salt secret at ``path``; create it (random, mode 0600, in directories fabriek
+    creates 0700) if it does not exist.
 
     Raises:
         ValueError: the file exists but holds fewer than 32 bytes of hex.
@@ -35,9 +38,9 @@ def load_or_create_secret(path: Path) -> bytes:
         return _read(path)
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written aside, then hard-linked into place: link() fails if the name exists, so
-    # concurrent first starts agree on one secret and none reads a half-written file.
+    make_private_dir(path.parent)
+    # Written aside (mkstemp makes it 0600), then hard-linked into place: link() fails if the
+    # name exists, so concurrent first starts agree on one secret and none reads a half-written file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:

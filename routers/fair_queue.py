@@ -32,12 +32,14 @@ class Ticket:
         tenant_id: who asks.
         band: priority band (the class priority; lower is served first).
         enqueued_at: clock reading when it arrived (for the wait limit).
+        size: sequences it runs in the engine's batch (``n``, prompt lists); each takes a slot.
     """
 
     id: str
     tenant_id: str
     band: int
     enqueued_at: float
+    size: int = 1
 
 
 class Offer(Enum):
@@ -102,8 +104,8 @@ class FairQueue:
 
         The caller bounds the wait: it ``cancel``s a ticket that waited too long."""
         # Invariant: tickets wait only while the pool is full (every release dispatches).
-        if self.num_waiting == 0 and self.num_running < self.limits.max_running:
-            self._start(ticket.tenant_id)
+        if self.num_waiting == 0 and self._fits(ticket):
+            self._start(ticket.tenant_id, ticket.size)
             return Offer.ADMITTED
         if self.num_waiting >= self.limits.max_queued or \
                 self.waiting_of(ticket.tenant_id) >= self.queue_share(ticket.tenant_id):
@@ -114,11 +116,11 @@ class FairQueue:
         self._count_waiting(ticket.tenant_id, +1)
         return Offer.QUEUED
 
-    def release(self, tenant_id: str) -> list[Ticket]:
-        """A running request of the tenant ended: returns the tickets that now run."""
-        if self._running.get(tenant_id, 0) > 0:
-            self._running[tenant_id] -= 1
-            self.num_running -= 1
+    def release(self, tenant_id: str, size: int = 1) -> list[Ticket]:
+        """A running request of the tenant (of ``size`` slots) ended: returns the tickets that now run."""
+        freed = min(size, self._running.get(tenant_id, 0))
+        self._running[tenant_id] = self._running.get(tenant_id, 0) - freed
+        self.num_running -= freed
         return self._dispatch()
 
     def cancel(self, ticket: Ticket) -> bool:
@@ -130,9 +132,13 @@ class FairQueue:
         self._count_waiting(ticket.tenant_id, -1)
         return True
 
-    def _start(self, tenant_id: str) -> None:
-        self._running[tenant_id] = self._running.get(tenant_id, 0) + 1
-        self.num_running += 1
+    def _fits(self, ticket: Ticket) -> bool:
+        # A request larger than the whole pool runs alone rather than never.
+        return self.num_running == 0 or self.num_running + ticket.size <= self.limits.max_running
+
+    def _start(self, tenant_id: str, size: int) -> None:
+        self._running[tenant_id] = self._running.get(tenant_id, 0) + size
+        self.num_running += size
 
     def _count_waiting(self, tenant_id: str, delta: int) -> None:
         self._waiting_by_tenant[tenant_id] = self._waiting_by_tenant.get(tenant_id, 0) + delta
@@ -147,8 +153,10 @@ class FairQueue:
             tenant_id = min((t for t, q in tenants.items() if q),
                             key=lambda t: (self._running.get(t, 0) / self.weights.get(t, 1.0),
                                            tenants[t][0].enqueued_at))
+            if not self._fits(tenants[tenant_id][0]):
+                break  # the next in fair order waits for room; nobody overtakes it
             ticket = tenants[tenant_id].popleft()
             self._count_waiting(tenant_id, -1)
-            self._start(tenant_id)
+            self._start(tenant_id, ticket.size)
             admitted.append(ticket)
         return admitted

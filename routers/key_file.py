@@ -1,9 +1,9 @@
 """The key file: API key records on disk, written atomically, re-read when it changes.
 
-The file is JSON (``{"version": 1, "keys": [...]}``), mode 0600, and holds no secret, only
-salted hashes (see ``routers.api_keys``). It can be a Kubernetes Secret mounted read-only
-into the ingress pods: Kubernetes swaps such mounts by renaming, which the watcher notices
-as a new inode.
+The file is JSON (``{"version": 1, "keys": [...]}``), mode 0600 (in directories that fabriek
+creates 0700), and holds no secret, only salted hashes (see ``routers.api_keys``). It can be
+a Kubernetes Secret mounted read-only into the ingress pods: Kubernetes swaps such mounts by
+renaming, which the watcher notices as a new inode.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class KeyFile:
 
     def _write(self, records: list[KeyRecord]) -> None:
         # Temp file + rename: readers see the old file or the new one, never half of one.
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         try:
             with os.fdopen(fd, "w") as f:
@@ -126,7 +126,7 @@ class KeyFile:
     def _locked(self) -> Iterator[None]:
         # Two `fabriek keys` commands at once must not each write a file missing the
         # other's key; the lock is a sibling file because the key file itself is replaced.
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -183,6 +183,22 @@ class KeyFileWatcher:
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def make_private_dir(path: Path) -> None:
+    """``mkdir -p`` whose new directories are 0700, for files no other user may read.
+
+    Directories that exist keep their mode: a mounted Secret's or an operator's own choice.
+    """
+    missing = []
+    path = Path(path)
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        # A concurrent first start may create it first, equally private.
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
 
 
 def _as_json(record: KeyRecord) -> dict:

@@ -61,6 +61,7 @@ class QuotaGrant:
 
     tenant_id: str
     reserved_tokens: int
+    sequences: int = 1
 
 
 @dataclass
@@ -78,25 +79,36 @@ class QuotaStore:
     _states: dict[str, _TenantState] = field(default_factory=dict)
 
     def check_size(self, tenant_id: str, limits: QuotaLimits, prompt_tokens: int,
-                   max_tokens: int) -> Rejection | None:
+                   max_tokens: int, sequences: int = 1) -> Rejection | None:
         """Refuses a request that no amount of waiting would admit (caps, or bigger than a
-        whole minute's token allowance)."""
+        whole minute's token allowance or the concurrency limit).
+
+        Args:
+            max_tokens: the most tokens the request may generate, all its sequences together.
+            sequences: sequences it runs at once (each counts as a concurrent request).
+        """
+        if limits.max_concurrent_requests is not None and sequences > limits.max_concurrent_requests:
+            return _too_large(f"The request runs {sequences} sequences at once; your limit is "
+                              f"{limits.max_concurrent_requests} concurrent requests.")
         if limits.max_prompt_tokens is not None and prompt_tokens > limits.max_prompt_tokens:
             return _too_large(f"The prompt has about {prompt_tokens} tokens; your limit is "
                               f"{limits.max_prompt_tokens}.")
-        if limits.max_tokens is not None and max_tokens > limits.max_tokens:
-            return _too_large(f"`max_tokens` is {max_tokens}; your limit is {limits.max_tokens}.")
+        per_sequence = max_tokens // max(1, sequences)
+        if limits.max_tokens is not None and per_sequence > limits.max_tokens:
+            return _too_large(f"`max_tokens` is {per_sequence}; your limit is {limits.max_tokens}.")
         if limits.tokens_per_minute is not None and prompt_tokens + max_tokens > limits.tokens_per_minute:
             return _too_large(f"The request may use {prompt_tokens + max_tokens} tokens, more than "
                               f"your {limits.tokens_per_minute} tokens per minute.")
         return None
 
     def try_acquire(self, tenant_id: str, limits: QuotaLimits, reserved_tokens: int,
-                    now: float) -> QuotaGrant | Rejection:
-        """Admit one request that may use ``reserved_tokens``, or say how long to wait."""
+                    now: float, sequences: int = 1) -> QuotaGrant | Rejection:
+        """Admit one request that may use ``reserved_tokens`` and runs ``sequences`` at once
+        (each counts against the concurrency limit), or say how long to wait."""
         state = self._state(tenant_id, limits, now)
         waits = []
-        if limits.max_concurrent_requests is not None and state.in_flight >= limits.max_concurrent_requests:
+        if limits.max_concurrent_requests is not None and \
+                state.in_flight + sequences > limits.max_concurrent_requests:
             # A slot frees when a request ends: no exact time; a second is a fair hint.
             waits.append((1.0, f"{limits.max_concurrent_requests} concurrent requests"))
         for bucket, amount, what in ((state.requests, 1, f"{limits.requests_per_minute} requests per minute"),
@@ -114,15 +126,15 @@ class QuotaStore:
             state.requests.level -= 1
         if state.tokens is not None:
             state.tokens.level -= reserved_tokens
-        state.in_flight += 1
-        return QuotaGrant(tenant_id, reserved_tokens)
+        state.in_flight += sequences
+        return QuotaGrant(tenant_id, reserved_tokens, sequences)
 
     def settle(self, grant: QuotaGrant, used_tokens: int, now: float) -> None:
         """Ends a request: frees its concurrency slot and returns unused reserved tokens."""
         state = self._states.get(grant.tenant_id)
         if state is None:
             return
-        state.in_flight = max(0, state.in_flight - 1)
+        state.in_flight = max(0, state.in_flight - grant.sequences)
         if state.tokens is not None:
             state.tokens.refill(now)
             unused = grant.reserved_tokens - used_tokens  # negative if it used more: charged
@@ -136,6 +148,15 @@ class QuotaStore:
         if state is not None and state.requests is not None:
             state.requests.refill(now)
             state.requests.level = min(state.requests.capacity, state.requests.level + 1)
+
+    def count_refusal(self, tenant_id: str, limits: QuotaLimits, now: float) -> None:
+        """A request of the tenant refused before admission (bad field, unknown model) still
+        counts against its request rate: refusals cost the front door too, and must not be
+        free to send in a flood."""
+        bucket = self._state(tenant_id, limits, now).requests
+        if bucket is not None:
+            bucket.refill(now)
+            bucket.level = max(0.0, bucket.level - 1)
 
     def in_flight(self, tenant_id: str) -> int:
         """Requests of the tenant admitted and not yet settled."""

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Mapping
 
+from routers.request_shape import DEFAULT_MAX_SEQUENCES
+
 
 class TenantClass(StrEnum):
     """The kind of organisation a tenant is; it decides the pools its requests may reach."""
@@ -37,10 +39,14 @@ class ClassPolicy:
     Args:
         pools: names of the pools whose replicas may serve the class; no others, ever.
         priority: vLLM request priority (priority band); lower values are scheduled first.
+        max_sequences: sequences one request may ask for (``n``, beam width, prompt lists).
+        max_request_s: longest a request may run, queueing included; None: no limit.
     """
 
     pools: frozenset[str]
     priority: int = 0
+    max_sequences: int = DEFAULT_MAX_SEQUENCES
+    max_request_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,13 @@ class Tenancy:
         policy = self.classes.get(tenant.tenant_class)
         return policy.priority if policy is not None else 0
 
+    def policy_for(self, tenant: Tenant) -> ClassPolicy:
+        """The tenant's class policy (one that allows nothing for a class without a policy)."""
+        return self.classes.get(tenant.tenant_class) or _NOTHING
+
     def may_use(self, tenant: Tenant, pool: str, model_id: str) -> bool:
         """Whether the tenant's requests for ``model_id`` may run on ``pool``."""
         return pool in self.pools_for(tenant) and model_id in tenant.model_ids
+
+
+_NOTHING = ClassPolicy(frozenset())

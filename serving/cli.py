@@ -56,12 +56,22 @@ def _config_ray_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bookkeeping_config(args: argparse.Namespace):
+    """The config as ``keys`` and ``usage`` need it: tenants, domains and file paths.
+
+    They skip the checks of engine arguments and deployment options against vLLM and Ray,
+    which import both (about 8 s on a 2-core machine); `config check` and `serve` run them.
+    """
+    from serving.config import load_config
+
+    return load_config(args.config, check_library_settings=False)
+
+
 def _key_files(args: argparse.Namespace):
     """The config and each domain's key file, by domain name."""
     from routers import KeyFile
-    from serving.config import load_config
 
-    config = load_config(args.config)
+    config = _bookkeeping_config(args)
     return config, {d.name: KeyFile(config.auth.resolved_key_file(d.name)) for d in config.domains()}
 
 
@@ -105,10 +115,9 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from serving.config import load_config
     from serving.records.ledger import UsageLedger
 
-    config = load_config(args.config)
+    config = _bookkeeping_config(args)
     since = args.since
     rows = []
     for domain in config.domains():  # each domain keeps its own ledger

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from serving.records import tracing
@@ -22,6 +26,24 @@ RAY_TOKEN_PATH = Path.home() / ".ray" / "auth_token"
 # Start-up on a 2-core CPU machine takes about a minute; a GPU node with a large model
 # can take many more to load weights.
 READY_TIMEOUT_S = 1800
+
+# Ray Serve starts HAProxy as `haproxy -db -f /tmp/haproxy-serve/<node id>/haproxy.cfg`
+# (ray.serve._private.haproxy); the node id also names that node's raylet and workers.
+_RAY_HAPROXY_CONFIG = re.compile(r"/haproxy-serve/(?P<node_id>[0-9a-f]{16,})/haproxy\.cfg$")
+# Where a port has a command-line flag, the message names it rather than the config field.
+_PORT_FLAGS = {"http.port": "--http-port", "grpc.port": "--grpc-port", "local.dashboard_port": "--dashboard-port"}
+
+
+class PortInUseError(RuntimeError):
+    """A port fabriek needs is held by a process that is not a provable leftover of ours."""
+
+
+@dataclass(frozen=True)
+class PortHolder:
+    """A process with a TCP socket on a port; ``pid`` None when this user cannot see it."""
+
+    pid: int | None
+    cmdline: str
 
 
 def _say(message: str) -> None:
@@ -40,6 +62,13 @@ def serve_locally(config: PlatformConfig) -> int:
     """
     # SIGTERM (systemd, Kubernetes, a test harness) takes the same clean path as Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        # Before anything slow: a port held by another process would only fail Ray's start
+        # minutes later, as "Address already in use" deep in a Ray log.
+        claim_ports(config)
+    except (PortInUseError, OSError) as err:
+        _say(f"start-up failed: {err}")
+        return 1
     if any(m.source.startswith(BUILTIN_SCHEME) for m in config.models):
         from serving.engine.default_model import prepare_default_model
 
@@ -154,15 +183,147 @@ def _stop_orphaned_haproxy(node_id: str) -> None:
     import psutil
 
     marker = f"haproxy-serve/{node_id}/"
-    leftovers = [p for p in psutil.process_iter(["cmdline"])
-                 if any(marker in part for part in p.info["cmdline"] or [])]
-    for process in leftovers:
+    _stop([p for p in psutil.process_iter(["cmdline"]) if any(marker in part for part in p.info["cmdline"] or [])])
+
+
+def _stop(processes: list) -> None:
+    """SIGTERM the psutil processes, then SIGKILL those still alive after 5 s."""
+    import psutil
+
+    for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.terminate()
-    _, alive = psutil.wait_procs(leftovers, timeout=5)
+    _, alive = psutil.wait_procs(processes, timeout=5)
     for process in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def config_ports(config: PlatformConfig) -> dict[str, tuple[str, int]]:
+    """Every TCP port `fabriek serve` binds, by config field: the address and the port."""
+    ports = {"http.port": (config.http.host, config.http.port), "grpc.port": (config.http.host, config.grpc.port),
+             "local.dashboard_port": (config.local.dashboard_host, config.local.dashboard_port),
+             "local.metrics_export_port": ("0.0.0.0", config.local.metrics_export_port)}
+    if config.serve.proxy == "haproxy":
+        ports.update({"serve.haproxy_stats_port": ("0.0.0.0", config.serve.haproxy_stats_port),
+                      "serve.haproxy_metrics_port": ("0.0.0.0", config.serve.haproxy_metrics_port)})
+    return ports
+
+
+def claim_ports(config: PlatformConfig) -> None:
+    """Make sure every port of ``config`` is free before Ray starts.
+
+    A port held by a leftover HAProxy of a Ray node that is gone (``fabriek serve`` killed
+    with SIGKILL) is freed by stopping that HAProxy; any other holder is left alone.
+
+    Raises:
+        PortInUseError: a port is held by anything else; the message names the port, the
+            holding process's pid and command line, and the fix.
+    """
+    problems = []
+    for field, (host, port) in config_ports(config).items():
+        if is_port_free(host, port):
+            continue
+        holders = port_holders(port)
+        leftovers = [h for h in holders if _orphaned_ray_haproxy(h) is not None]
+        if leftovers and len(leftovers) == len(holders):
+            _say(f"stopping a leftover HAProxy of a Ray node that is gone, on port {port} ({field}): "
+                 + ", ".join(f"pid {h.pid}" for h in leftovers))
+            _stop(_processes(h.pid for h in leftovers))
+            if is_port_free(host, port):
+                continue
+            holders = port_holders(port)
+        problems.append(_describe_held_port(field, host, port, holders))
+    if problems:
+        raise PortInUseError("\n".join(problems))
+
+
+def _processes(pids) -> list:
+    """The psutil processes of those ``pids`` that still run."""
+    import psutil
+
+    processes = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            processes.append(psutil.Process(pid))
+    return processes
+
+
+def is_port_free(host: str, port: int) -> bool:
+    """Whether a TCP server could bind ``host:port`` now (as servers do, with SO_REUSEADDR).
+
+    Raises:
+        OSError: ``host`` is not an address of this machine.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return False
+            raise OSError(err.errno, f"cannot bind {host}:{port}: {err.strerror}") from None
+    return True
+
+
+def port_holders(port: int) -> list[PortHolder]:
+    """The processes with a TCP socket (IPv4 or IPv6, listening first) on local ``port``.
+
+    Sockets of other users' processes show without a pid unless this runs as root.
+    """
+    import psutil
+
+    sockets = [c for c in psutil.net_connections("tcp")
+               if c.laddr and c.laddr.port == port and c.status != psutil.CONN_TIME_WAIT]
+    sockets.sort(key=lambda c: c.status != psutil.CONN_LISTEN)
+    holders: list[PortHolder] = []
+    for pid in dict.fromkeys(c.pid for c in sockets):  # once each, in that order
+        if pid is None:
+            holders.append(PortHolder(None, ""))
+            continue
+        try:
+            holders.append(PortHolder(pid, " ".join(psutil.Process(pid).cmdline())))
+        except psutil.AccessDenied:
+            holders.append(PortHolder(pid, "(command line not readable)"))
+        except psutil.NoSuchProcess:
+            pass
+    return holders
+
+
+def _orphaned_ray_haproxy(holder: PortHolder) -> str | None:
+    """The Ray node id if ``holder`` is this user's Ray Serve HAProxy and no other process of
+    that node (raylet, workers) is alive any more; otherwise None, and it is not ours to stop."""
+    import psutil
+
+    if holder.pid is None:
+        return None
+    try:
+        process = psutil.Process(holder.pid)
+        args = process.cmdline()
+        if process.name() != "haproxy" or process.uids().real != os.getuid():
+            return None
+    except psutil.Error:
+        return None
+    configs = [_RAY_HAPROXY_CONFIG.search(value) for flag, value in zip(args, args[1:]) if flag == "-f"]
+    if len(configs) != 1 or configs[0] is None:
+        return None
+    node_id = configs[0]["node_id"]
+    for other in psutil.process_iter(["name", "cmdline"]):
+        if other.info["name"] != "haproxy" and any(node_id in arg for arg in other.info["cmdline"] or []):
+            return None  # its Ray node still runs: its HAProxy is in use, not left over
+    return node_id
+
+
+def _describe_held_port(field: str, host: str, port: int, holders: list[PortHolder]) -> str:
+    fix = f"stop it, or give fabriek another port ({_PORT_FLAGS.get(field, '`' + field + '` in the config')})"
+    if not holders:
+        return (f"port {port} ({field}) on {host} is in use by a process fabriek cannot see "
+                f"(`ss -ltnp 'sport = :{port}'` as root shows it); {fix}")
+    named = "; ".join(f"pid {h.pid}: {h.cmdline[:300]}" if h.pid is not None
+                      else "a process of another user (run `ss -ltnp` as root to see it)" for h in holders)
+    return f"port {port} ({field}) on {host} is in use by {named}; {fix}"
 
 
 def _wait_until_healthy(url: str, timeout_s: float) -> None:

@@ -29,6 +29,9 @@ QUOTA_TENANTS = {
     "quota-caps": {"max_tokens": 16, "max_prompt_tokens": 64},
     "quota-shared": {"requests_per_minute": 4},
     "quota-grpc": {"requests_per_minute": 1},
+    # tests/serving/test_e2e_hostile.py: refusals count; sequences count as concurrent requests.
+    "quota-refusals": {"requests_per_minute": 3},
+    "quota-conc2": {"max_concurrent_requests": 2},
 }
 
 

@@ -75,8 +75,13 @@ class AdmissionController:
         self._last_sweep = clock()
 
     async def acquire(self, request_id: str, tenant_id: str, band: int, route: Route,
-                      prompt_tokens: int, max_tokens: int) -> Lease | Rejection:
+                      prompt_tokens: int, max_tokens: int, sequences: int = 1) -> Lease | Rejection:
         """Admit one request: size caps, then quota, then the route's queue (may wait).
+
+        Args:
+            max_tokens: the most tokens it may generate, all its sequences together.
+            sequences: sequences it runs at once (``n``, prompt lists): each takes a
+                concurrency slot of the tenant and a running slot of the pool.
 
         Returns:
             A lease to ``release`` exactly once when the request ends, or a rejection with
@@ -85,14 +90,14 @@ class AdmissionController:
         now = self._clock()
         self._sweep(now)
         limits = self._tenant_limits.get(tenant_id, UNLIMITED)
-        too_large = self._quota.check_size(tenant_id, limits, prompt_tokens, max_tokens)
+        too_large = self._quota.check_size(tenant_id, limits, prompt_tokens, max_tokens, sequences)
         if too_large is not None:
             return too_large
-        grant = self._quota.try_acquire(tenant_id, limits, prompt_tokens + max_tokens, now)
+        grant = self._quota.try_acquire(tenant_id, limits, prompt_tokens + max_tokens, now, sequences)
         if isinstance(grant, Rejection):
             return grant
         queue = self._queues[route]
-        ticket = Ticket(request_id, tenant_id, band, now)
+        ticket = Ticket(request_id, tenant_id, band, now, sequences)
         offer = queue.offer(ticket)
         if isinstance(offer, Rejection):
             self._quota.cancel(grant, now)
@@ -110,7 +115,11 @@ class AdmissionController:
         if held is None:
             return  # released twice, or acquired before a controller restart
         self._quota.settle(held.grant, used_tokens, self._clock())
-        self._wake(self._queues[held.route].release(held.grant.tenant_id))
+        self._wake(self._queues[held.route].release(held.grant.tenant_id, held.grant.sequences))
+
+    async def count_refusal(self, tenant_id: str) -> None:
+        """A request of the tenant was refused before admission: it counts against its request rate."""
+        self._quota.count_refusal(tenant_id, self._tenant_limits.get(tenant_id, UNLIMITED), self._clock())
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         """Running and waiting requests per route (``pool/model``), for metrics and tests."""
@@ -136,7 +145,7 @@ class AdmissionController:
                 self._quota.cancel(grant, self._clock())
             else:
                 self._quota.settle(grant, 0, self._clock())
-                self._wake(queue.release(ticket.tenant_id))
+                self._wake(queue.release(ticket.tenant_id, ticket.size))
             raise
         finally:
             self._waiters.pop(ticket.id, None)
@@ -155,4 +164,4 @@ class AdmissionController:
             logger.warning("reclaiming lease %s: not released within %d s", request_id, MAX_LEASE_S)
             held = self._held.pop(request_id)
             self._quota.settle(held.grant, held.grant.reserved_tokens, now)
-            self._wake(self._queues[held.route].release(held.grant.tenant_id))
+            self._wake(self._queues[held.route].release(held.grant.tenant_id, held.grant.sequences))

@@ -19,13 +19,20 @@ from typing import Any
 from routers import Admission, Rejection, RejectionReason, Tenant
 from serving.admission.admission_controller import Lease
 from serving.admission.refusals import CLIENT_CLOSED, STATUS_BY_REASON
-from serving.records.ledger import CANCELLED, ERROR, OK, REJECTED, RequestEnd, RequestStart
+from serving.records.ledger import (CANCELLED, ERROR, OK, REJECTED, LedgerUnavailable, RequestEnd,
+                                    RequestStart)
 from serving.records.ledger_writer import LedgerWriter
 from serving.records.metrics import PlatformMetrics
 from serving.records.request_timings import Timings
 from serving.records.tracing import current_trace_id
 
 logger = logging.getLogger("fabriek.admission")
+
+# The longest a request waits for its started record. Above twice SQLite's busy timeout
+# (serving.records.ledger.SQLITE_BUSY_TIMEOUT_S): a write that arrives while the writer
+# waits for a lock waits for that attempt, then its own; past this the database is stuck.
+LEDGER_WAIT_S = 5.0
+
 
 @dataclass
 class Visit:
@@ -54,8 +61,13 @@ class AdmissionGate:
         self._metrics = metrics
 
     async def enter(self, admission: Admission, request_id: str, prompt_tokens: int,
-                    max_tokens: int, protocol: str) -> Visit | Rejection:
-        """Acquire a lease for an admitted route and write the started record, together."""
+                    max_tokens: int, protocol: str, sequences: int = 1) -> Visit | Rejection:
+        """Acquire a lease for an admitted route and write the started record, together.
+
+        Args:
+            max_tokens: the most tokens the request may generate, all sequences together.
+            sequences: sequences it runs at once (each takes a slot of quota and pool).
+        """
         route, tenant = admission.route, admission.tenant
         start = RequestStart(request_id, tenant.id, str(tenant.tenant_class), route.pool,
                              route.model_id, protocol, reserved_tokens=prompt_tokens + max_tokens,
@@ -63,14 +75,27 @@ class AdmissionGate:
         started = time.monotonic()
         decision, written = await asyncio.gather(
             self._controller.acquire.remote(request_id, tenant.id, admission.priority, route,
-                                            prompt_tokens, max_tokens),
-            asyncio.wrap_future(self._ledger.start(start)), return_exceptions=True)
+                                            prompt_tokens, max_tokens, sequences),
+            asyncio.wait_for(asyncio.wrap_future(self._ledger.start(start)), LEDGER_WAIT_S),
+            return_exceptions=True)
         labels = {"pool": route.pool, "tenant_class": str(tenant.tenant_class), "model": route.model_id}
         if isinstance(written, BaseException):
-            # No durable record, no request: give the lease back and fail.
+            # No durable record, no request: give the lease back and refuse (503, retry).
             if isinstance(decision, Lease):
                 self._controller.release.remote(request_id, 0)
-            raise written
+            decision = Rejection(RejectionReason.LEDGER_UNAVAILABLE, "ledger",
+                                 "The usage ledger is unavailable; retry shortly.")
+            if isinstance(written, TimeoutError):
+                # The record may still be written (the writer takes it later): the refusal
+                # below completes it, in the writer's order.
+                self._ledger.note_timeout(LEDGER_WAIT_S)
+            else:
+                if not isinstance(written, LedgerUnavailable):  # the writer logs those, once an outage
+                    logger.error("usage ledger: started record of %s failed: %s", request_id,
+                                 type(written).__name__)
+                # Nothing was written, so nothing to complete.
+                self._metrics.observe_rejection(labels, str(decision.reason), status_of(decision))
+                return decision
         if isinstance(decision, BaseException):
             # The controller is down or restarting: fail closed.
             logger.warning("admission controller unavailable: %r", decision)
@@ -87,9 +112,14 @@ class AdmissionGate:
         return Visit(request_id, labels, time.monotonic(), decision.queue_s)
 
     def refuse(self, tenant: Tenant, model_id: str | None, request_id: str, rejection: Rejection,
-               protocol: str) -> None:
-        """Records a request refused before it reached a pool (unknown model, pool down)."""
-        labels = {"pool": "", "tenant_class": str(tenant.tenant_class), "model": model_id or ""}
+               protocol: str, *, model_label: str) -> None:
+        """Records a request refused before it reached a pool (unknown model, pool down).
+
+        Args:
+            model_id: the model as the client named it (bounded in length by the front door).
+            model_label: its metric label: the id if the domain serves it, else one fixed value.
+        """
+        labels = {"pool": "", "tenant_class": str(tenant.tenant_class), "model": model_label}
         status = status_of(rejection)
         self._metrics.observe_rejection(labels, str(rejection.reason), status)
         _logged(self._ledger.record(RequestStart(

@@ -37,6 +37,7 @@ from serving.engine.llm_server import Stamped
 from serving.records.metrics import PlatformMetrics
 from serving.admission.prompt_tokens import PromptTokenCounter
 from serving.admission.readiness import EngineReadiness
+from serving.admission.stream_usage import usage_of
 from serving.admission.tenant_access import Refused, TenantAccess
 from serving.admission.token_counter import TokenCounter
 
@@ -46,6 +47,9 @@ OpenAIRequest = ChatCompletionRequest | CompletionRequest
 # Engine methods of FabriekLLMServer that answer OpenAI requests, and their GenAI operation names.
 OPERATIONS = {"chat": "chat", "completions": "text_completion"}
 ENGINE_METHODS = tuple(OPERATIONS)
+# The metric label of a model the domain does not serve: client-chosen strings never
+# become label values (each would be a new Prometheus series).
+OTHER_MODEL = "other"
 
 
 @dataclass
@@ -63,6 +67,12 @@ class EngineAnswer:
         error: the engine refused the request (e.g. a prompt longer than the context).
         request_id: the request's id in the usage ledger and the engine.
         strips_usage: the engine was asked for usage that the client did not ask for.
+        strips_continuous_usage: the engine was asked for usage on every event (so that a
+            stream that ends early is charged what it produced); the client was not.
+        sequences: sequences the request runs (``n``, prompt lists).
+        progress_event: the last event relayed to the client; the front door sets it per
+            batch, and a stream that ends early is charged the usage it carries.
+        timed_out: the request ran past its class's time limit and its engine call was cancelled.
     """
 
     route: Route
@@ -72,6 +82,10 @@ class EngineAnswer:
     error: ErrorResponse | None = None
     request_id: str = ""
     strips_usage: bool = False
+    strips_continuous_usage: bool = False
+    sequences: int = 1
+    progress_event: str | None = None
+    timed_out: bool = False
     status: int | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -83,6 +97,16 @@ class EngineAnswer:
             status: HTTP-style outcome (200, an error status, 499 when the client left).
         """
         self.status, self.prompt_tokens, self.completion_tokens = status, prompt_tokens, completion_tokens
+
+    def produced(self) -> tuple[int, int]:
+        """(prompt, completion) tokens of a stream so far, from the last event relayed.
+
+        Usage on an event counts one sequence: a request of several is charged that many
+        times the furthest one (its reservation bounds it)."""
+        usage = usage_of(self.progress_event)
+        if usage is None:
+            return 0, 0
+        return usage[0], usage[1] * self.sequences
 
     @property
     def is_complete(self) -> bool:
@@ -114,6 +138,9 @@ class Gateway:
         self._streaming = {(r, method): getattr(h.options(stream=True), method)
                            for r, h in engines.items() for method in ENGINE_METHODS}
         self.readiness = EngineReadiness(engines)
+        self._tenancy = tenancy
+        self._controller = admission_controller
+        self._models = frozenset(r.model_id for r in engines)
         self._access = TenantAccess(tenancy, engines, key_file=key_file,
                                     cache_salt_secret_file=cache_salt_secret_file,
                                     key_reload_interval_s=key_reload_interval_s)
@@ -139,6 +166,19 @@ class Gateway:
         """
         return self._access.authenticate(authorization)
 
+    def pools_of(self, tenant: Tenant) -> frozenset[str]:
+        """The pools the tenant's class may use."""
+        return self._tenancy.pools_for(tenant)
+
+    def max_sequences(self, tenant: Tenant) -> int:
+        """Sequences one request of the tenant may ask for (its class's bound)."""
+        return self._tenancy.policy_for(tenant).max_sequences
+
+    def count_refusal(self, tenant: Tenant) -> None:
+        """A request of the tenant refused before admission (a field the platform does not
+        offer, a bound exceeded) counts against its request rate (fire and forget)."""
+        self._controller.count_refusal.remote(tenant.id)
+
     def admit_without_engine(self, tenant: Tenant, model_id: str | None) -> Admission:
         """Admit a request that needs no engine (token counting): pools and models, not readiness.
 
@@ -149,7 +189,7 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def request(self, tenant: Tenant, body: OpenAIRequest, method: str,
-                      protocol: str) -> AsyncIterator[EngineAnswer]:
+                      protocol: str, sequences: int = 1) -> AsyncIterator[EngineAnswer]:
         """Admit ``body`` for ``tenant``, lease room for it, send it to an engine of its pool
         and wait for the first item; the block reads the rest. Leaving the block, however it
         is left (answered, refused by the engine, cancelled, failed), settles the lease, the
@@ -158,6 +198,11 @@ class Gateway:
         Args:
             method: ``chat`` or ``completions``.
             protocol: ``http`` or ``grpc``, for the usage record.
+            sequences: sequences the request runs (``routers.request_shape``).
+
+        A stream that ends early (the client left, a gRPC deadline passed, the engine
+        failed, the class's time limit ran out) is charged the prompt and the tokens it
+        produced, from the last event the front door relayed.
 
         Raises:
             Refused: the policy refused the request (pool, quota, queue), or its engine is
@@ -166,9 +211,12 @@ class Gateway:
         # The request's span: its admission and the engine call (Ray Serve's handle spans,
         # vLLM's request span) open beneath it; it ends when the request does.
         span = tracing.start_request_span(OPERATIONS[method], body.model, protocol)
+        loop = asyncio.get_running_loop()
+        limit_s = self._tenancy.policy_for(tenant).max_request_s
+        deadline = None if limit_s is None else loop.time() + limit_s
         try:
             with tracing.activated(span):
-                answer, visit = await self._start(tenant, body, method, protocol, span)
+                answer, visit = await self._start(tenant, body, method, protocol, span, sequences, deadline)
         except Refused as refused:
             tracing.mark_refused(span, str(refused.rejection.reason), status_of(refused.rejection))
             span.end()
@@ -177,16 +225,22 @@ class Gateway:
             span.end()
             raise
         left_early = False
+        # Past the deadline the engine call is cancelled; the front door ends the answer
+        # with 504 (DEADLINE_EXCEEDED) and it is charged what it produced.
+        timer = None if deadline is None else loop.call_at(deadline, _expire, answer)
         try:
             yield answer
         except (asyncio.CancelledError, GeneratorExit):
             left_early = True  # the client went away (or its deadline passed)
             raise
-        except BaseException:
+        except BaseException as err:
             if answer.status is None:
-                answer.settle(500)
+                logger.error("request %s failed mid-answer: %s", answer.request_id, type(err).__name__)
+                answer.settle(500, *answer.produced())
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             # The engine stops generating for a request nobody reads any more.
             answer.rest.cancel()
             if answer.status is None:
@@ -194,10 +248,10 @@ class Gateway:
                     usage = getattr(answer.first, "usage", None)
                     answer.settle(200, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
                 elif left_early:
-                    answer.settle(CLIENT_CLOSED)
+                    answer.settle(CLIENT_CLOSED, *answer.produced())
                 else:
                     logger.error("request %s left unsettled by its front door", answer.request_id)
-                    answer.settle(500)
+                    answer.settle(500, *answer.produced())
             timings = self._gate.leave(visit, answer.status, answer.prompt_tokens, answer.completion_tokens)
             if timings is not None:
                 tracing.end_request_span(span, status=answer.status, prompt_tokens=answer.prompt_tokens,
@@ -205,12 +259,14 @@ class Gateway:
                                          replica=answer.replica)
 
     async def _start(self, tenant: Tenant, body: OpenAIRequest, method: str, protocol: str,
-                     span: Span) -> tuple[EngineAnswer, Visit]:
+                     span: Span, sequences: int, deadline: float | None) -> tuple[EngineAnswer, Visit]:
         request_id = f"fabriek-{uuid.uuid4().hex}"
         try:
             admission = self._access.admit(tenant, body.model, self.readiness.is_ready)
         except Refused as refused:
-            self._gate.refuse(tenant, body.model, request_id, refused.rejection, protocol)
+            self._controller.count_refusal.remote(tenant.id)
+            model_label = body.model if body.model in self._models else OTHER_MODEL
+            self._gate.refuse(tenant, body.model, request_id, refused.rejection, protocol, model_label=model_label)
             refused.request_id = request_id
             raise
         apply_tenant_fields(body, admission)
@@ -218,37 +274,51 @@ class Gateway:
         route = admission.route
         prompt_tokens = (self._count_prompt(route.model_id, body, method)
                          if tenant.id in self._counts_prompts else 0)
-        max_tokens = self._limit_output(body, tenant, prompt_tokens)
-        strips_usage = _ask_for_usage(body)
+        max_tokens = self._limit_output(body, tenant, prompt_tokens) * sequences
+        strips_usage, strips_continuous_usage = _ask_for_usage(body)
         tracing.mark_admitted(span, request_id=request_id, pool=route.pool,
                               tenant_class=str(tenant.tenant_class), model=route.model_id,
                               max_tokens=max_tokens)
         with tracing.activated(tracing.start_admission_span(), end_on_exit=True) as admission_span:
-            visit = await self._gate.enter(admission, request_id, prompt_tokens, max_tokens, protocol)
+            visit = await self._gate.enter(admission, request_id, prompt_tokens, max_tokens, protocol, sequences)
             if isinstance(visit, Rejection):
                 tracing.mark_admission(admission_span, refused_for=str(visit.reason))
                 raise Refused(visit, request_id)
             tracing.mark_admission(admission_span, queue_s=visit.queue_s)
         try:
-            answer = await self._first_item(route, body, method, request_id)
+            answer = await self._first_item(route, body, method, request_id, deadline)
         except Refused as refused:
-            self._gate.leave(visit, status_of(refused.rejection))
+            self._gate.leave(visit, status_of(refused.rejection), prompt_tokens)
             refused.request_id = request_id
             raise
         except BaseException as err:
-            self._gate.leave(visit, CLIENT_CLOSED if isinstance(err, asyncio.CancelledError) else 500)
+            # Before its first token: charged its prompt (counted when its quota needs it).
+            self._gate.leave(visit, CLIENT_CLOSED if isinstance(err, asyncio.CancelledError) else 500,
+                             prompt_tokens)
             raise
-        answer.strips_usage = strips_usage
+        answer.strips_usage, answer.strips_continuous_usage = strips_usage, strips_continuous_usage
+        answer.sequences = sequences
         if answer.error is not None:
             answer.settle(answer.error.error.code)
         else:
             self._gate.first_token(visit)
         return answer, visit
 
-    async def _first_item(self, route: Route, body: OpenAIRequest, method: str, request_id: str) -> EngineAnswer:
+    async def _first_item(self, route: Route, body: OpenAIRequest, method: str, request_id: str,
+                          deadline: float | None) -> EngineAnswer:
         stream: DeploymentResponseGenerator = self._streaming[(route, method)].remote(body)
         try:
-            first = await stream.__anext__()
+            if deadline is None:
+                first = await stream.__anext__()
+            else:
+                first = await asyncio.wait_for(stream.__anext__(), deadline - asyncio.get_running_loop().time())
+        except TimeoutError:
+            stream.cancel()
+            logger.warning("engine %s/%s: no answer to %s within the time limit", route.pool, route.model_id,
+                           request_id)
+            raise Refused(Rejection(RejectionReason.TIMED_OUT, "time_limit",
+                                    f"The model `{route.model_id}` did not answer within this request's "
+                                    "time limit.")) from None
         except (RayActorError, DeploymentUnavailableError, BackPressureError) as err:
             logger.warning("engine %s/%s unavailable: %s", route.pool, route.model_id, type(err).__name__)
             raise Refused(Rejection(RejectionReason.POOL_UNAVAILABLE, "engine",
@@ -288,17 +358,27 @@ class Gateway:
         return max(0, max_model_len - prompt_tokens) if max_model_len else 0
 
 
-def _ask_for_usage(body: OpenAIRequest) -> bool:
-    """Asks a streamed request for its usage (the ledger needs it); True when the client
-    did not ask for it, so the front door drops the usage event."""
+def _ask_for_usage(body: OpenAIRequest) -> tuple[bool, bool]:
+    """Asks a streamed request for its usage on every event (the ledger needs the final
+    usage, and what an early-ended stream produced).
+
+    Returns:
+        (the client did not ask for usage: drop the usage event; the client did not ask for
+        continuous usage: cut it out of the other events).
+    """
     if not body.stream:
-        return False
-    if body.stream_options is not None and body.stream_options.include_usage:
-        return False
-    body.stream_options = StreamOptions(include_usage=True,
-                                        continuous_usage_stats=getattr(body.stream_options,
-                                                                       "continuous_usage_stats", False))
-    return True
+        return False, False
+    options = body.stream_options
+    wants_usage = bool(options is not None and options.include_usage)
+    wants_continuous = bool(wants_usage and options.continuous_usage_stats)
+    body.stream_options = StreamOptions(include_usage=True, continuous_usage_stats=True)
+    return not wants_usage, not wants_continuous
+
+
+def _expire(answer: EngineAnswer) -> None:
+    """The request ran past its time limit: its engine call is cancelled (vLLM aborts it)."""
+    answer.timed_out = True
+    answer.rest.cancel()
 
 
 def apply_tenant_fields(body: OpenAIRequest, admission: Admission) -> None:

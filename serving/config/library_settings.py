@@ -2,6 +2,10 @@
 
 Engine arguments are checked against vLLM's ``AsyncEngineArgs`` fields, deployment options
 against Ray Serve's ``DeploymentSchema``: an unknown key is an error, never a silent default.
+
+Those two checks import vLLM and Ray (about 8 s on a 2-core machine). A load that only needs
+tenants, domains and file paths (``fabriek keys``, ``fabriek usage``) passes the validation
+context ``{SKIP_LIBRARY_CHECKS: True}`` and skips them; fabriek's own rules still apply.
 """
 
 from __future__ import annotations
@@ -10,7 +14,14 @@ import dataclasses
 import functools
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import ValidationError, ValidationInfo
+
+# Validation-context key: when true, settings are not checked against vLLM's and Ray's definitions.
+SKIP_LIBRARY_CHECKS = "skip_library_checks"
+
+
+def _is_skipping_library_checks(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get(SKIP_LIBRARY_CHECKS))
 
 
 @functools.cache
@@ -25,14 +36,15 @@ def _vllm_engine_arg_names() -> frozenset[str]:
 _MANAGED_ENGINE_ARGS = frozenset({"model", "served_model_name", "tokenizer"})
 
 
-def check_engine_args(value: dict[str, Any]) -> dict[str, Any]:
+def check_engine_args(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
     """Refuse engine arguments fabriek sets itself, unknown to vLLM, or that log content."""
     managed = sorted(set(value) & _MANAGED_ENGINE_ARGS)
     if managed:
         raise ValueError(f"{managed} are set by fabriek from the model's id and source; remove them")
-    unknown = sorted(set(value) - _vllm_engine_arg_names())
-    if unknown:
-        raise ValueError(f"unknown vLLM engine argument(s) {unknown}; see `AsyncEngineArgs`")
+    if not _is_skipping_library_checks(info):
+        unknown = sorted(set(value) - _vllm_engine_arg_names())
+        if unknown:
+            raise ValueError(f"unknown vLLM engine argument(s) {unknown}; see `AsyncEngineArgs`")
     if value.get("enable_log_requests"):
         # vLLM's request logging writes prompts into the logs; no tenant's content may
         # ever reach a log line.
@@ -40,11 +52,8 @@ def check_engine_args(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def check_deployment_options(value: dict[str, Any]) -> dict[str, Any]:
+def check_deployment_options(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
     """Refuse deployment options fabriek sets itself, or that Ray Serve does not know or accept."""
-    # Ray's schema ignores unknown keys; a typo must not silently fall back to a default.
-    from ray.serve.schema import DeploymentSchema, RayActorOptionsSchema
-
     # `name` is fabriek's to choose (pool--model); placement groups are Ray Serve LLM's.
     managed = sorted(set(value) & {"name", "placement_group_bundles", "placement_group_strategy"})
     if managed:
@@ -52,6 +61,11 @@ def check_deployment_options(value: dict[str, Any]) -> dict[str, Any]:
     actor_options = value.get("ray_actor_options") or {}
     if not isinstance(actor_options, dict):
         raise ValueError("ray_actor_options must be a mapping")
+    if _is_skipping_library_checks(info):
+        return value
+    # Ray's schema ignores unknown keys; a typo must not silently fall back to a default.
+    from ray.serve.schema import DeploymentSchema, RayActorOptionsSchema
+
     unknown = sorted(set(value) - set(DeploymentSchema.model_fields))
     unknown += sorted(f"ray_actor_options.{k}" for k in
                       set(actor_options) - set(RayActorOptionsSchema.model_fields))

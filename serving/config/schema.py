@@ -17,11 +17,12 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_validator)
 
 from routers import ClassPolicy, IsolationDomain, Tenancy, Tenant, TenantClass, derive_domains
+from routers.request_shape import DEFAULT_MAX_SEQUENCES
 from serving.config.admission_specs import LedgerSpec, PoolAdmissionSpec, QuotaSpec
 from serving.config.auth_specs import AuthSpec
 from serving.config.home import DOMAIN_PLACEHOLDER
 from serving.config.runtime_specs import DeploymentOptions, GrpcSpec, HttpSpec, IngressSpec, LocalClusterSpec, ServeRuntimeSpec
-from serving.config.library_settings import check_engine_args
+from serving.config.library_settings import SKIP_LIBRARY_CHECKS, check_engine_args
 
 DEFAULT_CONFIG_PATH = Path(__file__).parents[1] / "configs" / "local-cpu.yaml"
 
@@ -139,6 +140,13 @@ class ClassSpec(_Frozen):
     priority: int = Field(0, description=(
         "vLLM request priority of the class; lower is scheduled first. Non-zero needs "
         "`scheduling_policy: priority` in the engine arguments of the class's pools."))
+    max_sequences_per_request: int = Field(DEFAULT_MAX_SEQUENCES, ge=1, le=256, description=(
+        "Sequences one request may ask for: `n` (or beam width) times the prompts of a "
+        "completions prompt list. Each is a sequence in the engine's batch; they count in the "
+        "tenant's reservations, fair share and concurrency."))
+    max_request_s: float = Field(600.0, gt=0, le=86_400, description=(
+        "Longest a request may take, queueing included; then it ends with 504 (gRPC: "
+        "DEADLINE_EXCEEDED) and is charged for what it produced."))
 
 
 class TenantSpec(_Frozen):
@@ -237,7 +245,8 @@ class PlatformConfig(_Frozen):
         """The tenants and class policies as the policy core (``routers``) takes them."""
         return Tenancy(
             tenants={t.id: Tenant(t.id, t.tenant_class, frozenset(t.models)) for t in self.tenants},
-            classes={c: ClassPolicy(frozenset(s.pools), s.priority) for c, s in self.classes.items()})
+            classes={c: ClassPolicy(frozenset(s.pools), s.priority, s.max_sequences_per_request, s.max_request_s)
+                     for c, s in self.classes.items()})
 
     def domains(self) -> tuple[IsolationDomain, ...]:
         """The isolation domains: classes joined by the pools they share (``routers``)."""
@@ -283,8 +292,16 @@ class PlatformConfig(_Frozen):
         raise KeyError(model_id)
 
 
-def load_config(source: str | Path | dict[str, Any] | None = None) -> PlatformConfig:
+def load_config(source: str | Path | dict[str, Any] | None = None, *,
+                check_library_settings: bool = True) -> PlatformConfig:
     """Load and validate a platform config from a YAML path, a dict, or the default.
+
+    Args:
+        source: a YAML file, an already parsed mapping, or None for the shipped config.
+        check_library_settings: check engine arguments and deployment options against
+            vLLM's and Ray's definitions, which imports both (seconds). Commands that read
+            only tenants, domains and paths (``fabriek keys``, ``fabriek usage``) pass False;
+            every rule of fabriek's own still applies.
 
     Raises:
         ConfigError: the file is missing or not YAML, or a field is invalid.
@@ -303,7 +320,8 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> PlatformCo
         if not isinstance(source, dict):
             raise ConfigError(f"{origin}: expected a mapping at the top level")
     try:
-        return PlatformConfig.model_validate(source)
+        return PlatformConfig.model_validate(
+            source, context={SKIP_LIBRARY_CHECKS: not check_library_settings})
     except ValidationError as err:
         raise ConfigError(f"{origin}: invalid platform config\n{_describe(err)}") from None
 

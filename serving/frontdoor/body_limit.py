@@ -1,4 +1,4 @@
-"""ASGI middleware that refuses request bodies over a size limit with 413."""
+"""ASGI middleware that bounds request bodies, without reading one before its key is checked."""
 
 from __future__ import annotations
 
@@ -7,12 +7,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving.frontdoor.errors import error_response
 
 
+class BodyTooLarge(Exception):
+    """Raised while reading a body that grew past the limit (a chunked one, or one that lied
+    about its length); the reader answers 413."""
+
+
 class BodySizeLimit:
     """Answer 413 when a request body exceeds ``max_bytes``.
 
-    A declared Content-Length is checked before reading anything. A chunked body is
-    buffered up to the limit (the app would buffer it anyway to parse JSON) and then
-    replayed to the app, so the app never sees a partial body.
+    A declared Content-Length over the limit is refused before anything is read. Every other
+    body is counted as the app reads it, and reading past the limit raises ``BodyTooLarge``:
+    nothing is buffered here, so the handlers check the API key before a single body byte is
+    read, chunked or not, and an unauthenticated upload is answered 401 unread.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int):
@@ -24,31 +30,19 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit():
-            if int(declared) > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
-            await self.app(scope, receive, send)  # the server enforces the declared length
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            response = error_response(413, f"request body exceeds the limit of {self.max_bytes} bytes")
+            await response(scope, receive, send)
             return
-        messages: list[Message] = []
         size = 0
-        while True:
+
+        async def counted() -> Message:
+            nonlocal size
             message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > self.max_bytes:
+                    raise BodyTooLarge()
+            return message
 
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, f"request body exceeds the limit of {self.max_bytes} bytes")
-        await response(scope, receive, send)
+        await self.app(scope, counted, send)

@@ -26,6 +26,7 @@ _TYPE_BY_STATUS = {
     413: "RequestTooLargeError",
     429: "RateLimitError",
     503: "ServiceUnavailableError",
+    504: "TimeoutError",
 }
 
 

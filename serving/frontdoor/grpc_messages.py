@@ -12,6 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
+
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 # Ray's workaround for a pydantic bug that leaves unpicklable iterators in chat
@@ -28,12 +31,32 @@ FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENG
 _STREAM_OPTIONS = {"include_usage": True}
 
 
-def chat_request(message: pb.ChatRequest, *, stream: bool) -> ChatCompletionRequest:
-    """vLLM's chat request for ``message``.
+def refuse_unknown_fields(message: Message) -> None:
+    """A field this version of ``fabriek.v1`` does not define is refused, as HTTP refuses an
+    unrecognized argument (protobuf would otherwise drop it silently).
+
+    Raises:
+        APIError: 400 naming the field number.
+    """
+    unknown = UnknownFieldSet(message)
+    if len(unknown):
+        raise APIError(400, f"Unrecognized field number {unknown[0].field_number} in "
+                       f"{message.DESCRIPTOR.name}", param=f"#{unknown[0].field_number}")
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        for item in (value if field.is_repeated else [value]):
+            refuse_unknown_fields(item)
+
+
+def chat_request(message: pb.ChatRequest, *, stream: bool,
+                 max_sequences: int) -> tuple[ChatCompletionRequest, Any]:
+    """vLLM's chat request for ``message``, and its shape (``routers.request_shape``).
 
     Raises:
         APIError: 400 for a message role left unspecified or a field vLLM refuses.
     """
+    refuse_unknown_fields(message)
     messages = []
     for i, m in enumerate(message.messages):
         if m.role not in ROLE_NAMES:
@@ -42,20 +65,24 @@ def chat_request(message: pb.ChatRequest, *, stream: bool) -> ChatCompletionRequ
         messages.append({"role": ROLE_NAMES[m.role], "content": m.content})
     if not messages:
         raise APIError(400, "messages: at least one message is required", param="messages")
-    body = validate_openai_request(_body(message, stream, messages=messages), ChatCompletionRequest)
+    body, shape = validate_openai_request(_body(message, stream, messages=messages), ChatCompletionRequest,
+                                          "chat", max_sequences)
     try:
-        return _sanitize_chat_completion_request(body)
-    except ValueError as err:
-        raise APIError(400, f"invalid request: {err}", param="messages") from None
+        return _sanitize_chat_completion_request(body), shape
+    except ValueError:
+        raise APIError(400, "invalid request: malformed message content", param="messages") from None
 
 
-def completion_request(message: pb.CompletionRequest, *, stream: bool) -> CompletionRequest:
-    """vLLM's completion request for ``message``.
+def completion_request(message: pb.CompletionRequest, *, stream: bool,
+                       max_sequences: int) -> tuple[CompletionRequest, Any]:
+    """vLLM's completion request for ``message``, and its shape (``routers.request_shape``).
 
     Raises:
         APIError: 400 for a field vLLM refuses.
     """
-    return validate_openai_request(_body(message, stream, prompt=message.prompt), CompletionRequest)
+    refuse_unknown_fields(message)
+    return validate_openai_request(_body(message, stream, prompt=message.prompt), CompletionRequest,
+                                   "completions", max_sequences)
 
 
 # The OpenAI name of max_tokens per request kind (chat deprecates `max_tokens`).
@@ -154,9 +181,11 @@ class StreamDecoder:
                     if choice.get("finish_reason"):
                         self._finish_reason = FINISH_REASONS.get(choice["finish_reason"],
                                                                  pb.FINISH_REASON_UNSPECIFIED)
-                if chunk.get("usage"):
-                    usage_info = chunk["usage"]
-                    self.tokens = (usage_info.get("prompt_tokens", 0), usage_info.get("completion_tokens", 0))
+                if chunk.get("usage"):  # on every event (continuous usage): the tokens so far
+                    running = chunk["usage"]
+                    self.tokens = (running.get("prompt_tokens", 0), running.get("completion_tokens", 0))
+                    if not chunk.get("choices"):  # the final usage event
+                        usage_info = running
         if not pieces and usage_info is None:
             return None
         message = self._message("".join(pieces))

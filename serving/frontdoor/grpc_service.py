@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import AsyncIterator, Callable, Mapping
 
 import grpc
+from ray.exceptions import TaskCancelledError
 from ray.serve.grpc_util import RayServegRPCContext
 
 from routers import Tenant
@@ -95,16 +96,22 @@ class InferenceService:
         authorization = next((v for k, v in context.invocation_metadata() if k == "authorization"), None)
         return self._gateway.authenticate(authorization)
 
-    def _parse(self, request, context: RayServegRPCContext, build: Callable[..., OpenAIRequest], *,
-               stream: bool) -> tuple[Tenant, OpenAIRequest] | None:
-        """Authenticate and validate; None (with the status set) when refused."""
+    def _parse(self, request, context: RayServegRPCContext, build: Callable[..., tuple], *,
+               stream: bool) -> tuple[Tenant, OpenAIRequest, int] | None:
+        """Authenticate, then validate: (tenant, request, sequences), or None (with the status
+        set) when refused. A refused request of a known tenant counts against its request rate."""
         try:
-            return self._authenticate(context), build(request, stream=stream)
+            tenant = self._authenticate(context)
         except Refused as refused:
             set_refused(context, refused)
+            return None
+        try:
+            body, shape = build(request, stream=stream, max_sequences=self._gateway.max_sequences(tenant))
         except APIError as err:
+            self._gateway.count_refusal(tenant)
             set_error(context, code_for_http_status(err.status), err.message)
-        return None
+            return None
+        return tenant, body, shape.sequences
 
     async def _unary(self, request, context: RayServegRPCContext, method: str, build: Callable[..., OpenAIRequest],
                      convert: Callable, empty: type):
@@ -112,7 +119,8 @@ class InferenceService:
         if parsed is None:
             return empty()
         try:
-            async with self._gateway.request(*parsed, method, "grpc") as answer:
+            tenant, body, sequences = parsed
+            async with self._gateway.request(tenant, body, method, "grpc", sequences) as answer:
                 if answer.error is not None:
                     _set_engine_error(context, answer)
                     return empty()
@@ -130,7 +138,8 @@ class InferenceService:
         try:
             # Leaving this block, however the stream ends (done, engine error, client
             # cancelled, deadline passed), settles the request.
-            async with self._gateway.request(*parsed, method, "grpc") as answer:
+            tenant, body, sequences = parsed
+            async with self._gateway.request(tenant, body, method, "grpc", sequences) as answer:
                 if answer.error is not None:
                     _set_engine_error(context, answer)
                     return
@@ -145,6 +154,13 @@ class InferenceService:
                             batch = await answer.rest.__anext__()
                         except StopAsyncIteration:
                             break
+                        except TaskCancelledError:  # cancelled by the time limit (else re-raised)
+                            if not answer.timed_out:
+                                raise
+                            answer.settle(504, *decoder.tokens)
+                            set_error(context, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      "The request exceeded its time limit.", metadata=_where(answer))
+                            return
                     if not decoder.is_finished:
                         yield decoder.last()
                     context.set_trailing_metadata(_where(answer))

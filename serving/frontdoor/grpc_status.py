@@ -25,6 +25,8 @@ CODE_BY_REASON = {
     RejectionReason.QUOTA_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     RejectionReason.REQUEST_TOO_LARGE: grpc.StatusCode.INVALID_ARGUMENT,
     RejectionReason.POOL_SATURATED: grpc.StatusCode.UNAVAILABLE,
+    RejectionReason.LEDGER_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    RejectionReason.TIMED_OUT: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 # Errors that carry an HTTP status: request validation (serving.frontdoor.openai_requests) and the
@@ -38,6 +40,7 @@ CODE_BY_HTTP_STATUS = {
     413: grpc.StatusCode.INVALID_ARGUMENT,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 # Trailing metadata: the retry delay for clients that do not read google.rpc.Status details.

@@ -11,12 +11,14 @@ of one handle call to time-to-first-token.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import AsyncIterator, Mapping
 
 from fastapi import FastAPI
 from ray import serve
+from ray.exceptions import TaskCancelledError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
@@ -37,7 +39,8 @@ from serving.config.admission_specs import LedgerSpec
 from serving.frontdoor.errors import REQUEST_ID_HEADER, APIError, error_response, install_error_handlers
 from serving.admission.gateway import EngineAnswer, Gateway, OpenAIRequest
 from serving.frontdoor.grpc_service import InferenceService
-from serving.frontdoor.openai_requests import parse_openai_request
+from serving.frontdoor.openai_requests import read_json_object, validate_openai_request
+from serving.admission.stream_usage import USAGE_ONLY, error_status_in, last_data_event, without_usage
 from serving.protos.fabriek.v1 import inference_pb2 as pb
 from serving.admission.token_counter import TokenCounter
 
@@ -48,9 +51,9 @@ POOL_HEADER = "x-fabriek-pool"
 REPLICA_HEADER = "x-fabriek-replica"
 # Which ingress replica answered (with several, quotas still hold: they are shared).
 INGRESS_HEADER = "x-fabriek-ingress"
-# The final usage event of a stream is the one chunk without choices (a cheap substring
-# test per event; only that one event is parsed).
-_USAGE_ONLY = '"choices":[]'
+# A stream cut off by its class's time limit ends with this error event, then [DONE].
+_TIMED_OUT_EVENT = ('data: {"error":{"message":"The request exceeded its time limit.",'
+                    '"type":"TimeoutError","param":null,"code":504}}\n\n')
 
 
 @serve.ingress()
@@ -121,18 +124,11 @@ class OpenAIIngress:
 
     async def chat(self, request: Request) -> Response:
         """OpenAI chat completions, streamed (SSE) or not."""
-        tenant = self._gateway.authenticate(request.headers.get("authorization"))  # before the body
-        body = await parse_openai_request(request, ChatCompletionRequest)
-        try:
-            body = _sanitize_chat_completion_request(body)
-        except ValueError as err:  # message content pydantic accepted without checking items
-            raise APIError(400, f"invalid request body: {err}", param="messages") from None
-        return await self._relay(tenant, body, "chat")
+        return await self._relay(request, ChatCompletionRequest, "chat")
 
     async def completions(self, request: Request) -> Response:
         """OpenAI text completions, streamed (SSE) or not."""
-        tenant = self._gateway.authenticate(request.headers.get("authorization"))
-        return await self._relay(tenant, await parse_openai_request(request, CompletionRequest), "completions")
+        return await self._relay(request, CompletionRequest, "completions")
 
     async def models(self, request: Request) -> ModelList:
         """The models the calling tenant may use."""
@@ -140,20 +136,46 @@ class OpenAIIngress:
         return ModelList(data=[ModelCard(id=m, owned_by="fabriek", root=m, **self._model_cards[m])
                                for m in sorted(tenant.model_ids) if m in self._model_cards])
 
-    async def health(self) -> JSONResponse:
-        """200 when every engine of this domain's pools answers its health probe, else 503."""
-        pools: dict[str, dict[str, str]] = {}
-        for route, state in self._gateway.readiness.status().items():
-            pools.setdefault(route.pool, {})[route.model_id] = state
-        is_ready = all(s == "ready" for p in pools.values() for s in p.values())
-        return JSONResponse({"status": "ok" if is_ready else "starting", "pools": pools},
-                            status_code=200 if is_ready else 503)
+    async def health(self, request: Request) -> JSONResponse:
+        """200 when every engine of this domain's pools answers its health probe, else 503.
 
-    async def _relay(self, tenant, body: OpenAIRequest, method: str) -> Response:
+        Without a key it says only up or down: which pools and models exist is for the
+        domain's tenants (with a valid key: the readiness of its own pools' engines) and
+        for operators (the metrics port).
+        """
+        status = self._gateway.readiness.status()
+        is_ready = all(s == "ready" for s in status.values())
+        answer: dict = {"status": "ok" if is_ready else "unavailable"}
+        if request.headers.get("authorization"):
+            tenant = self._gateway.authenticate(request.headers.get("authorization"))
+            pools = self._gateway.pools_of(tenant)
+            answer["pools"] = {}
+            for route, state in status.items():
+                if route.pool in pools and route.model_id in tenant.model_ids:
+                    answer["pools"].setdefault(route.pool, {})[route.model_id] = state
+        return JSONResponse(answer, status_code=200 if is_ready else 503)
+
+    async def _relay(self, request: Request, model: type[OpenAIRequest], method: str) -> Response:
+        tenant = self._gateway.authenticate(request.headers.get("authorization"))  # before the body
+        try:
+            data = await read_json_object(request, self._max_request_bytes)
+            body, shape = validate_openai_request(data, model, method, self._gateway.max_sequences(tenant))
+            if method == "chat":
+                try:
+                    body = _sanitize_chat_completion_request(body)
+                except ValueError:  # message content pydantic accepted without checking items
+                    raise APIError(400, "invalid request body: malformed message content",
+                                   param="messages") from None
+        except APIError:
+            self._gateway.count_refusal(tenant)
+            raise
+        return await self._answer(tenant, body, method, shape.sequences)
+
+    async def _answer(self, tenant, body: OpenAIRequest, method: str, sequences: int) -> Response:
         # The request's lifecycle is one async generator: its `async with` opens the request
         # (first item in hand) and, however the generator ends, settles it. An unstreamed
         # answer ends it here; a stream ends it when the response stops iterating it.
-        lifecycle = self._answer_events(tenant, body, method)
+        lifecycle = self._answer_events(tenant, body, method, sequences)
         answer = await lifecycle.__anext__()
         headers = {POOL_HEADER: answer.route.pool, REQUEST_ID_HEADER: answer.request_id,
                    INGRESS_HEADER: self._replica_id}
@@ -168,9 +190,9 @@ class OpenAIIngress:
             return Response(answer.first.model_dump_json(), media_type="application/json", headers=headers)
         return StreamingResponse(lifecycle, media_type="text/event-stream", headers=headers)
 
-    async def _answer_events(self, tenant, body: OpenAIRequest, method: str) -> AsyncIterator:
+    async def _answer_events(self, tenant, body: OpenAIRequest, method: str, sequences: int) -> AsyncIterator:
         """Yields the answer, then (for a stream) its SSE packets; settles it on the way out."""
-        async with self._gateway.request(tenant, body, method, "http") as answer:
+        async with self._gateway.request(tenant, body, method, "http", sequences) as answer:
             yield answer
             if answer.error is None and not answer.is_complete:
                 async for packet in _server_sent_events(answer):
@@ -211,15 +233,20 @@ class OpenAIIngress:
 async def _server_sent_events(answer: EngineAnswer) -> AsyncIterator[str]:
     """Join each engine batch of ``data: ...`` events into one write; end with [DONE].
 
-    The engine is always asked for usage (the ledger needs it): the usage event is read
-    from the last batch, and dropped unless the client asked for it too. The answer is
-    settled when the engine's stream ends; a client that leaves first is settled by
-    ``Gateway.request``."""
-    is_done, tokens = False, (0, 0)
+    The engine is always asked for usage on every event (the ledger needs it): the final
+    usage event is read from the last batch and dropped unless the client asked for it,
+    and the running usage is cut out of the other events unless the client asked for that.
+    The answer is settled here when the engine's stream ends, also when it ends with an
+    error event or past its time limit (charged what it produced); a client that leaves
+    first is settled by ``Gateway.request`` from ``answer.progress_event``."""
+    is_done, final = False, None
     batch = answer.first
     while True:
-        if any(_USAGE_ONLY in event for event in batch):
-            batch, tokens = _take_usage(batch, answer.strips_usage)
+        answer.progress_event = last_data_event(batch) or answer.progress_event
+        if final is None and any(USAGE_ONLY in event for event in batch):
+            batch, final = _take_usage(batch, answer.strips_usage)
+        if answer.strips_continuous_usage:
+            batch = [e if USAGE_ONLY in e else without_usage(e) for e in batch]
         packet = "".join(batch)
         is_done = is_done or packet.rstrip().endswith("data: [DONE]")
         yield packet
@@ -227,7 +254,16 @@ async def _server_sent_events(answer: EngineAnswer) -> AsyncIterator[str]:
             batch = await answer.rest.__anext__()
         except StopAsyncIteration:
             break
-    answer.settle(200, *tokens)
+        except (TaskCancelledError, asyncio.CancelledError):
+            if not answer.timed_out:
+                raise  # the client left: Gateway.request settles it
+            answer.settle(504, *answer.produced())
+            yield _TIMED_OUT_EVENT + ("" if is_done else "data: [DONE]\n\n")
+            return
+    if final is not None:
+        answer.settle(200, *final)
+    else:  # no usage event: the engine failed mid-stream (an error event) or stopped short
+        answer.settle(error_status_in(batch) or 500, *answer.produced())
     if not is_done:
         yield "data: [DONE]\n\n"
 
@@ -235,7 +271,7 @@ async def _server_sent_events(answer: EngineAnswer) -> AsyncIterator[str]:
 def _take_usage(batch: list[str], strip: bool) -> tuple[list[str], tuple[int, int]]:
     """(the batch without the usage-only event if ``strip``, (prompt, completion) tokens)."""
     for i, event in enumerate(batch):
-        if event.startswith("data: {") and _USAGE_ONLY in event:
+        if event.startswith("data: {") and USAGE_ONLY in event:
             usage = json.loads(event[len("data: "):]).get("usage") or {}
             kept = batch[:i] + batch[i + 1:] if strip else batch
             return kept, (usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))

@@ -1,4 +1,8 @@
-"""Parsing OpenAI requests (HTTP bodies, gRPC messages) into vLLM's protocol models, with 400s that explain."""
+"""Parsing OpenAI requests (HTTP bodies, gRPC messages) into vLLM's protocol models, with 400s that explain.
+
+Before vLLM's models see a request, the policy core checks its fields against the platform's
+allowlist and its bounds (``routers.request_shape``): vLLM's models accept any extra field.
+"""
 
 from __future__ import annotations
 
@@ -8,34 +12,50 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from routers.request_shape import RequestShape, ShapeError, check_fields, check_shape
+from serving.frontdoor.body_limit import BodyTooLarge
 from serving.frontdoor.errors import APIError
 
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
 
 
-async def parse_openai_request(request: Request, model: type[RequestModel]) -> RequestModel:
-    """Read the JSON body of `request` and validate it as `model`.
+async def read_json_object(request: Request, max_bytes: int) -> dict:
+    """The JSON object in the body of ``request``, read only now (after the key was checked).
 
     Raises:
-        APIError: 400 for a body that is not JSON, not an object, or not a valid `model`.
+        APIError: 413 over ``max_bytes``; 400 for a body that is not JSON or not an object.
     """
     try:
-        data = json.loads(await request.body())
+        raw = await request.body()
+    except BodyTooLarge:
+        raise APIError(413, f"request body exceeds the limit of {max_bytes} bytes") from None
+    try:
+        data = json.loads(raw)
     except (ValueError, RecursionError) as err:  # RecursionError: absurdly nested JSON
+        # The decoder's message quotes no content, only a position.
         raise APIError(400, f"request body is not valid JSON: {type(err).__name__}: {err}") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
-    return validate_openai_request(data, model)
+    return data
 
 
-def validate_openai_request(data: dict, model: type[RequestModel]) -> RequestModel:
-    """Validate request fields (from a JSON body or a gRPC message) as `model`.
+def validate_openai_request(data: dict, model: type[RequestModel], method: str,
+                            max_sequences: int) -> tuple[RequestModel, RequestShape]:
+    """Check request fields (from a JSON body or a gRPC message) against the platform's
+    allowlist and bounds, then validate them as ``model``.
+
+    Args:
+        method: ``chat`` or ``completions``.
+        max_sequences: the tenant class's bound on sequences per request.
 
     Raises:
-        APIError: 400 naming the first invalid field.
+        APIError: 400 naming the first field refused or invalid.
     """
+    shape = check_fields(method, data) or check_shape(method, data, max_sequences)
+    if isinstance(shape, ShapeError):
+        raise APIError(400, shape.message, param=shape.param)
     try:
-        return model.model_validate(data)
+        return model.model_validate(data), shape
     except ValidationError as err:
         first = err.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
@@ -43,14 +63,18 @@ def validate_openai_request(data: dict, model: type[RequestModel]) -> RequestMod
     except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:
         # vLLM's "before" validators index into fields before their types are checked,
         # so a malformed body can surface as any of these instead of a ValidationError.
-        raise APIError(400, f"invalid request body: {type(err).__name__}: {err}") from None
+        # Their messages may quote the value: only the type reaches the client, no content.
+        raise APIError(400, f"invalid request body ({type(err).__name__})") from None
 
 
 def _summarize(err: ValidationError, limit: int = 3) -> str:
+    """Where and what, never the input: pydantic's messages name types and constraints, and
+    ``input`` (the value itself, perhaps a prompt) is left out."""
     parts = []
-    for problem in err.errors()[:limit]:
+    for problem in err.errors(include_input=False, include_url=False)[:limit]:
         where = ".".join(str(p) for p in problem["loc"])
         message = problem["msg"].removeprefix("Value error, ")
+        message = message if len(message) <= 200 else message[:200] + "..."
         parts.append(f"{where}: {message}" if where else message)
     more = err.error_count() - limit
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")

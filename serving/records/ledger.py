@@ -9,19 +9,41 @@ being killed, and several ingress replicas can write one file); PostgreSQL by UR
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import (Float, Integer, String, bindparam, create_engine, event, func, select,
+from sqlalchemy import (Float, Integer, String, bindparam, create_engine, event, exc, func, select,
                         update)
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from routers.key_file import make_private_dir
 
 STARTED, OK, ERROR, REJECTED, CANCELLED = "started", "ok", "error", "rejected", "cancelled"
 # A started record older than this without an end belongs to a request that was cut off.
 INTERRUPTED_AFTER_S = 3600.0
+# How long a write waits for SQLite's write lock (another process holding it) before it
+# fails with "database is locked": a request waits for its started record, so a lock held
+# for minutes must fail the write (and the request, with 503), not hang it.
+SQLITE_BUSY_TIMEOUT_S = 2.0
+# How long connecting to a database server may take (an address that does not answer).
+CONNECT_TIMEOUT_S = 5
+# The drivers' names for the connect timeout (psycopg and psycopg2 pass libpq's).
+_CONNECT_TIMEOUT_ARG = {"psycopg": "connect_timeout", "psycopg2": "connect_timeout"}
+# Errors of the database rather than of a write: locked, full, read-only, unreachable, or a
+# pool that found no connection in time. Retrying the same write later may succeed.
+_UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, exc.DisconnectionError)
+
+
+class LedgerUnavailable(Exception):
+    """The database did not take a write (locked, full, unreachable): nothing was written.
+
+    Its message names the cause as the driver gave it, without the statement or its
+    parameters, so that it can be logged as is.
+    """
 
 
 class _Base(DeclarativeBase):
@@ -133,18 +155,50 @@ def _tune_sqlite(engine: Engine) -> None:
         # and the writer of another ingress replica do not block each other.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
         cursor.close()
+
+
+def _connect_args(url: str) -> dict:
+    """Bounds on each connection: SQLite's busy timeout (the driver's ``timeout``, in force
+    from the first statement, the PRAGMAs above included), a server's connect timeout."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    arg = _CONNECT_TIMEOUT_ARG.get(parsed.get_driver_name())
+    return {arg: CONNECT_TIMEOUT_S} if arg else {}
+
+
+def _cause(error: Exception) -> str:
+    """The driver's error, first line only: SQLAlchemy's own message adds the statement and
+    its parameters (tenant ids, request ids), which logs of an outage do not need."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
+
+
+def _create_private_sqlite_file(url: str) -> None:
+    """Create a SQLite ledger's file 0600 (in directories fabriek creates 0700) before SQLite
+    would, at the umask's mode (often 0644): the ledger names tenants and their usage. SQLite
+    gives its -wal and -shm files the database file's mode. Existing files keep theirs."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" \
+            or database.startswith("file:"):
+        return
+    path = Path(database)
+    make_private_dir(path.parent)
+    # An empty file is an empty SQLite database; O_CREAT without O_TRUNC leaves one that exists.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 class UsageLedger:
     """Writes and sums usage records. Blocking: async callers use a worker thread."""
 
     def __init__(self, url: str):
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        _create_private_sqlite_file(url)
         # A pre-ping finds a server's dropped connections; a SQLite file has none to drop.
-        self._engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        self._engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"),
+                                     connect_args=_connect_args(url))
         if self._engine.dialect.name == "sqlite":
             _tune_sqlite(self._engine)
         _Base.metadata.create_all(self._engine)
@@ -163,14 +217,22 @@ class UsageLedger:
 
     def write(self, writes: Sequence[Write]) -> None:
         """Writes a batch in one transaction: new records first, then ends, so an end may
-        complete a record of the same batch. All or nothing."""
+        complete a record of the same batch. All or nothing.
+
+        Raises:
+            LedgerUnavailable: the database is locked, full or unreachable (retry later).
+            sqlalchemy.exc.SQLAlchemyError: a write the database refuses (a duplicate id).
+        """
         inserts = [_insert_row(w) for w in writes if w.is_insert]
         updates = [_update_row(w) for w in writes if not w.is_insert]
-        with self._engine.begin() as connection:
-            if inserts:
-                connection.execute(_INSERT, inserts)
-            if updates:
-                connection.execute(_FINISH, updates)
+        try:
+            with self._engine.begin() as connection:
+                if inserts:
+                    connection.execute(_INSERT, inserts)
+                if updates:
+                    connection.execute(_FINISH, updates)
+        except _UNAVAILABLE as error:
+            raise LedgerUnavailable(_cause(error)) from error
 
     def records(self, tenant_id: str | None = None, since: float | None = None) -> list[UsageRecord]:
         """The records, oldest first (for tests and audits)."""

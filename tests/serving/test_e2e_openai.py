@@ -69,6 +69,10 @@ def test_dashboard_needs_and_accepts_the_ray_token(fabriek_server):
 def test_health_reports_the_domains_own_pools_ready(fabriek_server, domain):
     response = httpx.get(f"{fabriek_server.base_url(domain)}/health", timeout=10)  # no key: a probe
     assert response.status_code == 200
+    assert response.json() == {"status": "ok"}  # up or down, nothing more without a key
+    tenant = {"government": "gov-demo", "commercial": "pilot-demo"}[domain]
+    response = httpx.get(f"{fabriek_server.base_url(domain)}/health", timeout=10,
+                         headers={"Authorization": f"Bearer {fabriek_server.keys[tenant]}"})
     # Each front door knows only its own domain's pools.
     assert response.json() == {"status": "ok", "pools": {domain: {MODEL: "ready"}}}
 

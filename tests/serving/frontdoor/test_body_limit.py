@@ -1,4 +1,5 @@
-"""BodySizeLimit: 413 for declared and chunked bodies over the limit, intact bodies below."""
+"""BodySizeLimit: 413 for declared and chunked bodies over the limit, intact bodies below,
+and nothing read before the app asks (the key is checked first)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from serving.frontdoor.body_limit import BodySizeLimit
+from serving.frontdoor.body_limit import BodySizeLimit, BodyTooLarge
 
 LIMIT = 1024
 
 
 async def echo_size(request: Request) -> JSONResponse:
-    return JSONResponse({"received": len(await request.body())})
+    if request.headers.get("authorization") != "Bearer good":
+        return JSONResponse({"error": "no key"}, status_code=401)  # answered unread
+    try:
+        return JSONResponse({"received": len(await request.body())})
+    except BodyTooLarge:
+        return JSONResponse({"error": "too large"}, status_code=413)
 
 
 def client() -> TestClient:
     app = Starlette(routes=[Route("/", echo_size, methods=["POST"])])
-    return TestClient(BodySizeLimit(app, max_bytes=LIMIT))
+    return TestClient(BodySizeLimit(app, max_bytes=LIMIT), headers={"authorization": "Bearer good"})
 
 
 def chunks(total: int, size: int = 100):
@@ -45,3 +51,18 @@ def test_chunked_body_over_limit_is_413():
 
 def test_chunked_body_under_limit_is_replayed_whole():
     assert client().post("/", content=chunks(LIMIT - 10)).json() == {"received": LIMIT - 10}
+
+
+def test_unauthenticated_chunked_upload_is_answered_without_reading_it():
+    pulled = []
+
+    def counted_chunks():
+        for chunk in chunks(LIMIT * 50):
+            pulled.append(len(chunk))
+            yield chunk
+
+    response = client().post("/", content=counted_chunks(), headers={"authorization": "Bearer bad"})
+    assert response.status_code == 401
+    # The test client hands the app one chunk per receive(); none was asked for beyond the
+    # first the transport may have buffered.
+    assert sum(pulled) <= 100

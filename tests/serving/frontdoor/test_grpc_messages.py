@@ -19,7 +19,7 @@ def event(**chunk) -> str:
 
 def test_chat_request_carries_the_openai_parameters():
     sampling = pb.SamplingParams(max_tokens=7, temperature=0.5, top_p=0.9, stop=["."], seed=3)
-    body = chat_request(pb.ChatRequest(model="m", messages=[USER], sampling=sampling), stream=True)
+    body = chat_request(pb.ChatRequest(model="m", messages=[USER], sampling=sampling), stream=True, max_sequences=4)[0]
     assert (body.model, body.max_completion_tokens, body.temperature, body.top_p, body.stop, body.seed) == (
         "m", 7, 0.5, pytest.approx(0.9), ["."], 3)
     assert body.stream and body.stream_options.include_usage
@@ -27,16 +27,16 @@ def test_chat_request_carries_the_openai_parameters():
 
 
 def test_unset_fields_stay_unset_and_an_empty_model_means_the_tenants_only_one():
-    body = completion_request(pb.CompletionRequest(prompt="x"), stream=False)
+    body = completion_request(pb.CompletionRequest(prompt="x"), stream=False, max_sequences=4)[0]
     assert body.model is None and body.max_tokens == 16  # OpenAI's default for completions
     assert body.temperature is None and body.seed is None and not body.stream
-    assert chat_request(pb.ChatRequest(messages=[USER]), stream=False).max_completion_tokens is None
+    assert chat_request(pb.ChatRequest(messages=[USER]), stream=False, max_sequences=4)[0].max_completion_tokens is None
 
 
 @pytest.mark.parametrize("request_", [pb.ChatRequest(model="m"), pb.ChatRequest(messages=[pb.ChatMessage(content="x")])])
 def test_invalid_chats_are_400(request_):
     with pytest.raises(APIError) as raised:
-        chat_request(request_, stream=False)
+        chat_request(request_, stream=False, max_sequences=4)[0]
     assert raised.value.status == 400
 
 
@@ -64,3 +64,18 @@ def test_stream_decoder_reads_completion_text_and_reports_engine_errors():
     assert raised.value.status == 400
     closing = decoder.last()
     assert closing.finish_reason == pb.FINISH_REASON_UNSPECIFIED and decoder.is_finished
+
+
+def test_stream_decoder_keeps_the_running_usage_and_finishes_only_on_the_usage_event():
+    decoder = StreamDecoder(is_chat=True)
+    running = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    message = decoder.decode([event(choices=[{"index": 0, "delta": {"content": "Hoi"}}], usage=running)])
+    assert message.content_delta == "Hoi" and not decoder.is_finished
+    assert decoder.tokens == (3, 1)  # what a cancelled stream is charged
+
+
+def test_unknown_protobuf_fields_are_refused():
+    raw = pb.ChatRequest(model="m", messages=[USER]).SerializeToString() + bytes([0xF8, 0x06, 0x01])
+    with pytest.raises(APIError) as raised:
+        chat_request(pb.ChatRequest.FromString(raw), stream=False, max_sequences=4)
+    assert raised.value.status == 400 and "field number 111" in raised.value.message

@@ -39,16 +39,19 @@ from serving.engine.llm_server import stamp_first
 from tests.conftest import free_port
 
 MODEL = "m"
+STUCK_LIMIT_S = 3.0  # the research class's time limit (its tenants `lab` and `slow`)
 QUESTION = [{"role": "user", "content": "hoi"}]
 CONFIG = load_config({
-    "models": [{"id": MODEL, "source": "/models/m"}, {"id": "other", "source": "/models/o"}],
+    "models": [{"id": MODEL, "source": "/models/m"}, {"id": "other", "source": "/models/o"},
+               {"id": "stuck", "source": "/models/s"}],
     "pools": [{"name": "loading", "accelerator": "cpu", "models": [MODEL]},
-              {"name": "echo", "accelerator": "cpu", "models": [MODEL, "other"]}],
+              {"name": "echo", "accelerator": "cpu", "models": [MODEL, "other", "stuck"]}],
     "classes": {"government": {"pools": ["loading"]}, "commercial": {"pools": ["echo"], "priority": 0},
-                "research": {"pools": ["echo"]}},
+                "research": {"pools": ["echo"], "max_request_s": STUCK_LIMIT_S}},
     "tenants": [{"id": "gov", "class": "government", "models": [MODEL]},
                 {"id": "pilot", "class": "commercial", "models": [MODEL]},
-                {"id": "lab", "class": "research", "models": [MODEL, "other"]}],
+                {"id": "lab", "class": "research", "models": [MODEL, "other"]},
+                {"id": "slow", "class": "research", "models": ["stuck"]}],
 })
 
 
@@ -81,11 +84,31 @@ class EchoEngine:
         return stamp_first(one(), context.deployment, context.replica_id.unique_id)
 
 
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class StuckEngine:
+    """Healthy to its probes, but stops in every answer: streams one event, then hangs; an
+    unstreamed answer never comes. What a wedged GPU or engine looks like from outside."""
+
+    async def check_health(self) -> None:
+        return None
+
+    async def chat(self, request, raw_request_info=None):
+        async def stuck():
+            if request.stream:
+                yield ['data: {"id":"s","object":"chat.completion.chunk","created":0,"model":"stuck",'
+                       '"choices":[{"index":0,"delta":{"content":"Hoi"}}],'
+                       '"usage":{"prompt_tokens":5,"total_tokens":6,"completion_tokens":1}}\n\n']
+            await asyncio.sleep(3600)
+            yield []
+        context = serve.get_replica_context()
+        return stamp_first(stuck(), context.deployment, context.replica_id.unique_id)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("ingress")
     keys = KeyFile(home / "keys.json")
-    tenant_keys = {t: keys.create(t, {"gov", "pilot", "lab"}) for t in ("gov", "pilot", "lab")}
+    tenant_keys = {t: keys.create(t, {"gov", "pilot", "lab", "slow"}) for t in ("gov", "pilot", "lab", "slow")}
     ray.shutdown()  # a no-op unless an earlier test left a Ray instance in this process
     ray.init(num_cpus=4, include_dashboard=False, namespace="fabriek-tests")
     port, grpc_port = free_port(), free_port()
@@ -93,11 +116,12 @@ def server(tmp_path_factory):
                 grpc_options={"port": grpc_port, "grpc_servicer_functions": [GrpcSpec.SERVICER_FUNCTION]})
     ingress = serve.deployment(OpenAIIngress, ray_actor_options={"num_cpus": 0})
     engines = {Route("loading", MODEL): LoadingEngine.bind(), Route("echo", MODEL): EchoEngine.bind(),
-               Route("echo", "other"): EchoEngine.options(name="EchoOther").bind()}
+               Route("echo", "other"): EchoEngine.options(name="EchoOther").bind(),
+               Route("echo", "stuck"): StuckEngine.bind()}
     # One ingress over pools of two domains: what is tested here is its routing within what it is
     # given (fail closed, no fallback between pools); the app builder gives it one domain.
     anywhere = FrontDoorPlacement(ray_resources={}, cores=None, cpu_nice=None)
-    app = ingress.bind(engines, {MODEL: {}, "other": {}}, 4096, domain="test", tenancy=CONFIG.tenancy(),
+    app = ingress.bind(engines, {MODEL: {}, "other": {}, "stuck": {}}, 4096, domain="test", tenancy=CONFIG.tenancy(),
                        key_file=keys.path, cache_salt_secret_file=home / "salt.secret",
                        key_reload_interval_s=0.2, admission_controller=bind_admission_controller(CONFIG, anywhere),
                        ledger=LedgerSpec(url=f"sqlite:///{home / 'usage.db'}"),
@@ -108,7 +132,8 @@ def server(tmp_path_factory):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until the echo engines are probed ready
         try:
-            if httpx.get(f"{url}/health", timeout=5).json().get("pools", {}).get("echo") == {
+            lab = {"Authorization": f"Bearer {tenant_keys['lab'][0]}"}  # its pool: echo, both models
+            if httpx.get(f"{url}/health", headers=lab, timeout=5).json().get("pools", {}).get("echo") == {
                     MODEL: "ready", "other": "ready"}:
                 break
         except (httpx.TransportError, ValueError):
@@ -116,9 +141,17 @@ def server(tmp_path_factory):
         time.sleep(0.5)
     yield {"url": url, "grpc_target": f"127.0.0.1:{grpc_port}", "keys": {t: k for t, (k, _) in tenant_keys.items()},
            "records": {t: r for t, (_, r) in tenant_keys.items()}, "key_file": keys,
-           "secret": load_or_create_secret(home / "salt.secret")}
+           "secret": load_or_create_secret(home / "salt.secret"), "ledger": f"sqlite:///{home / 'usage.db'}"}
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.mark.parametrize("field", [{"cache_salt": "guessed-salt"}, {"priority": -1000},
+                                   {"request_id": "fabriek-0"}, {"kv_transfer_params": {}}])
+def test_platform_fields_from_the_client_are_refused_by_name(server, field):
+    response = post(server, "pilot", {"model": MODEL, "messages": QUESTION, **field})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == next(iter(field))
 
 
 def post(server, tenant, body, path="/v1/chat/completions", key=None):
@@ -126,11 +159,20 @@ def post(server, tenant, body, path="/v1/chat/completions", key=None):
     return httpx.post(f"{server['url']}{path}", json=body, headers=headers, timeout=30)
 
 
-def test_health_is_503_while_one_pool_loads(server):
+def test_health_is_503_while_one_pool_loads_and_says_no_more_without_a_key(server):
     response = httpx.get(f"{server['url']}/health", timeout=10)
     assert response.status_code == 503
-    assert response.json() == {"status": "starting", "pools": {"loading": {MODEL: "not ready"},
-                                                                "echo": {MODEL: "ready", "other": "ready"}}}
+    assert response.json() == {"status": "unavailable"}  # no pool, no model named
+
+
+def test_health_with_a_key_shows_only_the_tenants_own_pools(server):
+    def health(tenant):
+        return httpx.get(f"{server['url']}/health", timeout=10,
+                         headers={"Authorization": f"Bearer {server['keys'][tenant]}"}).json()
+    assert health("gov") == {"status": "unavailable", "pools": {"loading": {MODEL: "not ready"}}}
+    assert health("pilot") == {"status": "unavailable", "pools": {"echo": {MODEL: "ready"}}}
+    bad = httpx.get(f"{server['url']}/health", headers={"Authorization": "Bearer fab-nope"}, timeout=10)
+    assert bad.status_code == 401
 
 
 def test_tenant_of_a_loading_pool_gets_503_at_once_never_another_pool(server):
@@ -143,8 +185,7 @@ def test_tenant_of_a_loading_pool_gets_503_at_once_never_another_pool(server):
 
 
 def test_engine_gets_the_tenant_fields_not_the_clients(server):
-    body = {"model": MODEL, "messages": QUESTION, "user": "mallory", "cache_salt": "guessed-salt",
-            "priority": -1000}
+    body = {"model": MODEL, "messages": QUESTION, "user": "mallory"}
     response = post(server, "pilot", body)
     assert response.status_code == 200, response.text
     received = json.loads(response.json()["choices"][0]["message"]["content"])
@@ -266,3 +307,51 @@ def test_grpc_count_tokens_without_a_local_tokenizer_is_failed_precondition(serv
     with pytest.raises(grpc.RpcError) as raised:
         stub.CountTokens(pb.CountTokensRequest(text="hoi"), metadata=grpc_key(server, "pilot"), timeout=10)
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _record(server, request_id):
+    from serving.records.ledger import UsageLedger
+    ledger = UsageLedger(server["ledger"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            records = [r for r in ledger.records(tenant_id="slow") if r.request_id == request_id]
+            if records and records[0].status != "started":
+                return records[0]
+            time.sleep(0.2)
+        raise AssertionError(f"no finished record for {request_id}")
+    finally:
+        ledger.close()
+
+
+def test_a_stuck_engine_answers_504_within_the_class_time_limit(server):
+    started = time.monotonic()
+    response = post(server, "slow", {"model": "stuck", "messages": QUESTION})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    assert response.json()["error"]["type"] == "TimeoutError"
+    assert STUCK_LIMIT_S - 0.5 < elapsed < STUCK_LIMIT_S + 5
+    assert _record(server, response.headers["x-fabriek-request-id"]).status_code == 504
+
+
+def test_a_stream_that_stalls_ends_with_an_error_event_and_is_charged_what_it_sent(server):
+    started = time.monotonic()
+    with httpx.stream("POST", f"{server['url']}/v1/chat/completions", timeout=30,
+                      headers={"Authorization": f"Bearer {server['keys']['slow']}"},
+                      json={"model": "stuck", "messages": QUESTION, "stream": True}) as response:
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+        request_id = response.headers["x-fabriek-request-id"]
+    assert STUCK_LIMIT_S - 0.5 < time.monotonic() - started < STUCK_LIMIT_S + 5
+    assert '"content":"Hoi"' in events[0] and '"usage"' not in events[0]  # running usage is the platform's
+    assert json.loads(events[-2][6:])["error"]["code"] == 504 and events[-1] == "data: [DONE]"
+    record = _record(server, request_id)
+    assert (record.status_code, record.prompt_tokens, record.completion_tokens) == (504, 5, 1)
+
+
+def test_grpc_call_to_a_stuck_engine_is_deadline_exceeded_within_the_limit(server, stub):
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Chat(pb.ChatRequest(model="stuck", messages=[pb.ChatMessage(role=pb.ROLE_USER, content="hoi")]),
+                  metadata=[("authorization", f"Bearer {server['keys']['slow']}")], timeout=30)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < STUCK_LIMIT_S + 5
