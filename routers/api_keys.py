@@ -112,20 +112,35 @@ class KeyRing:
 
     def authenticate(self, key: str) -> KeyRecord | None:
         """The live record of ``key``, or None for a malformed, unknown, wrong or revoked key."""
+        record = self.candidate(key)
+        if record is None or self.is_remembered(key, record):
+            return record
+        return record if self.verify(key, record) else None
+
+    def candidate(self, key: str) -> KeyRecord | None:
+        """The live record whose key id ``key`` carries (its secret not yet checked), if any.
+
+        Unknown ids, revoked keys and malformed keys end here, without hashing anything."""
         key_id = key_id_of(key)
         record = self._records.get(key_id) if key_id is not None else None
-        if record is None or record.is_revoked:
-            return None
-        digest = hmac.new(self._memo_key, key.encode(), hashlib.sha256).digest()
-        remembered = self._verified.get(key_id)
-        if remembered is not None and hmac.compare_digest(remembered, digest):
-            return record
-        expected = bytes.fromhex(record.key_hash)
+        return None if record is None or record.is_revoked else record
+
+    def is_remembered(self, key: str, record: KeyRecord) -> bool:
+        """Whether ``key`` is the key that last verified for its record (no scrypt: a keyed digest)."""
+        remembered = self._verified.get(record.key_id)
+        return remembered is not None and hmac.compare_digest(remembered, self._digest(key))
+
+    def verify(self, key: str, record: KeyRecord) -> bool:
+        """The full check, scrypt included (tens of ms; thread-safe, and hashlib releases the
+        GIL while it hashes, so callers run it off their event loop)."""
         actual = _hash(key, bytes.fromhex(record.salt), record.kdf)
-        if not hmac.compare_digest(expected, actual):
-            return None
-        self._verified[key_id] = digest
-        return record
+        if not hmac.compare_digest(bytes.fromhex(record.key_hash), actual):
+            return False
+        self._verified[record.key_id] = self._digest(key)
+        return True
+
+    def _digest(self, key: str) -> bytes:
+        return hmac.new(self._memo_key, key.encode(), hashlib.sha256).digest()
 
 
 def _hash(key: str, salt: bytes, kdf: Mapping[str, int]) -> bytes:

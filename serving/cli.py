@@ -51,7 +51,7 @@ def _config_check(args: argparse.Namespace) -> int:
 def _config_ray_env(args: argparse.Namespace) -> int:
     from serving.config import load_config
 
-    for name, value in load_config(args.config).serve.ray_env().items():
+    for name, value in load_config(args.config).ray_env().items():
         print(f"export {name}={value}")
     return 0
 

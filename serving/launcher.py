@@ -87,7 +87,7 @@ def serve_locally(config: PlatformConfig) -> int:
     try:
         _say("starting a local Ray head")
         # Ray's processes read these at start; they inherit the driver's environment.
-        os.environ.update(config.serve.ray_env())
+        os.environ.update(config.ray_env())
         if tracing.traces_exporter(os.environ) is not None:
             os.environ.setdefault("OTEL_SERVICE_NAME", tracing.DEFAULT_SERVICE_NAME)
         # This one node plays every pool's nodes: it advertises each pool's resource, which

@@ -158,13 +158,13 @@ class Gateway:
         """Commits the usage records still waiting (the replica is stopping)."""
         self._gate.close()
 
-    def authenticate(self, authorization: str | None) -> Tenant:
-        """The tenant of ``Bearer KEY``.
+    async def authenticate(self, authorization: str | None) -> Tenant:
+        """The tenant of ``Bearer KEY`` (a first check hashes off the event loop).
 
         Raises:
             Refused: UNAUTHENTICATED.
         """
-        return self._access.authenticate(authorization)
+        return await self._access.authenticate(authorization)
 
     def pools_of(self, tenant: Tenant) -> frozenset[str]:
         """The pools the tenant's class may use."""

@@ -8,12 +8,15 @@ also gives each reason its status; gRPC codes are in ``serving.frontdoor.grpc_st
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from pathlib import Path
 from typing import Callable, Iterable
 
 from routers import (Admission, AdmissionPipeline, AdmissionRequest, Authenticator, Candidate, KeyFile,
                      KeyFileWatcher, Rejection, Route, Tenancy, Tenant,
                      load_or_create_secret)
+from routers.authentication import PendingCheck
 from serving.admission.refusals import Refused
 
 
@@ -34,17 +37,24 @@ class TenantAccess:
         self._authenticator = Authenticator(
             KeyFileWatcher(KeyFile(key_file), check_interval_s=key_reload_interval_s), tenancy)
         self._pipeline = AdmissionPipeline(tenancy, load_or_create_secret(cache_salt_secret_file))
+        # One thread hashes keys (scrypt) off the event loop: a first or a wrong key never
+        # stalls the streams in flight, and guessing takes at most this one core.
+        self._hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fabriek-key-hash")
 
-    def authenticate(self, authorization: str | None) -> Tenant:
-        """The tenant of a bearer key.
+    async def authenticate(self, authorization: str | None) -> Tenant:
+        """The tenant of a bearer key; a key's first check hashes it in a worker thread.
 
         Args:
             authorization: the ``Authorization`` header or ``authorization`` metadata value.
 
         Raises:
-            Refused: UNAUTHENTICATED for a missing, malformed, unknown or revoked key.
+            Refused: UNAUTHENTICATED for a missing, malformed, unknown or revoked key, or a
+                key id whose wrong secrets passed the limit (``routers.authentication``).
         """
-        decision = self._authenticator.authenticate(authorization)
+        decision = self._authenticator.start(authorization)
+        if isinstance(decision, PendingCheck):
+            verified = await asyncio.get_running_loop().run_in_executor(self._hasher, decision.verify)
+            decision = self._authenticator.finish(decision, verified)
         if isinstance(decision, Rejection):
             raise Refused(decision)
         return decision

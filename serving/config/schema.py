@@ -241,6 +241,12 @@ class PlatformConfig(_Frozen):
                         f"tenants[{tenant.id}].models[{j}]: {model_id!r} is served by no pool of "
                         f"class {str(tenant.tenant_class)!r} (pools {spec.pools}); add it to one of them")
 
+    def ray_env(self) -> dict[str, str]:
+        """Environment variables every Ray process of this platform needs: the Serve
+        runtime's (``serve.ray_env``), and gRPC's message limit held to HTTP's body limit
+        (Ray's default is 2 GiB, which a client could make a front door buffer)."""
+        return {**self.serve.ray_env(), "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(self.http.max_request_bytes)}
+
     def tenancy(self) -> Tenancy:
         """The tenants and class policies as the policy core (``routers``) takes them."""
         return Tenancy(

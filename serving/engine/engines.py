@@ -20,7 +20,7 @@ from serving.engine.cpu_affinity import POOL_NICE_ENV
 from serving.config import (BUILTIN_SCHEME, OBJECT_STORE_SCHEMES, POOL_RESOURCE_PER_REPLICA, ModelSpec,
                             PlatformConfig, PoolSpec)
 from serving.engine.default_model import DEFAULT_MODEL_NAME, ModelPrepareError, default_model_dir, verify_model_dir
-from serving.engine.llm_server import FabriekLLMServer
+from serving.engine.llm_server import MAX_REQUEST_S_KEY, FabriekLLMServer
 
 # Engine replicas never reach a model hub: weights come from the config's source.
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -68,8 +68,13 @@ def engine_args_for(pool: PoolSpec, model: ModelSpec) -> dict[str, Any]:
     return {**model.engine_args, **pool.engine_args, "enable_log_requests": False}
 
 
-def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[str, str]) -> LLMConfig:
-    """Build the Ray Serve LLM config of `model` on `pool`."""
+def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[str, str],
+                   max_request_s: float | None = None) -> LLMConfig:
+    """Build the Ray Serve LLM config of `model` on `pool`.
+
+    Args:
+        max_request_s: the engine's own bound on one request (see ``stamp_first``).
+    """
     # Read where the app is built: the launcher, or the Serve controller in the cluster.
     tracing_args, tracing_env = tracing.vllm_tracing(os.environ)
     engine_kwargs = {**engine_args_for(pool, model), **tracing_args}
@@ -93,7 +98,19 @@ def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[st
         runtime_env={"env_vars": {**pool_env, **tracing_env, **_OFFLINE_ENV}},
         # Engine stats feed the Prometheus metrics on the Ray metrics endpoint.
         log_engine_metrics=True,
+        experimental_configs={} if max_request_s is None else {MAX_REQUEST_S_KEY: max_request_s},
     )
+
+
+# The engine's bound exceeds the front door's: a live request always ends at the front door
+# (504, charged what it produced); only an orphan, whose front door died, meets this one.
+ENGINE_TIME_LIMIT_GRACE_S = 30.0
+
+
+def engine_time_limit_s(config: PlatformConfig, pool: str) -> float | None:
+    """The longest time limit of the classes that use ``pool``, plus a grace."""
+    limits = [spec.max_request_s for spec in config.classes.values() if pool in spec.pools]
+    return max(limits) + ENGINE_TIME_LIMIT_GRACE_S if limits else None
 
 
 def build_engine_deployments(config: PlatformConfig) -> list[EngineDeployment]:
@@ -102,7 +119,8 @@ def build_engine_deployments(config: PlatformConfig) -> list[EngineDeployment]:
     deployments = []
     for pool in config.pools:
         for model_id in pool.models:
-            llm_config = llm_config_for(pool, config.model(model_id), sources[model_id])
+            llm_config = llm_config_for(pool, config.model(model_id), sources[model_id],
+                                        engine_time_limit_s(config, pool.name))
             app = build_llm_deployment(llm_config, name_prefix=f"{pool.name}--",
                                        deployment_cls=FabriekLLMServer)
             deployments.append(EngineDeployment(pool.name, model_id, llm_config.engine_kwargs, app,

@@ -107,14 +107,32 @@ class Stamped:
     replica_id: str
 
 
-async def stamp_first(stream: AsyncIterator[T], deployment: str, replica_id: str) -> AsyncGenerator[Any, None]:
+# experimental_configs key of the engine's own time limit per request (serving.engine.engines).
+MAX_REQUEST_S_KEY = "fabriek_max_request_s"
+
+
+async def stamp_first(stream: AsyncIterator[T], deployment: str, replica_id: str,
+                      max_duration_s: float | None = None) -> AsyncGenerator[Any, None]:
     """Yield ``stream`` with its first item wrapped in ``Stamped``.
 
     Riding on the first item costs no extra message between engine and ingress.
+
+    Args:
+        max_duration_s: the longest the engine works on the request. The front door ends
+            requests at their class's limit and cancels them here; this bound is for the
+            request whose front door died (Ray Serve does not cancel an orphaned call):
+            past it, the engine request is aborted.
     """
+    deadline = None if max_duration_s is None else asyncio.get_running_loop().time() + max_duration_s
     try:
         is_first = True
-        async for item in stream:
+        iterator = aiter(stream)
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):  # only the wait, never the yield
+                    item = await anext(iterator)
+            except StopAsyncIteration:
+                break
             yield Stamped(item, deployment, replica_id) if is_first else item
             is_first = False
     finally:
@@ -157,7 +175,8 @@ class FabriekLLMServer(LLMServer):
 
     def _stamped(self, stream: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
         context = serve.get_replica_context()
-        return stamp_first(stream, context.deployment, context.replica_id.unique_id)
+        return stamp_first(stream, context.deployment, context.replica_id.unique_id,
+                           self._llm_config.experimental_configs.get(MAX_REQUEST_S_KEY))
 
     def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
         # Ray's setting (experimental_configs.stream_batching_interval_ms, 50 ms default).

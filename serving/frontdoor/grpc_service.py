@@ -67,10 +67,10 @@ class InferenceService:
         """A text completion, streamed batch by batch as the engine produces it."""
         return self._stream(request, context, "completions", grpc_messages.completion_request)
 
-    def list_models(self, request: pb.ListModelsRequest, context: RayServegRPCContext) -> pb.ListModelsResponse:  # noqa: ARG002
+    async def list_models(self, request: pb.ListModelsRequest, context: RayServegRPCContext) -> pb.ListModelsResponse:  # noqa: ARG002
         """The models the calling tenant may use."""
         try:
-            tenant = self._authenticate(context)
+            tenant = await self._authenticate(context)
         except Refused as refused:
             set_refused(context, refused)
             return pb.ListModelsResponse()
@@ -78,10 +78,10 @@ class InferenceService:
             pb.Model(id=m, max_model_len=self._model_cards[m].get("max_model_len") or 0)
             for m in sorted(tenant.model_ids) if m in self._model_cards])
 
-    def count_tokens(self, request: pb.CountTokensRequest, context: RayServegRPCContext) -> pb.CountTokensResponse:
+    async def count_tokens(self, request: pb.CountTokensRequest, context: RayServegRPCContext) -> pb.CountTokensResponse:
         """Tokens of a text under the model's tokenizer; the tenant must be allowed the model."""
         try:
-            tenant = self._authenticate(context)
+            tenant = await self._authenticate(context)
             model_id = self._gateway.admit_without_engine(tenant, request.model or None).route.model_id
         except Refused as refused:
             set_refused(context, refused)
@@ -92,16 +92,16 @@ class InferenceService:
             return pb.CountTokensResponse()
         return pb.CountTokensResponse(token_count=self._token_counter.count(model_id, request.text))
 
-    def _authenticate(self, context: RayServegRPCContext) -> Tenant:
+    async def _authenticate(self, context: RayServegRPCContext) -> Tenant:
         authorization = next((v for k, v in context.invocation_metadata() if k == "authorization"), None)
-        return self._gateway.authenticate(authorization)
+        return await self._gateway.authenticate(authorization)
 
-    def _parse(self, request, context: RayServegRPCContext, build: Callable[..., tuple], *,
+    async def _parse(self, request, context: RayServegRPCContext, build: Callable[..., tuple], *,
                stream: bool) -> tuple[Tenant, OpenAIRequest, int] | None:
         """Authenticate, then validate: (tenant, request, sequences), or None (with the status
         set) when refused. A refused request of a known tenant counts against its request rate."""
         try:
-            tenant = self._authenticate(context)
+            tenant = await self._authenticate(context)
         except Refused as refused:
             set_refused(context, refused)
             return None
@@ -115,7 +115,7 @@ class InferenceService:
 
     async def _unary(self, request, context: RayServegRPCContext, method: str, build: Callable[..., OpenAIRequest],
                      convert: Callable, empty: type):
-        parsed = self._parse(request, context, build, stream=False)
+        parsed = await self._parse(request, context, build, stream=False)
         if parsed is None:
             return empty()
         try:
@@ -132,7 +132,7 @@ class InferenceService:
 
     async def _stream(self, request, context: RayServegRPCContext, method: str,
                       build: Callable[..., OpenAIRequest]) -> AsyncIterator[StreamMessage]:
-        parsed = self._parse(request, context, build, stream=True)
+        parsed = await self._parse(request, context, build, stream=True)
         if parsed is None:
             return
         try:

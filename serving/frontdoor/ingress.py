@@ -40,6 +40,8 @@ from serving.frontdoor.errors import REQUEST_ID_HEADER, APIError, error_response
 from serving.admission.gateway import EngineAnswer, Gateway, OpenAIRequest
 from serving.frontdoor.grpc_service import InferenceService
 from serving.frontdoor.openai_requests import read_json_object, validate_openai_request
+from serving.frontdoor.openapi_schema import (completion_route_docs, health_route_docs, install_openapi,
+                                              tenant_route_docs)
 from serving.admission.stream_usage import USAGE_ONLY, error_status_in, last_data_event, without_usage
 from serving.protos.fabriek.v1 import inference_pb2 as pb
 from serving.admission.token_counter import TokenCounter
@@ -103,10 +105,13 @@ class OpenAIIngress:
                       docs_url="/docs", redoc_url=None)
         install_error_handlers(app)
         app.add_middleware(BodySizeLimit, max_bytes=self._max_request_bytes)
-        app.add_api_route("/v1/chat/completions", self.chat, methods=["POST"])
-        app.add_api_route("/v1/completions", self.completions, methods=["POST"])
-        app.add_api_route("/v1/models", self.models, methods=["GET"], response_model=ModelList)
-        app.add_api_route("/health", self.health, methods=["GET"])
+        app.add_api_route("/v1/chat/completions", self.chat, methods=["POST"], **completion_route_docs("chat"))
+        app.add_api_route("/v1/completions", self.completions, methods=["POST"],
+                          **completion_route_docs("completions"))
+        app.add_api_route("/v1/models", self.models, methods=["GET"], response_model=ModelList,
+                          **tenant_route_docs())
+        app.add_api_route("/health", self.health, methods=["GET"], **health_route_docs())
+        install_openapi(app)
         self._gateway.readiness.start()
         # As the engine replica does (serving.engine.llm_server): keep full collections off the
         # import-time heap, which would otherwise stall every stream passing through.
@@ -132,7 +137,7 @@ class OpenAIIngress:
 
     async def models(self, request: Request) -> ModelList:
         """The models the calling tenant may use."""
-        tenant = self._gateway.authenticate(request.headers.get("authorization"))
+        tenant = await self._gateway.authenticate(request.headers.get("authorization"))
         return ModelList(data=[ModelCard(id=m, owned_by="fabriek", root=m, **self._model_cards[m])
                                for m in sorted(tenant.model_ids) if m in self._model_cards])
 
@@ -147,7 +152,7 @@ class OpenAIIngress:
         is_ready = all(s == "ready" for s in status.values())
         answer: dict = {"status": "ok" if is_ready else "unavailable"}
         if request.headers.get("authorization"):
-            tenant = self._gateway.authenticate(request.headers.get("authorization"))
+            tenant = await self._gateway.authenticate(request.headers.get("authorization"))
             pools = self._gateway.pools_of(tenant)
             answer["pools"] = {}
             for route, state in status.items():
@@ -156,7 +161,7 @@ class OpenAIIngress:
         return JSONResponse(answer, status_code=200 if is_ready else 503)
 
     async def _relay(self, request: Request, model: type[OpenAIRequest], method: str) -> Response:
-        tenant = self._gateway.authenticate(request.headers.get("authorization"))  # before the body
+        tenant = await self._gateway.authenticate(request.headers.get("authorization"))  # before the body
         try:
             data = await read_json_object(request, self._max_request_bytes)
             body, shape = validate_openai_request(data, model, method, self._gateway.max_sequences(tenant))
@@ -222,12 +227,12 @@ class OpenAIIngress:
     async def ListModels(self, request: pb.ListModelsRequest,  # noqa: N802
                          grpc_context: RayServegRPCContext) -> pb.ListModelsResponse:
         """RPC ``ListModels``: the models the calling tenant may use."""
-        return self._grpc.list_models(request, grpc_context)
+        return await self._grpc.list_models(request, grpc_context)
 
     async def CountTokens(self, request: pb.CountTokensRequest,  # noqa: N802
                           grpc_context: RayServegRPCContext) -> pb.CountTokensResponse:
         """RPC ``CountTokens``: tokens of a text under the model's tokenizer."""
-        return self._grpc.count_tokens(request, grpc_context)
+        return await self._grpc.count_tokens(request, grpc_context)
 
 
 async def _server_sent_events(answer: EngineAnswer) -> AsyncIterator[str]:

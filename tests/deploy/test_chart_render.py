@@ -190,7 +190,7 @@ def test_ray_environment_is_what_fabriek_config_ray_env_prints(rendered):
     config = platform(objects)
     for group in pod_groups(objects).values():
         env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
-        for name, value in config.serve.ray_env().items():
+        for name, value in config.ray_env().items():
             assert float(env[name]) == float(value), name
 
 

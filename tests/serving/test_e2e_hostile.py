@@ -174,6 +174,29 @@ def test_a_grpc_field_outside_the_proto_is_invalid_argument(fabriek_server):
 
 # --- 4. A front door that stays fast for everyone -----------------------------------------
 
+def test_a_grpc_message_over_the_http_body_limit_is_refused(fabriek_server):
+    huge = pb.ChatRequest(model=MODEL_ID, messages=[pb.ChatMessage(role=pb.ROLE_USER, content="x" * (2 << 20))])
+    with grpc.insecure_channel(fabriek_server.grpc_target) as channel:
+        chat = channel.unary_unary("/fabriek.v1.InferenceService/Chat",
+                                   request_serializer=pb.ChatRequest.SerializeToString,
+                                   response_deserializer=pb.ChatResponse.FromString)
+        with pytest.raises(grpc.RpcError) as raised:
+            chat(huge, metadata=fabriek_server.grpc_metadata("pilot-demo"), timeout=60)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_wrong_secrets_for_a_real_key_id_are_refused_alike_and_do_not_slow_others(fabriek_server):
+    key = fabriek_server.keys["pilot-demo"]
+    forged = key[:key.rindex("_") + 1] + "A" * 43
+    started = time.monotonic()
+    answers = [httpx.get(f"{fabriek_server.base_url('pilot-demo')}/v1/models", timeout=30,
+                         headers={"Authorization": f"Bearer {forged}"}) for _ in range(30)]
+    assert {a.status_code for a in answers} == {401}
+    assert len({a.text for a in answers}) == 1  # hashed or not, the same answer
+    # 30 scrypt hashes would take ~2 s of one core here; past the limit none is made.
+    assert time.monotonic() - started < 10
+    assert client(fabriek_server).models.list().data  # the real key still works
+
 def test_client_chosen_model_names_reach_neither_ledger_nor_metric_labels(fabriek_server):
     since = time.time()
     huge = post(fabriek_server, "pilot-demo", {"model": "m" * 200_000, "messages": QUESTION})
@@ -218,3 +241,42 @@ def test_refusals_count_against_the_request_quota(fabriek_server):
     time.sleep(0.5)  # the refusals are counted fire and forget
     answer = post(fabriek_server, "quota-refusals", {"model": MODEL_ID, "messages": QUESTION, "max_tokens": 2})
     assert answer.status_code == 429
+
+
+# --- 8. No content in logs on error paths --------------------------------------------------
+
+CANARY = "canary-7f3a9c-citizen-record"
+
+
+def _error_probes() -> list[tuple[str, dict]]:
+    chat = {"model": MODEL_ID, "max_tokens": 4}
+    said = [{"role": "user", "content": f"My file is {CANARY}."}]
+    return [
+        ("invalid regex", {**chat, "messages": said, "structured_outputs": {"regex": f"({CANARY}"}}),
+        ("invalid JSON schema", {**chat, "messages": said, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": CANARY}}}}),
+        ("invalid grammar", {**chat, "messages": said, "structured_outputs": {"grammar": f"root ::= {CANARY} ("}}),
+        ("prompt over the context", {**chat, "messages": [{"role": "user", "content": f"{CANARY} " * 3000}]}),
+        ("bad field value", {**chat, "messages": said, "temperature": CANARY}),
+        ("bad content part", {**chat, "messages": [{"role": "user", "content": [{"type": CANARY, "text": CANARY}]}]}),
+        ("tool not defined", {**chat, "messages": said, "tools": [{"type": "function", "function": {
+            "name": "lookup", "description": CANARY}}], "tool_choice": {"type": "function", "function": {"name": CANARY}}}),
+    ]
+
+
+@pytest.mark.parametrize(("what", "body"), _error_probes(), ids=[w for w, _ in _error_probes()])
+def test_schema_grammar_and_validation_errors_are_400_never_500(fabriek_server, what, body):
+    response = post(fabriek_server, "pilot-demo", body)
+    assert response.status_code == 400, (what, response.text[:300])
+    assert response.json()["error"]["type"] == "BadRequestError"
+
+
+def test_error_paths_write_no_prompt_text_to_any_log(fabriek_server):
+    for _, body in _error_probes():  # again, so this test stands alone
+        post(fabriek_server, "pilot-demo", body)
+        post(fabriek_server, "pilot-demo", {**body, "stream": True})
+    time.sleep(3)  # replica logs are buffered (Ray Serve's throughput mode)
+    leaks = [str(path) for path in fabriek_server.ray_logs_dir.rglob("*")
+             if path.is_file() and CANARY.encode() in path.read_bytes()]
+    assert leaks == []
+    assert CANARY not in "".join(fabriek_server.lines)

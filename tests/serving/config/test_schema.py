@@ -162,6 +162,11 @@ def test_serve_runtime_becomes_ray_environment(serve, expected):
     assert load_config({**VALID, "serve": serve}).serve.ray_env() == expected
 
 
+def test_grpc_messages_are_held_to_the_http_body_limit():
+    env = load_config({**VALID, "http": {"max_request_bytes": 65536}}).ray_env()
+    assert env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == "65536"
+
+
 def test_unknown_proxy_is_refused():
     with pytest.raises(ConfigError, match="serve.proxy"):
         load_config({**VALID, "serve": {"proxy": "nginx"}})

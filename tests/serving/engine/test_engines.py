@@ -74,3 +74,15 @@ def test_pool_resource_is_in_every_engine_bundle_and_binding_in_the_env():
     gpu = llm_config_for(config.pools[1], config.model("m"), "/models/m")
     assert gpu.placement_group_config["bundle_per_worker"] == {"GPU": 1, "pool_gpu-pool": 0.001}
     assert not {"VLLM_CPU_OMP_THREADS_BIND", "FABRIEK_POOL_CPU_NICE"} & set(gpu.runtime_env["env_vars"])
+
+
+def test_engines_bound_a_request_past_the_longest_limit_of_their_classes():
+    from serving.engine.engines import ENGINE_TIME_LIMIT_GRACE_S, engine_time_limit_s
+    from serving.engine.llm_server import MAX_REQUEST_S_KEY
+
+    config = load_config("serving/configs/local-cpu.yaml")
+    limit = engine_time_limit_s(config, "government")
+    assert limit == config.classes["government"].max_request_s + ENGINE_TIME_LIMIT_GRACE_S
+    pool = config.pools[0]
+    llm_config = llm_config_for(pool, config.model(pool.models[0]), "/models/m", limit)
+    assert llm_config.experimental_configs[MAX_REQUEST_S_KEY] == limit

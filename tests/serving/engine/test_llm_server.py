@@ -94,3 +94,34 @@ def test_closing_the_stream_cancels_the_source():
         await asyncio.sleep(0.01)
         return state["closed"]
     assert run(main()) is True
+
+
+def test_an_engine_request_past_its_time_limit_is_aborted_even_without_a_reader():
+    """An orphan (its front door died) is not cancelled by Ray Serve: the engine's own bound
+    closes the engine stream, which vLLM takes as an abort."""
+    import asyncio
+
+    from serving.engine.llm_server import Stamped, stamp_first
+
+    closed = []
+
+    async def engine():
+        try:
+            yield "first"
+            await asyncio.sleep(3600)  # a generation that would run on
+            yield "never"
+        finally:
+            closed.append(True)
+
+    async def run():
+        stream = stamp_first(engine(), "pool--m", "r1", max_duration_s=0.2)
+        assert isinstance(await anext(stream), Stamped)
+        started = asyncio.get_running_loop().time()
+        try:
+            await anext(stream)
+        except TimeoutError:
+            return asyncio.get_running_loop().time() - started
+        raise AssertionError("the stream outlived its limit")
+
+    assert asyncio.run(run()) < 1.0
+    assert closed == [True]

@@ -208,6 +208,9 @@ domain adds its usage database URL (fabriek.rayContainer).
   value: {{ (hasKey $serve "haproxy_stats_port") | ternary $serve.haproxy_stats_port 8404 | int | toString | quote }}
 - name: RAY_SERVE_HAPROXY_METRICS_PORT
   value: {{ (hasKey $serve "haproxy_metrics_port") | ternary $serve.haproxy_metrics_port 9101 | int | toString | quote }}
+{{- $http := default (dict) .Values.platform.http }}
+- name: RAY_SERVE_GRPC_MAX_MESSAGE_SIZE
+  value: {{ (hasKey $http "max_request_bytes") | ternary $http.max_request_bytes 1048576 | int | toString | quote }}
 {{- with .Values.tracing }}{{ if .otlpEndpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .otlpEndpoint | quote }}

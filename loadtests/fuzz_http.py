@@ -1,0 +1,128 @@
+"""Schemathesis against one isolation domain's OpenAPI document: every operation, three passes.
+
+  * positive: bodies the document allows, with a tenant's key;
+  * negative: bodies, headers and parameters the document forbids, with the key;
+  * unauthenticated: allowed bodies with no key, a malformed header or an unknown key
+    (every ``/v1`` operation must answer 401 before reading the body).
+
+The check is schemathesis's own ``not_a_server_error`` with 503 among the expected statuses
+(a loading or full pool answers 503 by design); the document itself is fabriek's
+(``serving/frontdoor/openapi_schema.py``), served at ``<domain>/openapi.json``. Examples are
+not shrunk: every failure is kept, with a curl command that reproduces it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from typing import Any, Iterator
+
+import httpx
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core import NotSet
+from schemathesis.core.failures import FailureGroup
+
+# What the check accepts: every non-5xx status, and 503 (a pool loading, full or down).
+EXPECTED_STATUSES = ["2xx", "3xx", "4xx", "503"]
+PASSES = ("positive", "negative", "unauthenticated")
+# Stand-ins for the key in the unauthenticated pass: none, malformed, unknown.
+_NOT_A_KEY = (None, "Bearer", "Basic dXNlcjpwYXNz", "Bearer fk-not-a-key", "bearer  ", "Bearer \tx")
+_KEY_SHOWN = "$FABRIEK_KEY"  # how reproducers write the tenant's key
+_TIMEOUT_S = 120
+
+
+def load_schema(base: str, model: str | None) -> schemathesis.BaseSchema:
+    """The domain's document as served, the check's expected statuses set, ``model``
+    offered beside any string (so that most generated requests reach an engine), reproducers
+    unsanitized (the key is replaced by ``$FABRIEK_KEY`` here)."""
+    document = httpx.get(f"{base}/openapi.json", timeout=30).raise_for_status().json()
+    if model is not None:
+        document = copy.deepcopy(document)
+        for name in ("ChatCompletionRequest", "CompletionRequest"):
+            properties = document["components"]["schemas"][name]["properties"]
+            properties["model"] = {"anyOf": [{"const": model}, properties["model"]]}
+    config = schemathesis.Config.from_dict({
+        "checks": {"not_a_server_error": {"expected-statuses": EXPECTED_STATUSES}},
+        "output": {"sanitization": {"enabled": False}}})
+    schema = schemathesis.openapi.from_dict(document, config=config)
+    schema.config.update(base_url=base)
+    return schema
+
+
+def run_http_fuzz(base: str, key: str, *, examples: int, model: str | None = None,
+                  passes: tuple[str, ...] = PASSES) -> dict[str, Any]:
+    """Fuzz every operation of the domain at ``base`` with ``examples`` examples per pass.
+
+    Args:
+        base: the domain's front door, ``http://HOST:PORT/<domain>``.
+        key: a key of a tenant of that domain (its quota should cap ``max_tokens``).
+        examples: Hypothesis examples per operation and pass.
+        model: a model id the tenant may use, mixed into the generated ``model`` fields.
+
+    Returns:
+        ``{"requests", "passes": {pass: {operation: {status: count}}}, "failures": [...],
+        "unauthenticated_not_401": [...]}``; a failure is a 5xx other than 503.
+    """
+    schema = load_schema(base, model)
+    session = requests.Session()
+    result: dict[str, Any] = {"requests": 0, "passes": {}, "failures": [], "unauthenticated_not_401": []}
+    for name in passes:
+        statuses: dict[str, Counter] = {}
+        for operation in _operations(schema):
+            statuses[operation.label] = _fuzz_operation(operation, name, key, examples, session, result)
+        result["passes"][name] = {label: dict(sorted(c.items())) for label, c in statuses.items()}
+    return result
+
+
+def _operations(schema: schemathesis.BaseSchema) -> Iterator[Any]:
+    for operation in schema.get_all_operations():
+        yield operation.ok()
+
+
+def _fuzz_operation(operation, name: str, key: str, examples: int, session: requests.Session,
+                    result: dict) -> Counter:
+    """One pass over one operation: its status counts; failures go into ``result``."""
+    statuses: Counter = Counter()
+    mode = GenerationMode.NEGATIVE if name == "negative" else GenerationMode.POSITIVE
+    needs_key = operation.path.startswith("/v1/")
+
+    @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=mode), stand_in=st.sampled_from(_NOT_A_KEY))
+    def one(case, stand_in):
+        headers = {"Authorization": f"Bearer {key}"} if name != "unauthenticated" else (
+            {} if stand_in is None else {"Authorization": stand_in})
+        if name == "unauthenticated" and case.headers:
+            case.headers.pop("Authorization", None)
+        try:
+            response = case.call(session=session, headers=headers, timeout=_TIMEOUT_S)
+        except requests.RequestException as err:  # the server hung up or timed out: as bad as a 500
+            statuses[type(err).__name__] += 1
+            result["failures"].append(_failure(case, name, headers, key, type(err).__name__, str(err)))
+            return
+        result["requests"] += 1
+        statuses[str(response.status_code)] += 1
+        try:
+            case.validate_response(response, checks=[not_a_server_error], headers=headers)
+        except FailureGroup:
+            result["failures"].append(_failure(case, name, headers, key, response.status_code, response.text))
+        if name == "unauthenticated" and needs_key and response.status_code != 401:
+            result["unauthenticated_not_401"].append(
+                _failure(case, name, headers, key, response.status_code, response.text))
+
+    one()
+    return statuses
+
+
+def _failure(case, name: str, headers: dict, key: str, status: int | str, answer: str) -> dict:
+    return {"pass": name, "operation": case.operation.label, "status": status,
+            "answer": answer[:500],
+            "reproducer": case.as_curl_command(headers=headers).replace(key, _KEY_SHOWN),
+            "body": None if isinstance(case.body, NotSet) else
+            json.dumps(case.body, default=repr).replace(key, _KEY_SHOWN)[:2000]}
