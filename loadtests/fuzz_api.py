@@ -98,7 +98,7 @@ def with_own_server(args) -> dict:
 
 
 def summary(result: dict) -> str:
-    """What was sent, what came back, and every failure with its reproducer."""
+    """What was sent, what came back, and each kind of failure with a reproducer."""
     http, grpc = result["http"], result["grpc"]
     lines = [f"HTTP: {http['requests']} requests"]
     for name, operations in http["passes"].items():
@@ -107,17 +107,27 @@ def summary(result: dict) -> str:
     lines.append(f"gRPC: {grpc['requests']} calls")
     for rpc, codes in grpc["codes"].items():
         lines.append(f"  {rpc:<16} {codes}")
-    failures = http["failures"] + grpc["failures"]
-    lines.append(f"failures (5xx other than 503; INTERNAL, UNKNOWN, DATA_LOSS): {len(failures)}")
-    for failure in http["failures"]:
-        lines.append(f"  HTTP {failure['status']} ({failure['pass']}, {failure['operation']}): "
-                     f"{failure['answer'][:200]}\n    {failure['reproducer']}")
-    for failure in grpc["failures"]:
-        lines.append(f"  gRPC {failure['code']} ({failure['rpc']}): {failure['details'][:200]}\n"
-                     f"    request: {failure['request'][:300]}\n    metadata: {failure['metadata']}")
+    lines.append(f"failures (5xx other than 503; INTERNAL, UNKNOWN, DATA_LOSS): "
+                 f"{len(http['failures']) + len(grpc['failures'])}")
+    for (where, status, answer), found in _kinds(http["failures"], "operation", "status", "answer").items():
+        lines.append(f"  {len(found)} x HTTP {status} ({where}): {answer}\n    {found[0]['reproducer'][:600]}")
+    for (rpc, code, details), found in _kinds(grpc["failures"], "rpc", "code", "details").items():
+        lines.append(f"  {len(found)} x gRPC {code} ({rpc}): {details}\n    request: {found[0]['request'][:300]}"
+                     f"\n    metadata: {found[0]['metadata']}")
     if http["unauthenticated_not_401"]:
         lines.append(f"unauthenticated /v1 requests not answered 401: {len(http['unauthenticated_not_401'])}")
+    lines.append("slowest HTTP requests: " + ", ".join(f"{r['elapsed_s']} s ({r['operation']}, {r['status']})"
+                                                       for r in http["slowest"]))
     return "\n".join(lines)
+
+
+def _kinds(failures: list[dict], *fields: str) -> dict[tuple, list[dict]]:
+    """Failures grouped by where and what (the first 120 characters of the message)."""
+    kinds: dict[tuple, list[dict]] = {}
+    for failure in failures:
+        kind = tuple(str(failure[f])[:120] for f in fields)
+        kinds.setdefault(kind, []).append(failure)
+    return kinds
 
 
 def main() -> None:

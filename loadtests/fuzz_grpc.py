@@ -59,7 +59,8 @@ def _field_strategy(field: FieldDescriptor, model: str | None, depth: int) -> st
         one = (message_strategy(field.message_type, model, depth + 1).map(lambda kw: message_class(**kw))
                if depth < 3 else st.just(message_class()))
     elif field.type == FieldDescriptor.TYPE_STRING:
-        one = (st.one_of(st.just(model), st.just(""), _TEXT) if field.name == "model" and model else _TEXT)
+        # Mostly the tenant's model or none (its only one), so that most calls reach an engine.
+        one = _mostly(st.just(model), st.one_of(st.just(""), _TEXT)) if field.name == "model" and model else _TEXT
     elif field.type == FieldDescriptor.TYPE_ENUM:
         known = [v.number for v in field.enum_type.values]
         one = st.one_of(st.sampled_from(known), st.integers(-(2**31), 2**31 - 1))  # open enums
@@ -84,26 +85,41 @@ def _field_strategy(field: FieldDescriptor, model: str | None, depth: int) -> st
     return st.lists(one, max_size=4) if field.is_repeated else one
 
 
-def request_strategy(rpc: str, model: str | None) -> st.SearchStrategy[tuple[str, bytes]]:
-    """(how it was made, the serialized request) of one call of ``rpc``."""
+# How a request is made: a whole message, a message with bytes appended, random bytes.
+PAYLOADS = ("message", "appended", "bytes")
+
+
+def request_strategy(rpc: str, model: str | None,
+                     payloads: tuple[str, ...] = PAYLOADS) -> st.SearchStrategy[tuple[str, bytes]]:
+    """(how it was made, the serialized request) of one call of ``rpc``; whole messages four
+    times in five when ``payloads`` has them."""
     request_type = RPCS[rpc][0]
     message = message_strategy(request_type.DESCRIPTOR, model).map(lambda kw: request_type(**kw))
-    return st.one_of(
-        message.map(lambda m: (text_format.MessageToString(m, as_one_line=True), m.SerializeToString())),
-        st.tuples(message, st.binary(min_size=1, max_size=24)).map(
+    made = {
+        "message": message.map(lambda m: (text_format.MessageToString(m, as_one_line=True), m.SerializeToString())),
+        "appended": st.tuples(message, st.binary(min_size=1, max_size=24)).map(
             lambda mb: (f"{text_format.MessageToString(mb[0], as_one_line=True)} + bytes {mb[1].hex()}",
                         mb[0].SerializeToString() + mb[1])),
-        st.binary(max_size=256).map(lambda b: (f"bytes {b.hex()}", b)))
+        "bytes": st.binary(max_size=256).map(lambda b: (f"bytes {b.hex()}", b))}
+    broken = [made[p] for p in payloads if p != "message"]
+    if "message" not in payloads:
+        return st.one_of(broken)
+    return _mostly(made["message"], st.one_of(broken)) if broken else made["message"]
+
+
+def _mostly(right: st.SearchStrategy, wrong: st.SearchStrategy) -> st.SearchStrategy:
+    """``right`` four times in five, else ``wrong`` (``one_of`` would not weigh its branches)."""
+    return st.integers(0, 4).flatmap(lambda i: wrong if i == 4 else right)
 
 
 def metadata_strategy(domain: str, key: str, other_domains: tuple[str, ...]) -> st.SearchStrategy[list]:
     """Call metadata, mostly the tenant's (key and domain), else wrong in some way."""
-    authorization = st.one_of(
-        st.just(f"Bearer {key}"), st.just(f"Bearer {key}"), st.just(f"Bearer {key}"),
-        st.none(), st.just(key), st.just(f"bearer {key}"), st.just(f"Bearer {key}x"),
-        _META_VALUE, _META_VALUE.map(lambda v: f"Bearer {v}"))
-    application = st.one_of(st.just(domain), st.just(domain), st.just(domain), st.none(),
-                            st.just(domain.upper()), _META_VALUE, *(st.just(d) for d in other_domains))
+    # Each mostly right: most calls then pass both and reach the request's parsing.
+    wrong_key = st.one_of(st.none(), st.just(key), st.just(f"bearer {key}"), st.just(f"Bearer {key}x"),
+                          _META_VALUE, _META_VALUE.map(lambda v: f"Bearer {v}"))
+    authorization = _mostly(st.just(f"Bearer {key}"), wrong_key)
+    wrong_domain = st.one_of(st.none(), st.just(domain.upper()), _META_VALUE, *(st.just(d) for d in other_domains))
+    application = _mostly(st.just(domain), wrong_domain)
     extra = st.lists(st.one_of(st.tuples(_META_KEY, _META_VALUE),
                                st.tuples(_META_KEY.map(lambda k: f"{k}-bin"), st.binary(max_size=16))),
                      max_size=3)
@@ -131,7 +147,8 @@ def call(channel: grpc.Channel, rpc: str, request: bytes, metadata: list) -> tup
 
 
 def run_grpc_fuzz(target: str, domain: str, key: str, *, examples: int, model: str | None = None,
-                  other_domains: tuple[str, ...] = ()) -> dict[str, Any]:
+                  other_domains: tuple[str, ...] = (), payloads: tuple[str, ...] = PAYLOADS,
+                  derandomize: bool = False) -> dict[str, Any]:
     """``examples`` random calls spread over every RPC of the server at ``target``.
 
     Args:
@@ -140,6 +157,8 @@ def run_grpc_fuzz(target: str, domain: str, key: str, *, examples: int, model: s
         key: a key of a tenant of that domain (its quota should cap ``max_tokens``).
         model: a model id the tenant may use, mixed into the generated ``model`` fields.
         other_domains: further domain names to send in ``application`` now and then.
+        payloads: which kinds of request to send (``PAYLOADS``).
+        derandomize: the same examples on every run (for CI).
 
     Returns:
         ``{"requests", "codes": {rpc: {code: count}}, "failures": [...]}``; a failure is a call
@@ -147,11 +166,12 @@ def run_grpc_fuzz(target: str, domain: str, key: str, *, examples: int, model: s
     """
     codes: dict[str, Counter] = {rpc: Counter() for rpc in RPCS}
     failures: list[dict] = []
-    calls = st.sampled_from(sorted(RPCS)).flatmap(lambda rpc: st.tuples(st.just(rpc), request_strategy(rpc, model)))
+    calls = st.sampled_from(sorted(RPCS)).flatmap(
+        lambda rpc: st.tuples(st.just(rpc), request_strategy(rpc, model, payloads)))
 
     with grpc.insecure_channel(target) as channel:
         @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
-                  suppress_health_check=list(HealthCheck))
+                  suppress_health_check=list(HealthCheck), derandomize=derandomize)
         @given(one=calls, metadata=metadata_strategy(domain, key, other_domains))
         def fuzz(one, metadata):
             rpc, (made, request) = one

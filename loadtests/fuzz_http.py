@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections import Counter
 from typing import Any, Iterator
 
@@ -22,6 +23,7 @@ import httpx
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -56,7 +58,7 @@ def load_schema(base: str, model: str | None) -> schemathesis.BaseSchema:
 
 
 def run_http_fuzz(base: str, key: str, *, examples: int, model: str | None = None,
-                  passes: tuple[str, ...] = PASSES) -> dict[str, Any]:
+                  passes: tuple[str, ...] = PASSES, derandomize: bool = False) -> dict[str, Any]:
     """Fuzz every operation of the domain at ``base`` with ``examples`` examples per pass.
 
     Args:
@@ -64,18 +66,23 @@ def run_http_fuzz(base: str, key: str, *, examples: int, model: str | None = Non
         key: a key of a tenant of that domain (its quota should cap ``max_tokens``).
         examples: Hypothesis examples per operation and pass.
         model: a model id the tenant may use, mixed into the generated ``model`` fields.
+        passes: which of ``PASSES`` to run.
+        derandomize: the same examples on every run (for CI).
 
     Returns:
         ``{"requests", "passes": {pass: {operation: {status: count}}}, "failures": [...],
-        "unauthenticated_not_401": [...]}``; a failure is a 5xx other than 503.
+        "unauthenticated_not_401": [...], "slowest": [...]}``; a failure is a 5xx other than 503
+        (or no answer at all), each with a curl reproducer; the slowest requests come with theirs.
     """
     schema = load_schema(base, model)
     session = requests.Session()
-    result: dict[str, Any] = {"requests": 0, "passes": {}, "failures": [], "unauthenticated_not_401": []}
+    result: dict[str, Any] = {"requests": 0, "passes": {}, "failures": [], "unauthenticated_not_401": [],
+                              "slowest": []}
     for name in passes:
         statuses: dict[str, Counter] = {}
         for operation in _operations(schema):
-            statuses[operation.label] = _fuzz_operation(operation, name, key, examples, session, result)
+            statuses[operation.label] = _fuzz_operation(operation, name, key, examples, session, result,
+                                                        derandomize)
         result["passes"][name] = {label: dict(sorted(c.items())) for label, c in statuses.items()}
     return result
 
@@ -86,28 +93,32 @@ def _operations(schema: schemathesis.BaseSchema) -> Iterator[Any]:
 
 
 def _fuzz_operation(operation, name: str, key: str, examples: int, session: requests.Session,
-                    result: dict) -> Counter:
+                    result: dict, derandomize: bool) -> Counter:
     """One pass over one operation: its status counts; failures go into ``result``."""
     statuses: Counter = Counter()
     mode = GenerationMode.NEGATIVE if name == "negative" else GenerationMode.POSITIVE
     needs_key = operation.path.startswith("/v1/")
 
     @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
-              suppress_health_check=list(HealthCheck))
+              suppress_health_check=list(HealthCheck), derandomize=derandomize)
     @given(case=operation.as_strategy(generation_mode=mode), stand_in=st.sampled_from(_NOT_A_KEY))
     def one(case, stand_in):
         headers = {"Authorization": f"Bearer {key}"} if name != "unauthenticated" else (
             {} if stand_in is None else {"Authorization": stand_in})
         if name == "unauthenticated" and case.headers:
             case.headers.pop("Authorization", None)
+        started = time.monotonic()
         try:
             response = case.call(session=session, headers=headers, timeout=_TIMEOUT_S)
         except requests.RequestException as err:  # the server hung up or timed out: as bad as a 500
             statuses[type(err).__name__] += 1
             result["failures"].append(_failure(case, name, headers, key, type(err).__name__, str(err)))
             return
+        elapsed_s = time.monotonic() - started
         result["requests"] += 1
         statuses[str(response.status_code)] += 1
+        _keep_slowest(result["slowest"], elapsed_s, lambda: _failure(case, name, headers, key, response.status_code,
+                                                                     response.text))
         try:
             case.validate_response(response, checks=[not_a_server_error], headers=headers)
         except FailureGroup:
@@ -116,8 +127,19 @@ def _fuzz_operation(operation, name: str, key: str, examples: int, session: requ
             result["unauthenticated_not_401"].append(
                 _failure(case, name, headers, key, response.status_code, response.text))
 
-    one()
+    try:
+        one()
+    except Unsatisfiable:  # nothing to negate (an operation without parameters or body)
+        statuses["none generated"] += 1
     return statuses
+
+
+def _keep_slowest(slowest: list[dict], elapsed_s: float, describe, keep: int = 5) -> None:
+    """Keep the ``keep`` slowest requests (described only when kept: reproducers cost)."""
+    if len(slowest) < keep or elapsed_s > slowest[-1]["elapsed_s"]:
+        slowest.append({"elapsed_s": round(elapsed_s, 2), **describe()})
+        slowest.sort(key=lambda r: -r["elapsed_s"])
+        del slowest[keep:]
 
 
 def _failure(case, name: str, headers: dict, key: str, status: int | str, answer: str) -> dict:

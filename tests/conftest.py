@@ -32,6 +32,8 @@ QUOTA_TENANTS = {
     # tests/serving/test_e2e_hostile.py: refusals count; sequences count as concurrent requests.
     "quota-refusals": {"requests_per_minute": 3},
     "quota-conc2": {"max_concurrent_requests": 2},
+    # tests/serving/test_e2e_fuzz.py: answers capped so that fuzzed requests finish fast.
+    "fuzz": {"max_tokens": 16, "max_prompt_tokens": 256},
 }
 
 

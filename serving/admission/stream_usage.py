@@ -15,14 +15,15 @@ import json
 # The final usage event of a stream is the one chunk without choices.
 USAGE_ONLY = '"choices":[]'
 _USAGE_MEMBER = ',"usage":{'
+_USAGE_KEY = '"usage":{'
 _DATA = "data: {"
 _ERROR = 'data: {"error"'
 
 
-def last_data_event(batch: list[str]) -> str | None:
-    """The last ``data: {...}`` event of a batch (not ``[DONE]``), or None."""
+def last_usage_event(batch: list[str]) -> str | None:
+    """The last event of a batch that carries usage (not an error event, not ``[DONE]``), or None."""
     for event in reversed(batch):
-        if event.startswith(_DATA):
+        if _USAGE_KEY in event and event.startswith(_DATA):
             return event
     return None
 

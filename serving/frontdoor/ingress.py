@@ -42,7 +42,7 @@ from serving.frontdoor.grpc_service import InferenceService
 from serving.frontdoor.openai_requests import read_json_object, validate_openai_request
 from serving.frontdoor.openapi_schema import (completion_route_docs, health_route_docs, install_openapi,
                                               tenant_route_docs)
-from serving.admission.stream_usage import USAGE_ONLY, error_status_in, last_data_event, without_usage
+from serving.admission.stream_usage import USAGE_ONLY, error_status_in, last_usage_event, without_usage
 from serving.protos.fabriek.v1 import inference_pb2 as pb
 from serving.admission.token_counter import TokenCounter
 
@@ -247,7 +247,7 @@ async def _server_sent_events(answer: EngineAnswer) -> AsyncIterator[str]:
     is_done, final = False, None
     batch = answer.first
     while True:
-        answer.progress_event = last_data_event(batch) or answer.progress_event
+        answer.progress_event = last_usage_event(batch) or answer.progress_event
         if final is None and any(USAGE_ONLY in event for event in batch):
             batch, final = _take_usage(batch, answer.strips_usage)
         if answer.strips_continuous_usage:

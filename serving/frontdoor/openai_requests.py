@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+from vllm.exceptions import VLLMClientError
 
 from routers.request_shape import RequestShape, ShapeError, check_fields, check_shape
 from serving.frontdoor.body_limit import BodyTooLarge
@@ -55,16 +56,38 @@ def validate_openai_request(data: dict, model: type[RequestModel], method: str,
     if isinstance(shape, ShapeError):
         raise APIError(400, shape.message, param=shape.param)
     try:
-        return model.model_validate(data), shape
+        body = model.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
         raise APIError(400, f"invalid request body: {_summarize(err)}", param=param) from None
+    except VLLMClientError as err:
+        # vLLM's "before" validators raise this (not a ValueError, so pydantic lets it out):
+        # e.g. no prompt, `tool_choice` without `tools`, two kinds of structured output. Its
+        # message is shown as pydantic's "Value error" messages of the same validators are;
+        # `value=` (the rejected value, perhaps a prompt) is left out.
+        message = str(err.args[0]) if err.args else type(err).__name__
+        message = message if len(message) <= 200 else message[:200] + "..."
+        raise APIError(400, f"invalid request body: {message}", param=getattr(err, "parameter", None)) from None
     except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:
         # vLLM's "before" validators index into fields before their types are checked,
         # so a malformed body can surface as any of these instead of a ValidationError.
         # Their messages may quote the value: only the type reaches the client, no content.
         raise APIError(400, f"invalid request body ({type(err).__name__})") from None
+    if method == "chat":
+        _check_roles(data)
+    return body, shape
+
+
+def _check_roles(data: dict) -> None:
+    """Every message names its role: vLLM's renderer reads ``message["role"]`` (a KeyError in
+    the engine, a 500, without one), while its request model lets such a message through
+    (one of its message types, harmony's, keeps the role under ``author``)."""
+    messages = data.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        if isinstance(message, dict) and not isinstance(message.get("role"), str):
+            raise APIError(400, f"invalid request body: messages.{i}.role: Field required",
+                           param=f"messages.{i}.role")
 
 
 def _summarize(err: ValidationError, limit: int = 3) -> str:

@@ -112,3 +112,21 @@ def test_bounds_always_hold(ops, max_running, max_queued):
             len(q) for band in queue._waiting.values() for q in band.values())
         # Nobody waits while a slot is free.
         assert queue.num_waiting == 0 or queue.num_running == max_running
+
+
+def test_a_request_of_several_sequences_takes_that_many_slots_and_is_not_overtaken():
+    queue = FairQueue(PoolLimits(max_running=4, max_queued=4, max_queue_wait_s=5), {"a": 1, "b": 1})
+    assert queue.offer(Ticket("a1", "a", 0, 0.0, size=3)) is Offer.ADMITTED
+    assert queue.num_running == 3 and queue.running_of("a") == 3
+    big = Ticket("b1", "b", 0, 1.0, size=2)
+    assert queue.offer(big) is Offer.QUEUED  # 3 + 2 > 4
+    assert queue.offer(Ticket("b2", "b", 0, 2.0)) is Offer.QUEUED  # a newcomer waits behind it
+    assert queue.release("a", size=3) == [big, Ticket("b2", "b", 0, 2.0)]
+    assert queue.num_running == 3
+
+
+def test_a_request_larger_than_the_pool_runs_alone_rather_never():
+    queue = FairQueue(PoolLimits(max_running=2, max_queued=2, max_queue_wait_s=5), {"a": 1})
+    assert queue.offer(Ticket("a1", "a", 0, 0.0, size=5)) is Offer.ADMITTED
+    assert queue.offer(Ticket("a2", "a", 0, 0.0)) is Offer.QUEUED
+    assert [t.id for t in queue.release("a", size=5)] == ["a2"]

@@ -70,3 +70,24 @@ def test_size_caps(limits, prompt, max_tokens, refused):
     assert (decision is not None) == refused
     if refused:
         assert decision.reason is RejectionReason.REQUEST_TOO_LARGE and decision.retry_after_s is None
+
+
+def test_sequences_count_as_concurrent_requests_and_a_request_over_the_limit_is_too_large():
+    from routers.quota import QuotaLimits, QuotaStore
+    limits = QuotaLimits(max_concurrent_requests=4)
+    store = QuotaStore()
+    grant = store.try_acquire("t", limits, 0, now=0.0, sequences=3)
+    assert store.in_flight("t") == 3
+    assert store.try_acquire("t", limits, 0, now=0.0, sequences=2).reason.value == "quota_exceeded"
+    store.settle(grant, 0, now=1.0)
+    assert store.in_flight("t") == 0
+    assert store.check_size("t", limits, 0, 10, sequences=5).reason.value == "request_too_large"
+
+
+def test_refusals_spend_the_request_rate():
+    from routers.quota import QuotaLimits, QuotaStore
+    limits = QuotaLimits(requests_per_minute=2)
+    store = QuotaStore()
+    store.count_refusal("t", limits, now=0.0)
+    store.count_refusal("t", limits, now=0.0)
+    assert store.try_acquire("t", limits, 0, now=0.0).reason.value == "quota_exceeded"

@@ -280,3 +280,39 @@ def test_error_paths_write_no_prompt_text_to_any_log(fabriek_server):
              if path.is_file() and CANARY.encode() in path.read_bytes()]
     assert leaks == []
     assert CANARY not in "".join(fabriek_server.lines)
+
+
+# --- 5. Stuck engines ------------------------------------------------------------------------
+
+def test_a_stuck_engine_is_marked_not_ready_and_refused_fast_until_it_recovers(fabriek_server):
+    """Freeze the commercial engine replica (SIGSTOP, as a wedged host looks): its probes time
+    out, so its tenants get a fast 503 instead of waiting on it; thawed, it serves again."""
+    import signal
+
+    import psutil
+
+    family = psutil.Process(fabriek_server.process.pid).children(recursive=True)
+    [replica] = [p for p in family if f"ServeReplica:commercial:commercial--{MODEL_ID}" in " ".join(p.cmdline())]
+    health = f"{fabriek_server.base_url('pilot-demo')}/health"
+    assert httpx.get(health, timeout=10).status_code == 200
+    replica.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 40
+        while httpx.get(health, timeout=10).status_code != 503:
+            assert time.monotonic() < deadline, "a frozen engine still counts as ready"
+            time.sleep(0.5)
+        started = time.monotonic()
+        refused = post(fabriek_server, "pilot-demo", {"model": MODEL_ID, "messages": QUESTION, "max_tokens": 2})
+        assert refused.status_code == 503 and time.monotonic() - started < 5
+        assert refused.headers["retry-after"]
+        # The other domain never noticed.
+        assert post(fabriek_server, "gov-demo", {"model": MODEL_ID, "messages": QUESTION, "max_tokens": 2}
+                    ).status_code == 200
+    finally:
+        replica.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 180
+    while httpx.get(health, timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the thawed engine never became ready again"
+        time.sleep(1)
+    assert post(fabriek_server, "pilot-demo", {"model": MODEL_ID, "messages": QUESTION, "max_tokens": 2}
+                ).status_code == 200

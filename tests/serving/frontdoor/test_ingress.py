@@ -43,15 +43,15 @@ STUCK_LIMIT_S = 3.0  # the research class's time limit (its tenants `lab` and `s
 QUESTION = [{"role": "user", "content": "hoi"}]
 CONFIG = load_config({
     "models": [{"id": MODEL, "source": "/models/m"}, {"id": "other", "source": "/models/o"},
-               {"id": "stuck", "source": "/models/s"}],
+               {"id": "stuck", "source": "/models/s"}, {"id": "broken", "source": "/models/b"}],
     "pools": [{"name": "loading", "accelerator": "cpu", "models": [MODEL]},
-              {"name": "echo", "accelerator": "cpu", "models": [MODEL, "other", "stuck"]}],
+              {"name": "echo", "accelerator": "cpu", "models": [MODEL, "other", "stuck", "broken"]}],
     "classes": {"government": {"pools": ["loading"]}, "commercial": {"pools": ["echo"], "priority": 0},
                 "research": {"pools": ["echo"], "max_request_s": STUCK_LIMIT_S}},
     "tenants": [{"id": "gov", "class": "government", "models": [MODEL]},
                 {"id": "pilot", "class": "commercial", "models": [MODEL]},
                 {"id": "lab", "class": "research", "models": [MODEL, "other"]},
-                {"id": "slow", "class": "research", "models": ["stuck"]}],
+                {"id": "slow", "class": "research", "models": ["stuck", "broken"]}],
 })
 
 
@@ -104,6 +104,24 @@ class StuckEngine:
         return stamp_first(stuck(), context.deployment, context.replica_id.unique_id)
 
 
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class BrokenEngine:
+    """Fails in the middle of every stream, as vLLM reports an engine error mid-answer."""
+
+    async def check_health(self) -> None:
+        return None
+
+    async def chat(self, request, raw_request_info=None):
+        async def broken():
+            yield ['data: {"id":"b","object":"chat.completion.chunk","created":0,"model":"broken",'
+                   '"choices":[{"index":0,"delta":{"content":"Hoi"}}],'
+                   '"usage":{"prompt_tokens":5,"total_tokens":7,"completion_tokens":2}}\n\n']
+            yield ['data: {"error":{"message":"engine step failed","type":"InternalServerError",'
+                   '"param":null,"code":500}}\n\n', "data: [DONE]\n\n"]
+        context = serve.get_replica_context()
+        return stamp_first(broken(), context.deployment, context.replica_id.unique_id)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("ingress")
@@ -117,11 +135,11 @@ def server(tmp_path_factory):
     ingress = serve.deployment(OpenAIIngress, ray_actor_options={"num_cpus": 0})
     engines = {Route("loading", MODEL): LoadingEngine.bind(), Route("echo", MODEL): EchoEngine.bind(),
                Route("echo", "other"): EchoEngine.options(name="EchoOther").bind(),
-               Route("echo", "stuck"): StuckEngine.bind()}
+               Route("echo", "stuck"): StuckEngine.bind(), Route("echo", "broken"): BrokenEngine.bind()}
     # One ingress over pools of two domains: what is tested here is its routing within what it is
     # given (fail closed, no fallback between pools); the app builder gives it one domain.
     anywhere = FrontDoorPlacement(ray_resources={}, cores=None, cpu_nice=None)
-    app = ingress.bind(engines, {MODEL: {}, "other": {}, "stuck": {}}, 4096, domain="test", tenancy=CONFIG.tenancy(),
+    app = ingress.bind(engines, {MODEL: {}, "other": {}, "stuck": {}, "broken": {}}, 4096, domain="test", tenancy=CONFIG.tenancy(),
                        key_file=keys.path, cache_salt_secret_file=home / "salt.secret",
                        key_reload_interval_s=0.2, admission_controller=bind_admission_controller(CONFIG, anywhere),
                        ledger=LedgerSpec(url=f"sqlite:///{home / 'usage.db'}"),
@@ -355,3 +373,14 @@ def test_grpc_call_to_a_stuck_engine_is_deadline_exceeded_within_the_limit(serve
                   metadata=[("authorization", f"Bearer {server['keys']['slow']}")], timeout=30)
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < STUCK_LIMIT_S + 5
+
+
+def test_a_stream_that_fails_mid_answer_is_recorded_as_failed_and_charged_what_it_sent(server):
+    with httpx.stream("POST", f"{server['url']}/v1/chat/completions", timeout=30,
+                      headers={"Authorization": f"Bearer {server['keys']['slow']}"},
+                      json={"model": "broken", "messages": QUESTION, "stream": True}) as response:
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+        request_id = response.headers["x-fabriek-request-id"]
+    assert json.loads(events[1][6:])["error"]["code"] == 500 and events[-1] == "data: [DONE]"
+    record = _record(server, request_id)
+    assert (record.status_code, record.prompt_tokens, record.completion_tokens) == (500, 5, 2)
