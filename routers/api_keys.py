@@ -105,6 +105,15 @@ class KeyRing:
         self._memo_key = secrets.token_bytes(32)
         self._verified: dict[str, bytes] = {}
 
+    def remembering(self, previous: "KeyRing") -> "KeyRing":
+        """This ring, keeping what ``previous`` verified for records that are still the same
+        and live (a revoked or re-keyed record is checked afresh)."""
+        self._memo_key = previous._memo_key
+        self._verified = {key_id: digest for key_id, digest in previous._verified.items()
+                          if (record := self._records.get(key_id)) is not None and not record.is_revoked
+                          and record == previous._records.get(key_id)}
+        return self
+
     @property
     def records(self) -> list[KeyRecord]:
         """All records, in the file's order."""

@@ -171,7 +171,10 @@ class KeyFileWatcher:
         signature = self._stat()
         if signature != self._signature:
             try:
-                self._ring = self._key_file.read()
+                # Keys that verified stay verified (their records unchanged): a `keys create`
+                # must not send every tenant's next request back through scrypt, where a
+                # guesser at its key id could hold it up (routers.authentication).
+                self._ring = self._key_file.read().remembering(self._ring)
                 self._signature = signature
             except KeyFileError as err:
                 logger.warning("keeping the previous API keys: %s", err)

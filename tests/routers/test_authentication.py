@@ -78,3 +78,21 @@ def test_start_hands_the_hash_to_the_caller_only_for_a_live_unverified_key(tmp_p
     assert isinstance(pending, PendingCheck)
     assert authenticator.finish(pending, pending.verify()).id == "gov"
     assert authenticator.start(f"Bearer {key}").id == "gov"  # verified once: no hash pending
+
+
+def test_a_key_that_verified_stays_verified_when_the_key_file_changes(tmp_path, hashes):
+    keys = KeyFile(tmp_path / "k.json")
+    key, record = keys.create("gov", {"gov"})
+    clock = Clock()
+    watcher = KeyFileWatcher(keys, check_interval_s=1.0, clock=clock)
+    authenticator = Authenticator(watcher, TENANCY, KeyFailureLimit(max_failures=1), clock=clock)
+    assert authenticator.authenticate(f"Bearer {key}").id == "gov"
+    other, other_record = keys.create("gov", {"gov"})  # an operator adds a key...
+    clock.now = 2.0
+    authenticator.authenticate(f"Bearer fk_{record.key_id}_{'C' * 43}")  # ...while someone guesses
+    hashes.clear()
+    assert authenticator.authenticate(f"Bearer {key}").id == "gov"  # still remembered: no hash
+    assert hashes == []
+    keys.revoke(record.key_id)
+    clock.now = 4.0
+    assert authenticator.authenticate(f"Bearer {key}").reason is RejectionReason.UNAUTHENTICATED
