@@ -7,10 +7,12 @@ salts, ledgers and ports of its own) or fuzzes a running one (``--base-url``, ``
 ``--grpc-target``). ``loadtests/fuzz_http.py`` and ``loadtests/fuzz_grpc.py`` hold the two
 fuzzers; ``tests/serving/test_e2e_fuzz.py`` runs a few examples of each in CI.
 
-Usage (after `make install`; ~5 minutes on a 2-core CPU machine, start-up included):
+Usage (after `make install`; ~6 minutes on a 2-core CPU machine, start-up included):
     .venv/bin/python loadtests/fuzz_api.py [--examples 100] [--grpc-examples 600]
     .venv/bin/python loadtests/fuzz_api.py --base-url http://127.0.0.1:8000/commercial \\
-        --key "$PILOT_KEY" --grpc-target 127.0.0.1:9000
+        --key "$KEY" --grpc-target 127.0.0.1:9000 --model smollm2-135m-instruct
+(``$KEY``: a key of a tenant of that domain whose quota caps ``max_tokens``; an uncapped one
+makes every example that reaches the engine generate up to the model's context.)
 Prints a summary (requests, statuses, each failure with its reproducer) and writes
 docs/benchmarks/fuzz-<date>.json; exits 1 when a failure was found.
 """
@@ -44,10 +46,12 @@ FUZZ_QUOTA = {"max_tokens": 16, "max_prompt_tokens": 256}
 
 
 def fuzz_config(path: Path) -> dict:
-    """The platform config at ``path`` with the tenant ``fuzz`` (commercial, capped quota)."""
+    """The platform config at ``path`` with the tenant ``fuzz`` (its quota capped; of the class
+    ``commercial``, else the config's last class; the config's first model)."""
     config = yaml.safe_load(path.read_text())
-    model = config["models"][0]["id"]
-    config["tenants"].append({"id": FUZZ_TENANT, "class": "commercial", "models": [model], "quota": FUZZ_QUOTA})
+    tenant_class = "commercial" if "commercial" in config["classes"] else list(config["classes"])[-1]
+    config["tenants"].append({"id": FUZZ_TENANT, "class": tenant_class, "models": [config["models"][0]["id"]],
+                              "quota": FUZZ_QUOTA})
     return config
 
 
@@ -116,6 +120,9 @@ def summary(result: dict) -> str:
                      f"\n    metadata: {found[0]['metadata']}")
     if http["unauthenticated_not_401"]:
         lines.append(f"unauthenticated /v1 requests not answered 401: {len(http['unauthenticated_not_401'])}")
+    if http["negative_accepted"]:
+        lines.append(f"negative examples answered 2xx (the document is stricter than the server): "
+                     f"{len(http['negative_accepted'])}, e.g. {http['negative_accepted'][0]['body'][:300]}")
     lines.append("slowest HTTP requests: " + ", ".join(f"{r['elapsed_s']} s ({r['operation']}, {r['status']})"
                                                        for r in http["slowest"]))
     return "\n".join(lines)
@@ -131,13 +138,14 @@ def _kinds(failures: list[dict], *fields: str) -> dict[tuple, list[dict]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--base-url", help="a running domain's front door, http://HOST:PORT/<domain> "
                         "(default: start a server)")
     parser.add_argument("--key", default=os.environ.get("FABRIEK_KEY"), help="a key of a tenant of that domain "
                         "whose quota caps max_tokens (default: $FABRIEK_KEY)")
     parser.add_argument("--grpc-target", default="127.0.0.1:9000", help="with --base-url: the gRPC address")
-    parser.add_argument("--model", default=None, help="a model id the tenant may use (default: the config's first)")
+    parser.add_argument("--model", default=None, help="a model id the tenant may use, mixed into the generated "
+                        "requests (default: the started server's first model; none with --base-url)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="config of the server started")
     parser.add_argument("--examples", type=int, default=100, help="schemathesis examples per operation and pass")
     parser.add_argument("--grpc-examples", type=int, default=600, help="gRPC calls, spread over every RPC")

@@ -37,7 +37,32 @@ async def read_json_object(request: Request, max_bytes: int) -> dict:
         raise APIError(400, f"request body is not valid JSON: {type(err).__name__}: {err}") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
+    # JSON may escape half a UTF-16 pair ("\ud800"): Python decodes it to a string that no
+    # tokenizer or engine can encode (a 500 from each). A valid pair ("\ud83d\ude00") is one
+    # character and passes; only bodies with such an escape at all pay for the check.
+    if (b"\\ud" in raw or b"\\uD" in raw) and _has_lone_surrogate(data):
+        raise APIError(400, "request body is not valid JSON text: a \\u escape names half a UTF-16 "
+                       "surrogate pair")
     return data
+
+
+def _has_lone_surrogate(data: dict) -> bool:
+    """Whether a key or string anywhere in ``data`` holds a lone surrogate (iteratively: the
+    body may nest as deep as the decoder allowed)."""
+    pending: list = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def validate_openai_request(data: dict, model: type[RequestModel], method: str,

@@ -66,12 +66,23 @@ def restricted_schema(method: str) -> tuple[dict[str, Any], dict[str, dict]]:
     return body, {name: definitions[name] for name in _reachable(body, definitions)}
 
 
+# One body per method that a tenant of one model may send as is (a short answer, 16 tokens):
+# the docs page fills it in, and the API fuzz (loadtests/fuzz_http.py) sends it first.
+EXAMPLES = {
+    "chat": {"messages": [{"role": "user", "content": "What is the capital of the Netherlands?"}],
+             "max_tokens": 16},
+    "completions": {"prompt": "The capital of the Netherlands is", "max_tokens": 16},
+}
+
+
 def completion_route_docs(method: str) -> dict[str, Any]:
     """``add_api_route`` arguments that document a completion route: body, key and errors."""
     name = REQUEST_MODELS[method].__name__
     return {"openapi_extra": {
-                "requestBody": {"required": True, "content": {
-                    "application/json": {"schema": {"$ref": _REF_PREFIX + name}}}},
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": _REF_PREFIX + name},
+                    "examples": {"short": {"summary": "A short answer (a tenant of several models adds `model`)",
+                                           "value": EXAMPLES[method]}}}}},
                 "security": [{SECURITY_SCHEME: []}]},
             "responses": {200: {"description": "The answer (JSON), or with `stream` its server-sent events",
                                 "content": {"text/event-stream": {}}},
@@ -91,7 +102,8 @@ def health_route_docs() -> dict[str, Any]:
 
 
 def install_openapi(app: FastAPI) -> None:
-    """Add the request schemas and the bearer scheme to ``app``'s generated document.
+    """Add the request schemas and the bearer scheme to ``app``'s generated document, and
+    generate it now: a mismatch fails the replica's start, not a client's request.
 
     Raises:
         ValueError: two schemas of one name differ (vLLM renamed or split a model).
@@ -110,12 +122,12 @@ def install_openapi(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi
+    app.openapi()
 
 
 @cache
 def _request_components() -> dict[str, dict]:
-    """Every request body schema and what it refers to, by component name (built once:
-    vLLM's chat schema takes a good fraction of a second)."""
+    """Every request body schema and what it refers to, by component name (built once per process)."""
     components: dict[str, dict] = {}
     for method, model in REQUEST_MODELS.items():
         body, definitions = restricted_schema(method)

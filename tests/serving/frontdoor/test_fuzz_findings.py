@@ -3,15 +3,43 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+from starlette.requests import Request
 
 from serving.frontdoor.errors import APIError
 from serving.frontdoor.grpc_messages import completion_request
-from serving.frontdoor.openai_requests import validate_openai_request
+from serving.frontdoor.openai_requests import read_json_object, validate_openai_request
 from serving.protos.fabriek.v1 import inference_pb2 as pb
 
 HOI = [{"role": "user", "content": "hoi"}]
+
+
+def read(body: bytes) -> dict:
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+    return asyncio.run(read_json_object(Request({"type": "http", "method": "POST", "headers": []}, receive), 1 << 20))
+
+
+@pytest.mark.parametrize("body", [
+    # Half a UTF-16 pair: no tokenizer encodes it (TypeError in the ingress, EngineGenerateError in
+    # the engine: both were 500s), wherever it sits.
+    rb'{"prompt": "a\ud800"}',
+    rb'{"messages": [{"role": "user", "content": "\uDFFF"}]}',
+    rb'{"prompt": "a", "stop": ["\udc00\udc00"]}',
+    rb'{"prompt": "a", "bad_words": ["x"], "\ud83d": 1}',
+    rb'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\ud83d x"}]}]}',
+])
+def test_a_lone_surrogate_escape_is_400(body):
+    with pytest.raises(APIError) as raised:
+        read(body)
+    assert raised.value.status == 400 and "surrogate" in raised.value.message
+
+
+def test_an_escaped_surrogate_pair_is_one_character():
+    assert read(rb'{"prompt": "\ud83d\ude00 \u00e9"}')["prompt"] == "\U0001f600 \u00e9"
 
 
 @pytest.mark.parametrize(("body", "model", "method", "param"), [

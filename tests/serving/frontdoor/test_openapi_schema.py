@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 from starlette.requests import Request
 
 from routers.request_shape import ALLOWED_FIELDS, REFUSED_FIELDS
-from serving.frontdoor.openapi_schema import (REQUEST_MODELS, SECURITY_SCHEME, completion_route_docs,
+from serving.frontdoor.openapi_schema import (EXAMPLES, REQUEST_MODELS, SECURITY_SCHEME, completion_route_docs,
                                               health_route_docs, install_openapi, restricted_schema,
                                               tenant_route_docs)
 
@@ -103,3 +104,25 @@ def test_bearer_scheme_and_optional_key_on_health(document):
 def test_the_document_names_the_domains_prefix_as_its_server(document):
     # Ray Serve passes the route prefix as the ASGI root_path; clients resolve paths against it.
     assert document["servers"] == [{"url": "/government"}]
+
+
+@pytest.mark.parametrize("method", sorted(ROUTES))
+def test_the_documented_example_is_a_request_the_platform_accepts(document, method):
+    from serving.frontdoor.openai_requests import validate_openai_request
+
+    content = document["paths"][ROUTES[method]]["post"]["requestBody"]["content"]["application/json"]
+    [example] = [e["value"] for e in content["examples"].values()]
+    assert example == EXAMPLES[method]
+    validate_openai_request(example, REQUEST_MODELS[method], method, 1)  # raises APIError if not
+    assert set(example) <= set(restricted_schema(method)[0]["properties"])
+
+
+def test_a_component_name_taken_twice_fails_at_build_time():
+    class StreamOptions(BaseModel):  # vLLM's request schemas define another `StreamOptions`
+        shadow: int
+
+    app = FastAPI()
+    app.add_api_route("/v1/chat/completions", _unused, methods=["POST"], **completion_route_docs("chat"))
+    app.add_api_route("/clash", _unused, methods=["GET"], response_model=StreamOptions)
+    with pytest.raises(ValueError, match="StreamOptions"):
+        install_openapi(app)
