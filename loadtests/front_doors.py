@@ -14,10 +14,19 @@ from routers import KeyFile  # noqa: E402
 from serving.config import load_config  # noqa: E402
 
 
+# Ports Ray binds by default once it starts (GCS, dashboard, client server, dashboard agent):
+# free now, taken a moment later.
+RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365, 52366})
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port that nothing listens on right now, and that Ray will not take by default."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in RAY_DEFAULT_PORTS:
+            return port
 
 
 def own_files_and_ports(config: dict, logs: Path, name: str) -> None:

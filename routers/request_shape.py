@@ -165,6 +165,9 @@ def _check_sizes(data: Mapping[str, Any]) -> ShapeError | None:
         value = data.get(name)
         if isinstance(value, list) and len(value) > MAX_TOKEN_ID_LIST:
             return ShapeError(name, f"`{name}` has {len(value)} entries; at most {MAX_TOKEN_ID_LIST}.")
+    for name in ("prompt", "stop_token_ids", "allowed_token_ids"):
+        if _has_bad_token_id(data.get(name)):
+            return ShapeError(name, f"`{name}` holds a token id below 0 or above {MAX_INT}.")
     bias = data.get("logit_bias")
     if isinstance(bias, dict) and len(bias) > MAX_LOGIT_BIAS:
         return ShapeError("logit_bias", f"`logit_bias` has {len(bias)} entries; at most {MAX_LOGIT_BIAS}.")
@@ -195,6 +198,19 @@ def _check_tool_choice(data: Mapping[str, Any]) -> ShapeError | None:
         shown = name if len(name) <= 64 else name[:64] + "..."
         return ShapeError("tool_choice", f"`tool_choice` names the tool `{shown}`, which `tools` does not define.")
     return None
+
+
+def _has_bad_token_id(value: Any) -> bool:
+    """Token ids (an int list, or a list of them) outside 0 .. 2^31-1 (vLLM turns 2^63 into a 500)."""
+    if not isinstance(value, list):
+        return False
+    for item in value:
+        if isinstance(item, list):
+            if _has_bad_token_id(item):
+                return True
+        elif isinstance(item, int) and not isinstance(item, bool) and not 0 <= item <= MAX_INT:
+            return True
+    return False
 
 
 def _json_size(value: Any) -> int:

@@ -29,9 +29,9 @@ class GrpcSpec(_Frozen):
     """The gRPC API (``fabriek.v1.InferenceService``), served by Ray Serve's gRPC proxy."""
 
     # What Ray Serve's gRPC proxy (and, with the haproxy front end, every ingress replica)
-    # imports to register the service; the Helm chart renders the same path.
-    SERVICER_FUNCTION: ClassVar[str] = (
-        "serving.protos.fabriek.v1.inference_pb2_grpc.add_InferenceServiceServicer_to_server")
+    # imports to register the service (fabriek decodes the requests itself: see the module);
+    # the Helm chart renders the same path.
+    SERVICER_FUNCTION: ClassVar[str] = "serving.protos.servicer.add_inference_service"
 
     port: int = Field(9000, ge=1, le=65535, description=(
         "gRPC port of the API; it binds the same address as `http.host`."))

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
@@ -29,6 +29,20 @@ ROLE_NAMES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT:
 FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
 # Ask the engine for the usage chunk at the end of every stream.
 _STREAM_OPTIONS = {"include_usage": True}
+
+
+def decode(request: bytes | Message, message_type: type[Message]) -> Message:
+    """``request`` as ``message_type`` (a decoded message passes as it is).
+
+    Raises:
+        APIError: 400 for bytes that are not a valid ``message_type``.
+    """
+    if isinstance(request, message_type):
+        return request
+    try:
+        return message_type.FromString(request)
+    except (DecodeError, TypeError, ValueError):
+        raise APIError(400, f"the request is not a valid {message_type.DESCRIPTOR.full_name}") from None
 
 
 def refuse_unknown_fields(message: Message) -> None:

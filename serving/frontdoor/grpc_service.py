@@ -67,8 +67,10 @@ class InferenceService:
         """A text completion, streamed batch by batch as the engine produces it."""
         return self._stream(request, context, "completions", grpc_messages.completion_request)
 
-    async def list_models(self, request: pb.ListModelsRequest, context: RayServegRPCContext) -> pb.ListModelsResponse:  # noqa: ARG002
+    async def list_models(self, request: bytes, context: RayServegRPCContext) -> pb.ListModelsResponse:
         """The models the calling tenant may use."""
+        if _decoded(request, pb.ListModelsRequest, context) is None:
+            return pb.ListModelsResponse()
         try:
             tenant = await self._authenticate(context)
         except Refused as refused:
@@ -78,8 +80,11 @@ class InferenceService:
             pb.Model(id=m, max_model_len=self._model_cards[m].get("max_model_len") or 0)
             for m in sorted(tenant.model_ids) if m in self._model_cards])
 
-    async def count_tokens(self, request: pb.CountTokensRequest, context: RayServegRPCContext) -> pb.CountTokensResponse:
+    async def count_tokens(self, request: bytes, context: RayServegRPCContext) -> pb.CountTokensResponse:
         """Tokens of a text under the model's tokenizer; the tenant must be allowed the model."""
+        request = _decoded(request, pb.CountTokensRequest, context)
+        if request is None:
+            return pb.CountTokensResponse()
         try:
             tenant = await self._authenticate(context)
             model_id = self._gateway.admit_without_engine(tenant, request.model or None).route.model_id
@@ -98,8 +103,12 @@ class InferenceService:
 
     async def _parse(self, request, context: RayServegRPCContext, build: Callable[..., tuple], *,
                stream: bool) -> tuple[Tenant, OpenAIRequest, int] | None:
-        """Authenticate, then validate: (tenant, request, sequences), or None (with the status
-        set) when refused. A refused request of a known tenant counts against its request rate."""
+        """Decode, authenticate, then validate: (tenant, request, sequences), or None (with the
+        status set) when refused. A refused request of a known tenant counts against its request rate."""
+        request = _decoded(request, pb.ChatRequest if build is grpc_messages.chat_request else pb.CompletionRequest,
+                           context)
+        if request is None:
+            return None
         try:
             tenant = await self._authenticate(context)
         except Refused as refused:
@@ -173,6 +182,16 @@ class InferenceService:
                         answer.settle(CLIENT_CLOSED, *decoder.tokens)
         except Refused as refused:  # only ever from opening the request: nothing was sent yet
             set_refused(context, refused)
+
+
+def _decoded(request, message_type, context: RayServegRPCContext):
+    """The request as ``message_type``: the server hands over raw bytes (``serving.protos.servicer``);
+    None, with INVALID_ARGUMENT set, when they do not decode."""
+    try:
+        return grpc_messages.decode(request, message_type)
+    except APIError as err:
+        set_error(context, grpc.StatusCode.INVALID_ARGUMENT, err.message)
+        return None
 
 
 def _set_engine_error(context: RayServegRPCContext, answer: EngineAnswer) -> None:

@@ -137,7 +137,7 @@ def test_grpc_options_are_what_ray_serve_takes_and_can_import():
     options = gRPCOptions(**config.grpc.ray_options())
     assert options.port == 9000
     [add_servicer] = options.grpc_servicer_func_callable  # imported as Ray's proxy imports it
-    assert add_servicer.__name__ == "add_InferenceServiceServicer_to_server"
+    assert add_servicer.__name__ == "add_inference_service"
 
 
 def test_serve_config_file_serves_grpc_with_the_same_servicer():

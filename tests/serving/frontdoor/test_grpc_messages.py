@@ -79,3 +79,11 @@ def test_unknown_protobuf_fields_are_refused():
     with pytest.raises(APIError) as raised:
         chat_request(pb.ChatRequest.FromString(raw), stream=False, max_sequences=4)
     assert raised.value.status == 400 and "field number 111" in raised.value.message
+
+
+def test_bytes_that_are_not_the_message_are_a_400():
+    from serving.frontdoor.grpc_messages import decode
+    assert decode(pb.ListModelsRequest().SerializeToString(), pb.ListModelsRequest) == pb.ListModelsRequest()
+    with pytest.raises(APIError) as raised:
+        decode(b"\x00", pb.ListModelsRequest)
+    assert raised.value.status == 400 and "fabriek.v1.ListModelsRequest" in raised.value.message

@@ -110,3 +110,10 @@ def test_every_offered_field_is_known_to_vllm():
     from routers.request_shape import ALLOWED_FIELDS
     for method, model in (("chat", ChatCompletionRequest), ("completions", CompletionRequest)):
         assert ALLOWED_FIELDS[method] <= set(model.model_fields), method
+
+
+@pytest.mark.parametrize("prompt", [[1, 1285626818286552612864], [[5, -1]], [2**31]])
+def test_token_ids_out_of_range_are_400(prompt):
+    with pytest.raises(APIError) as raised:
+        parse(json.dumps({"model": "m", "prompt": prompt, "echo": True}).encode(), CompletionRequest)
+    assert raised.value.param == "prompt"
