@@ -180,7 +180,9 @@ class StreamDecoder:
         pieces: list[str] = []
         usage_info = None
         for event in batch:
-            for line in event.splitlines():
+            # "\n" only: str.splitlines also splits at U+2028, U+0085 and others, which JSON
+            # leaves unescaped inside the generated text.
+            for line in event.split("\n"):
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])

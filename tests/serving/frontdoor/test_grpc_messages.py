@@ -87,3 +87,11 @@ def test_bytes_that_are_not_the_message_are_a_400():
     with pytest.raises(APIError) as raised:
         decode(b"\x00", pb.ListModelsRequest)
     assert raised.value.status == 400 and "fabriek.v1.ListModelsRequest" in raised.value.message
+
+
+def test_generated_text_with_unicode_line_separators_decodes_whole():
+    """Found by loadtests/fuzz_api.py: JSON leaves U+2028 and U+0085 unescaped in text."""
+    decoder = StreamDecoder(is_chat=False)
+    text = "a\u2028b\x85c\u2029d\x1ce"
+    message = decoder.decode([f"data: {json.dumps({'id': 'x', 'choices': [{'index': 0, 'text': text}]}, ensure_ascii=False)}\n\n"])
+    assert message.text_delta == text
