@@ -288,13 +288,16 @@ class Gateway:
         try:
             answer = await self._first_item(route, body, method, request_id, deadline)
         except Refused as refused:
-            self._gate.leave(visit, status_of(refused.rejection), prompt_tokens)
+            self._gate.leave(visit, status_of(refused.rejection), prompt_tokens or self._count_prompt(
+                route.model_id, body, method))
             refused.request_id = request_id
             raise
         except BaseException as err:
-            # Before its first token: charged its prompt (counted when its quota needs it).
+            # Before its first token (a client that left an unstreamed answer, a stuck engine):
+            # the engine has read its prompt, so the prompt is charged (counted now if it was
+            # not counted at admission; only these requests pay for counting it).
             self._gate.leave(visit, CLIENT_CLOSED if isinstance(err, asyncio.CancelledError) else 500,
-                             prompt_tokens)
+                             prompt_tokens or self._count_prompt(route.model_id, body, method))
             raise
         answer.strips_usage, answer.strips_continuous_usage = strips_usage, strips_continuous_usage
         answer.sequences = sequences
