@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from loadtests.front_doors import free_port  # one definition: it skips the ports Ray takes later
 
 # Start-up of the default model's two pools on a 2-core CPU machine takes ~1.5 min; allow
 # slack for a loaded CI machine.
@@ -40,21 +41,6 @@ QUOTA_TENANTS = {
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that stop the session's server run after all the others, whatever their file."""
     items.sort(key=lambda item: item.get_closest_marker("stops_server") is not None)
-
-
-# Ports Ray binds by default once it starts (GCS, dashboard, client server, dashboard agent):
-# free now, taken a moment later.
-RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365, 52366})
-
-
-def free_port() -> int:
-    """A TCP port that nothing listens on right now, and that Ray will not take by default."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in RAY_DEFAULT_PORTS:
-            return port
 
 
 @dataclass

@@ -264,7 +264,7 @@ class Gateway:
         try:
             admission = self._access.admit(tenant, body.model, self.readiness.is_ready)
         except Refused as refused:
-            self._controller.count_refusal.remote(tenant.id)
+            self.count_refusal(tenant)
             model_label = body.model if body.model in self._models else OTHER_MODEL
             self._gate.refuse(tenant, body.model, request_id, refused.rejection, protocol, model_label=model_label)
             refused.request_id = request_id

@@ -32,6 +32,8 @@ POOL_KEY = "x-fabriek-pool"
 REPLICA_KEY = "x-fabriek-replica"
 
 StreamMessage = pb.ChatStreamResponse | pb.CompletionStreamResponse
+# The request message of each engine method, as the RPCs send it.
+REQUEST_MESSAGES = {"chat": pb.ChatRequest, "completions": pb.CompletionRequest}
 
 
 class InferenceService:
@@ -101,12 +103,11 @@ class InferenceService:
         authorization = next((v for k, v in context.invocation_metadata() if k == "authorization"), None)
         return await self._gateway.authenticate(authorization)
 
-    async def _parse(self, request, context: RayServegRPCContext, build: Callable[..., tuple], *,
-               stream: bool) -> tuple[Tenant, OpenAIRequest, int] | None:
+    async def _parse(self, request, context: RayServegRPCContext, method: str,
+                     build: Callable[..., tuple], *, stream: bool) -> tuple[Tenant, OpenAIRequest, int] | None:
         """Decode, authenticate, then validate: (tenant, request, sequences), or None (with the
         status set) when refused. A refused request of a known tenant counts against its request rate."""
-        request = _decoded(request, pb.ChatRequest if build is grpc_messages.chat_request else pb.CompletionRequest,
-                           context)
+        request = _decoded(request, REQUEST_MESSAGES[method], context)
         if request is None:
             return None
         try:
@@ -124,7 +125,7 @@ class InferenceService:
 
     async def _unary(self, request, context: RayServegRPCContext, method: str, build: Callable[..., OpenAIRequest],
                      convert: Callable, empty: type):
-        parsed = await self._parse(request, context, build, stream=False)
+        parsed = await self._parse(request, context, method, build, stream=False)
         if parsed is None:
             return empty()
         try:
@@ -141,7 +142,7 @@ class InferenceService:
 
     async def _stream(self, request, context: RayServegRPCContext, method: str,
                       build: Callable[..., OpenAIRequest]) -> AsyncIterator[StreamMessage]:
-        parsed = await self._parse(request, context, build, stream=True)
+        parsed = await self._parse(request, context, method, build, stream=True)
         if parsed is None:
             return
         try:
