@@ -24,7 +24,9 @@ from routers.quota import QuotaLimits
 from serving.admission.admission_controller import AdmissionController
 from serving.config import PlatformConfig, load_config
 from serving.config.domains import FrontDoorPlacement, domain_config, front_door_placement
-from serving.engine.engines import build_engine_deployments
+from serving.engine.engines import EngineDeployment, engine_deployments
+from serving.frontdoor.direct_server import FrontDoorLLMServer
+from serving.frontdoor.front_door import FrontDoorSettings
 from serving.frontdoor.ingress import OpenAIIngress
 
 
@@ -61,34 +63,54 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 
 def build_domain_app(config: PlatformConfig, domain: str) -> Application:
-    """Bind one domain's front door (HTTP and gRPC ingress, admission controller, ledger writer)
-    to one engine deployment per pool and model of that domain.
+    """Bind one domain's front door (HTTP and gRPC, admission controller, ledger writer) and
+    its engine deployments, one per pool and model of that domain.
 
     Everything bound here comes from the domain's own cut of the config
     (``serving.config.domains.domain_config``): other domains' tenants, key files, salt
     secrets and pools are not in it. Each (pool, model) is its own deployment, named
-    ``<pool>--...``, and the ingress admits a tenant's requests only to pools of its class.
+    ``<pool>--...``, and the front door admits a tenant's requests only to pools of its class.
+
+    Where the domain serves one model in one pool and ``serve.token_path`` is ``direct``,
+    the engine deployment is itself the front door (``FrontDoorLLMServer``): no Python
+    process relays its streams. Otherwise an ``OpenAIIngress`` relays to the engines.
     """
     config = domain_config(config, domain)
     placement = front_door_placement(config, config.domain(domain))
-    engines = build_engine_deployments(config)
-    handles = {Route(e.pool, e.model_id): e.app for e in engines}
+    admission_controller = bind_admission_controller(config, placement)
+    engines = engine_deployments(config)
+    settings = front_door_settings(config, domain, engines)
+    if uses_direct_token_path(config):
+        [engine] = engines
+        return engine.bind(FrontDoorLLMServer, pool=engine.pool, admission_controller=admission_controller,
+                           front_door=settings)
+    ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress",
+                               **_on_domain_nodes(config.ingress.deployment, placement.ray_resources))
+    return ingress.bind({Route(e.pool, e.model_id): e.bind() for e in engines},
+                        admission_controller=admission_controller, settings=settings,
+                        cores=placement.cores, cpu_nice=placement.cpu_nice)
+
+
+def uses_direct_token_path(config: PlatformConfig) -> bool:
+    """Whether a domain's cut of the config gets the direct layout: ``serve.token_path`` is
+    ``direct`` and the domain serves exactly one (pool, model) route."""
+    routes = sum(len(p.models) for p in config.pools)
+    return config.serve.token_path == "direct" and routes == 1
+
+
+def front_door_settings(config: PlatformConfig, domain: str, engines: list[EngineDeployment]) -> FrontDoorSettings:
+    """The front door of ``domain`` (its cut of the config) in front of ``engines``."""
     cards = {e.model_id: {"max_model_len": e.engine_args.get("max_model_len")} for e in engines}
-    # Token counting (gRPC CountTokens) needs the tokenizer on the ingress's node: local
+    # Token counting (gRPC CountTokens) needs the tokenizer on the front door's node: local
     # model directories have it; object-store models are only mirrored onto engine nodes.
     tokenizers = {e.model_id: str(Path(e.model_source) / "tokenizer.json") for e in engines
                   if isinstance(e.model_source, str) and (Path(e.model_source) / "tokenizer.json").is_file()}
     auth = config.auth
-    ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress",
-                               **_on_domain_nodes(config.ingress.deployment, placement.ray_resources))
-    return ingress.bind(handles, cards, config.http.max_request_bytes, domain=domain, tenancy=config.tenancy(),
-                        key_file=auth.resolved_key_file(domain),
-                        cache_salt_secret_file=auth.resolved_cache_salt_secret_file(domain),
-                        key_reload_interval_s=auth.key_reload_interval_s,
-                        admission_controller=bind_admission_controller(config, placement),
-                        ledger=config.ledger,
-                        tokenizer_files=tokenizers,
-                        quotas=quotas_of(config), cores=placement.cores, cpu_nice=placement.cpu_nice)
+    return FrontDoorSettings(model_cards=cards, max_request_bytes=config.http.max_request_bytes, domain=domain,
+                             tenancy=config.tenancy(), key_file=auth.resolved_key_file(domain),
+                             cache_salt_secret_file=auth.resolved_cache_salt_secret_file(domain),
+                             key_reload_interval_s=auth.key_reload_interval_s, ledger=config.ledger,
+                             tokenizer_files=tokenizers, quotas=quotas_of(config))
 
 
 def bind_admission_controller(config: PlatformConfig, placement: FrontDoorPlacement) -> Application:

@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Mapping
 from opentelemetry.trace import Span
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
@@ -29,6 +29,7 @@ from routers import Admission, Rejection, RejectionReason, Route, Tenancy, Tenan
 from routers.quota import QuotaLimits
 from serving.records import tracing
 from serving.admission.admission_gate import AdmissionGate, Visit, status_of
+from serving.admission.engine_calls import EngineCalls, EngineStream
 from serving.admission.refusals import CLIENT_CLOSED
 from serving.config.admission_specs import LedgerSpec
 from serving.records.ledger import UsageLedger
@@ -46,7 +47,6 @@ logger = logging.getLogger("fabriek.gateway")
 OpenAIRequest = ChatCompletionRequest | CompletionRequest
 # Engine methods of FabriekLLMServer that answer OpenAI requests, and their GenAI operation names.
 OPERATIONS = {"chat": "chat", "completions": "text_completion"}
-ENGINE_METHODS = tuple(OPERATIONS)
 # The metric label of a model the domain does not serve: client-chosen strings never
 # become label values (each would be a new Prometheus series).
 OTHER_MODEL = "other"
@@ -78,7 +78,7 @@ class EngineAnswer:
     route: Route
     replica: str | None
     first: Any
-    rest: DeploymentResponseGenerator
+    rest: EngineStream
     error: ErrorResponse | None = None
     request_id: str = ""
     strips_usage: bool = False
@@ -115,10 +115,11 @@ class EngineAnswer:
 
 
 class Gateway:
-    """Tenants, readiness and engine handles, shared by the HTTP and gRPC front doors.
+    """Tenants, readiness and engines, shared by the HTTP and gRPC front doors.
 
     Args:
-        engines: route (pool and model) -> engine deployment, in config order.
+        engines: the front door's engines, reached over handles or in-process
+            (``serving.admission.engine_calls``), routes in config order.
         domain: the isolation domain whose front door this is (its ledger).
         tenancy / key_file / cache_salt_secret_file / key_reload_interval_s: see ``TenantAccess``.
         admission_controller: handle of the shared ``AdmissionController``.
@@ -129,19 +130,16 @@ class Gateway:
         max_model_lens: model id -> context length, to bound a reservation without ``max_tokens``.
     """
 
-    def __init__(self, engines: Mapping[Route, DeploymentHandle], *, domain: str, tenancy: Tenancy, key_file: Path,
+    def __init__(self, engines: EngineCalls, *, domain: str, tenancy: Tenancy, key_file: Path,
                  cache_salt_secret_file: Path, key_reload_interval_s: float,
                  admission_controller: DeploymentHandle, ledger: LedgerSpec, token_counter: TokenCounter,
                  quotas: Mapping[str, QuotaLimits], max_model_lens: Mapping[str, int | None]):
-        # Streaming handles per (route, method), configured once: Ray builds a new handle
-        # on every attribute access (`handle.chat` is `handle.options(method_name=...)`).
-        self._streaming = {(r, method): getattr(h.options(stream=True), method)
-                           for r, h in engines.items() for method in ENGINE_METHODS}
-        self.readiness = EngineReadiness(engines)
+        self._engines = engines
+        self.readiness = EngineReadiness(engines.probes())
         self._tenancy = tenancy
         self._controller = admission_controller
-        self._models = frozenset(r.model_id for r in engines)
-        self._access = TenantAccess(tenancy, engines, key_file=key_file,
+        self._models = frozenset(r.model_id for r in engines.routes)
+        self._access = TenantAccess(tenancy, engines.routes, key_file=key_file,
                                     cache_salt_secret_file=cache_salt_secret_file,
                                     key_reload_interval_s=key_reload_interval_s)
         self._gate = AdmissionGate(admission_controller, LedgerWriter(UsageLedger(ledger.resolved_url(domain))),
@@ -309,7 +307,7 @@ class Gateway:
 
     async def _first_item(self, route: Route, body: OpenAIRequest, method: str, request_id: str,
                           deadline: float | None) -> EngineAnswer:
-        stream: DeploymentResponseGenerator = self._streaming[(route, method)].remote(body)
+        stream = self._engines.stream(route, method, body)
         try:
             if deadline is None:
                 first = await stream.__anext__()

@@ -16,22 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Hashable, Mapping
-
-from ray.serve.handle import DeploymentHandle
+from typing import Any, Awaitable, Callable, Hashable, Mapping
 
 logger = logging.getLogger("fabriek.readiness")
 
 
 class EngineReadiness:
-    """Tracks readiness per engine deployment by calling its ``check_health``.
+    """Tracks readiness per engine by calling its ``check_health``.
 
     A request whose engines are not ready is refused at once with 503 instead of
     queueing behind an engine that is still loading or has died.
 
     Args:
-        engines: key (fabriek uses ``routers.Route``: pool and model) -> handle of the
-            engine deployment.
+        engines: key (fabriek uses ``routers.Route``: pool and model) -> a call of the
+            engine's health check: over a handle (``handle.check_health.remote``) or
+            in-process; what it returns is awaitable and has ``cancel()``.
         probe_timeout_s: how long one health probe may take.
         timeouts_until_not_ready: consecutive unanswered probes after which a ready
             engine is marked not ready (1: the first; see the module's docstring).
@@ -39,7 +38,7 @@ class EngineReadiness:
             ready / while any is not (short, so start-up is noticed quickly).
     """
 
-    def __init__(self, engines: Mapping[Hashable, DeploymentHandle], *, probe_timeout_s: float = 10.0,
+    def __init__(self, engines: Mapping[Hashable, Callable[[], Awaitable[Any]]], *, probe_timeout_s: float = 10.0,
                  timeouts_until_not_ready: int = 1, ready_interval_s: float = 5.0,
                  not_ready_interval_s: float = 0.5):
         if timeouts_until_not_ready < 1:
@@ -93,9 +92,9 @@ class EngineReadiness:
                 logger.warning("engine %s failed its health probe: not ready", key)
                 self._ready.discard(key)
 
-    async def _probe(self, key: Hashable, handle: DeploymentHandle) -> bool | None:
+    async def _probe(self, key: Hashable, check_health: Callable[[], Awaitable[Any]]) -> bool | None:
         """True: healthy; False: the engine failed its check; None: no answer in time."""
-        response = handle.check_health.remote()
+        response = check_health()
         try:
             await asyncio.wait_for(response, self._probe_timeout_s)
             return True

@@ -66,6 +66,12 @@ class ServeRuntimeSpec(_Frozen):
         "haproxy: Ray Serve's HAProxy front end with direct ingress, where HAProxy forwards "
         "HTTP straight to the ingress replicas' own servers (measured ~5 ms less per request "
         "than the Python proxy, see docs/benchmarks.md); ray: the classic Python proxy actor."))
+    token_path: Literal["direct", "relay"] = Field("direct", description=(
+        "direct: where a domain serves one model in one pool, its engine replicas are its "
+        "front door (authentication, admission, ledger in the engine's own process) and "
+        "streams go from vLLM to the client with no Python process between; relay: a front "
+        "door deployment of its own relays every streamed batch from the engine replicas. A "
+        "domain with several (pool, model) routes always uses relay (docs/operators.md)."))
     throughput_optimized: bool = Field(True, description=(
         "Ray Serve's throughput mode: user code on the replica's main event loop, buffered "
         "access logs, replica logs to files only (not stderr)."))

@@ -30,13 +30,22 @@ _WORKER_BUNDLE = {"cpu": {"CPU": 1}, "gpu": {"GPU": 1}}
 
 @dataclass(frozen=True)
 class EngineDeployment:
-    """One engine deployment: a model served by a pool."""
+    """One engine deployment: a model served by a pool, ready to bind."""
 
     pool: str
     model_id: str
-    engine_args: dict[str, Any]
-    app: Application
+    llm_config: LLMConfig
     model_source: str | dict[str, str]  # a local directory, or an object-store mirror config
+
+    @property
+    def engine_args(self) -> dict[str, Any]:
+        return self.llm_config.engine_kwargs
+
+    def bind(self, deployment_cls: type[FabriekLLMServer] = FabriekLLMServer, **kwargs: Any) -> Application:
+        """The deployment, named ``<pool>--<model>``, of ``deployment_cls`` (``FabriekLLMServer``,
+        or a subclass that is also the domain's front door, given ``kwargs``)."""
+        return build_llm_deployment(self.llm_config, name_prefix=f"{self.pool}--", deployment_cls=deployment_cls,
+                                    bind_kwargs=kwargs or None)
 
 
 def resolve_model_source(model: ModelSpec) -> str | dict[str, str]:
@@ -113,16 +122,10 @@ def engine_time_limit_s(config: PlatformConfig, pool: str) -> float | None:
     return max(limits) + ENGINE_TIME_LIMIT_GRACE_S if limits else None
 
 
-def build_engine_deployments(config: PlatformConfig) -> list[EngineDeployment]:
-    """One ``FabriekLLMServer`` deployment per (pool, model), named ``pool--model``."""
+def engine_deployments(config: PlatformConfig) -> list[EngineDeployment]:
+    """One engine deployment per (pool, model), in config order."""
     sources = {m.id: resolve_model_source(m) for m in config.models}
-    deployments = []
-    for pool in config.pools:
-        for model_id in pool.models:
-            llm_config = llm_config_for(pool, config.model(model_id), sources[model_id],
-                                        engine_time_limit_s(config, pool.name))
-            app = build_llm_deployment(llm_config, name_prefix=f"{pool.name}--",
-                                       deployment_cls=FabriekLLMServer)
-            deployments.append(EngineDeployment(pool.name, model_id, llm_config.engine_kwargs, app,
-                                                sources[model_id]))
-    return deployments
+    return [EngineDeployment(pool.name, model_id, llm_config_for(pool, config.model(model_id), sources[model_id],
+                                                                 engine_time_limit_s(config, pool.name)),
+                             sources[model_id])
+            for pool in config.pools for model_id in pool.models]

@@ -1,283 +1,38 @@
-"""The ingress deployment: the OpenAI-compatible HTTP API (FastAPI) and the gRPC API, side by side.
+"""The relay layout's front door: an ingress deployment of its own, in front of engine replicas
+that it reaches over Ray Serve handles.
 
-Both front doors call the same ``Gateway``: it authenticates the tenant by its API key,
-has the policy core admit the request to an engine deployment of the tenant's own pool,
-sets the tenant's engine-side isolation fields and calls the engine. This module only
-reads HTTP requests and writes HTTP answers; ``serving.frontdoor.grpc_service`` does the same for
-gRPC. Streamed answers are relayed batch by batch as the engine produces them (see
-``serving.engine.llm_server``); nothing here waits on a timer, so the ingress adds only the cost
-of one handle call to time-to-first-token.
+Used for a domain whose pools serve more than one model behind one base URL (one Serve
+application has one ingress, and HAProxy forwards an application's traffic to that
+ingress's replicas only), and with Ray's Python proxy; otherwise each engine replica is its
+domain's front door (``serving.frontdoor.direct_server``). Every streamed batch crosses
+from the engine replica to this one, which costs the CPU ``docs/benchmarks.md`` measures.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-from pathlib import Path
-from typing import AsyncIterator, Mapping
+from typing import Mapping
 
-from fastapi import FastAPI
 from ray import serve
-from ray.exceptions import TaskCancelledError
-from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
-from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelList
-from vllm.utils.gc_utils import freeze_gc_heap
 
-# Ray's workaround for a pydantic bug that leaves unpicklable iterators in chat
-# messages; it must run before a request crosses to another actor.
-from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
-
-from routers import Route, Tenancy
-from routers.quota import QuotaLimits
-from serving.frontdoor.body_limit import BodySizeLimit
+from routers import Route
+from serving.admission.engine_calls import HandleCalls
 from serving.engine.cpu_affinity import place_front_door
-from serving.config.admission_specs import LedgerSpec
-from serving.frontdoor.errors import REQUEST_ID_HEADER, APIError, error_response, install_error_handlers
-from serving.admission.gateway import EngineAnswer, Gateway, OpenAIRequest
-from serving.frontdoor.grpc_service import InferenceService
-from serving.frontdoor.openai_requests import read_json_object, validate_openai_request
-from serving.frontdoor.openapi_schema import (completion_route_docs, health_route_docs, install_openapi,
-                                              tenant_route_docs)
-from serving.admission.stream_usage import USAGE_ONLY, error_status_in, last_usage_event, without_usage
-from serving.protos.fabriek.v1 import inference_pb2 as pb
-from serving.admission.token_counter import TokenCounter
-
-# Response headers naming where a request ran: the pool it was admitted to, and the
-# engine replica that answered, as that replica identified itself (serving.engine.llm_server).
-# The gRPC API sends the same names as trailing metadata.
-POOL_HEADER = "x-fabriek-pool"
-REPLICA_HEADER = "x-fabriek-replica"
-# Which ingress replica answered (with several, quotas still hold: they are shared).
-INGRESS_HEADER = "x-fabriek-ingress"
-# A stream cut off by its class's time limit ends with this error event, then [DONE].
-_TIMED_OUT_EVENT = ('data: {"error":{"message":"The request exceeded its time limit.",'
-                    '"type":"TimeoutError","param":null,"code":504}}\n\n')
+from serving.frontdoor.front_door import FrontDoor, FrontDoorSettings
 
 
 @serve.ingress()
-class OpenAIIngress:
-    """HTTP front door (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``)
-    and gRPC front door (``fabriek.v1.InferenceService``, served through Ray Serve's gRPC proxy).
-
-    Ray Serve's gRPC proxy calls the ingress method named after each RPC, so the methods
-    ``Chat`` ... ``CountTokens`` below are the service; they only delegate.
+class OpenAIIngress(FrontDoor):
+    """The domain's HTTP and gRPC front door as a deployment of its own (``FrontDoor``).
 
     Args:
         engines: route (pool and model) -> engine deployment, in config order.
-        model_cards: model id -> extra card fields (e.g. ``max_model_len``).
-        max_request_bytes: largest accepted request body; larger ones get 413.
-        domain: the isolation domain this front door serves (its ledger, its route prefix).
-        tenancy: the domain's tenants and class policies (no other domain's).
-        key_file / cache_salt_secret_file / key_reload_interval_s: see ``TenantAccess``.
-        tokenizer_files: model id -> its ``tokenizer.json`` on this node, for token counting.
         admission_controller: handle of the domain's ``AdmissionController``.
-        ledger: where the usage ledger is (its URL is resolved in the replica).
-        quotas: tenant id -> its quota (caps, and whose prompts to count).
+        settings: the domain's front door (``FrontDoorSettings``).
         cores / cpu_nice: where this front-door process runs (``serving.config.domains.FrontDoorPlacement``).
     """
 
-    def __init__(self, engines: Mapping[Route, DeploymentHandle], model_cards: Mapping[str, dict],
-                 max_request_bytes: int, *, domain: str, tenancy: Tenancy, key_file: Path,
-                 cache_salt_secret_file: Path, key_reload_interval_s: float = 1.0,
-                 tokenizer_files: Mapping[str, str] | None = None,
-                 admission_controller: DeploymentHandle, ledger: LedgerSpec,
-                 quotas: Mapping[str, QuotaLimits] | None = None, cores: frozenset[int] | None = None,
-                 cpu_nice: int | None = None):
+    def __init__(self, engines: Mapping[Route, DeploymentHandle], *, admission_controller: DeploymentHandle,
+                 settings: FrontDoorSettings, cores: frozenset[int] | None = None, cpu_nice: int | None = None):
         place_front_door(cores, cpu_nice)
-        token_counter = TokenCounter(tokenizer_files or {})
-        self._model_cards = dict(model_cards)
-        self._gateway = Gateway(engines, domain=domain, tenancy=tenancy, key_file=key_file,
-                                cache_salt_secret_file=cache_salt_secret_file,
-                                key_reload_interval_s=key_reload_interval_s,
-                                admission_controller=admission_controller, ledger=ledger,
-                                token_counter=token_counter, quotas=quotas or {},
-                                max_model_lens={m: c.get("max_model_len") for m, c in model_cards.items()})
-        self._max_request_bytes = max_request_bytes
-        self._grpc = InferenceService(self._gateway, self._model_cards, token_counter)
-        self._replica_id = serve.get_replica_context().replica_id.unique_id
-
-    async def __serve_build_asgi_app__(self) -> FastAPI:
-        app = FastAPI(title="fabriek", summary="OpenAI-compatible API of the fabriek AI facility",
-                      docs_url="/docs", redoc_url=None)
-        install_error_handlers(app)
-        app.add_middleware(BodySizeLimit, max_bytes=self._max_request_bytes)
-        app.add_api_route("/v1/chat/completions", self.chat, methods=["POST"], **completion_route_docs("chat"))
-        app.add_api_route("/v1/completions", self.completions, methods=["POST"],
-                          **completion_route_docs("completions"))
-        app.add_api_route("/v1/models", self.models, methods=["GET"], response_model=ModelList,
-                          **tenant_route_docs())
-        app.add_api_route("/health", self.health, methods=["GET"], **health_route_docs())
-        install_openapi(app)
-        self._gateway.readiness.start()
-        # As the engine replica does (serving.engine.llm_server): keep full collections off the
-        # import-time heap, which would otherwise stall every stream passing through.
-        freeze_gc_heap()
-        return app
-
-    def __del__(self) -> None:
-        # Ray Serve calls this when it stops the replica gracefully: the usage records still
-        # waiting for the ledger's writer thread are committed, not dropped with the process.
-        gateway = getattr(self, "_gateway", None)  # absent if __init__ failed
-        if gateway is not None:
-            gateway.close()
-
-    # --- HTTP ---------------------------------------------------------------------------
-
-    async def chat(self, request: Request) -> Response:
-        """OpenAI chat completions, streamed (SSE) or not."""
-        return await self._relay(request, ChatCompletionRequest, "chat")
-
-    async def completions(self, request: Request) -> Response:
-        """OpenAI text completions, streamed (SSE) or not."""
-        return await self._relay(request, CompletionRequest, "completions")
-
-    async def models(self, request: Request) -> ModelList:
-        """The models the calling tenant may use."""
-        tenant = await self._gateway.authenticate(request.headers.get("authorization"))
-        return ModelList(data=[ModelCard(id=m, owned_by="fabriek", root=m, **self._model_cards[m])
-                               for m in sorted(tenant.model_ids) if m in self._model_cards])
-
-    async def health(self, request: Request) -> JSONResponse:
-        """200 when every engine of this domain's pools answers its health probe, else 503.
-
-        Without a key it says only up or down: which pools and models exist is for the
-        domain's tenants (with a valid key: the readiness of its own pools' engines) and
-        for operators (the metrics port).
-        """
-        status = self._gateway.readiness.status()
-        is_ready = all(s == "ready" for s in status.values())
-        answer: dict = {"status": "ok" if is_ready else "unavailable"}
-        if request.headers.get("authorization"):
-            tenant = await self._gateway.authenticate(request.headers.get("authorization"))
-            pools = self._gateway.pools_of(tenant)
-            answer["pools"] = {}
-            for route, state in status.items():
-                if route.pool in pools and route.model_id in tenant.model_ids:
-                    answer["pools"].setdefault(route.pool, {})[route.model_id] = state
-        return JSONResponse(answer, status_code=200 if is_ready else 503)
-
-    async def _relay(self, request: Request, model: type[OpenAIRequest], method: str) -> Response:
-        tenant = await self._gateway.authenticate(request.headers.get("authorization"))  # before the body
-        try:
-            data = await read_json_object(request, self._max_request_bytes)
-            body, shape = validate_openai_request(data, model, method, self._gateway.max_sequences(tenant))
-            if method == "chat":
-                try:
-                    body = _sanitize_chat_completion_request(body)
-                except ValueError:  # message content pydantic accepted without checking items
-                    raise APIError(400, "invalid request body: malformed message content",
-                                   param="messages") from None
-        except APIError:
-            self._gateway.count_refusal(tenant)
-            raise
-        return await self._answer(tenant, body, method, shape.sequences)
-
-    async def _answer(self, tenant, body: OpenAIRequest, method: str, sequences: int) -> Response:
-        # The request's lifecycle is one async generator: its `async with` opens the request
-        # (first item in hand) and, however the generator ends, settles it. An unstreamed
-        # answer ends it here; a stream ends it when the response stops iterating it.
-        lifecycle = self._answer_events(tenant, body, method, sequences)
-        answer = await lifecycle.__anext__()
-        headers = {POOL_HEADER: answer.route.pool, REQUEST_ID_HEADER: answer.request_id,
-                   INGRESS_HEADER: self._replica_id}
-        if answer.replica is not None:
-            headers[REPLICA_HEADER] = answer.replica
-        if answer.error is not None or answer.is_complete:
-            await lifecycle.aclose()
-            if answer.error is not None:
-                error = answer.error.error
-                return error_response(error.code, error.message, param=error.param, headers=headers)
-            # A complete, non-streamed response; serialize once, here.
-            return Response(answer.first.model_dump_json(), media_type="application/json", headers=headers)
-        return StreamingResponse(lifecycle, media_type="text/event-stream", headers=headers)
-
-    async def _answer_events(self, tenant, body: OpenAIRequest, method: str, sequences: int) -> AsyncIterator:
-        """Yields the answer, then (for a stream) its SSE packets; settles it on the way out."""
-        async with self._gateway.request(tenant, body, method, "http", sequences) as answer:
-            yield answer
-            if answer.error is None and not answer.is_complete:
-                async for packet in _server_sent_events(answer):
-                    yield packet
-
-    # --- gRPC: fabriek.v1.InferenceService (serving/protos/fabriek/v1/inference.proto) ---
-
-    async def Chat(self, request: pb.ChatRequest, grpc_context: RayServegRPCContext) -> pb.ChatResponse:  # noqa: N802
-        """RPC ``Chat``: a whole chat answer."""
-        return await self._grpc.chat(request, grpc_context)
-
-    async def ChatStream(self, request: pb.ChatRequest, grpc_context: RayServegRPCContext):  # noqa: N802
-        """RPC ``ChatStream``: a chat answer, streamed."""
-        async for message in self._grpc.chat_stream(request, grpc_context):
-            yield message
-
-    async def Complete(self, request: pb.CompletionRequest,  # noqa: N802
-                       grpc_context: RayServegRPCContext) -> pb.CompletionResponse:
-        """RPC ``Complete``: a whole text completion."""
-        return await self._grpc.complete(request, grpc_context)
-
-    async def CompleteStream(self, request: pb.CompletionRequest, grpc_context: RayServegRPCContext):  # noqa: N802
-        """RPC ``CompleteStream``: a text completion, streamed."""
-        async for message in self._grpc.complete_stream(request, grpc_context):
-            yield message
-
-    async def ListModels(self, request: pb.ListModelsRequest,  # noqa: N802
-                         grpc_context: RayServegRPCContext) -> pb.ListModelsResponse:
-        """RPC ``ListModels``: the models the calling tenant may use."""
-        return await self._grpc.list_models(request, grpc_context)
-
-    async def CountTokens(self, request: pb.CountTokensRequest,  # noqa: N802
-                          grpc_context: RayServegRPCContext) -> pb.CountTokensResponse:
-        """RPC ``CountTokens``: tokens of a text under the model's tokenizer."""
-        return await self._grpc.count_tokens(request, grpc_context)
-
-
-async def _server_sent_events(answer: EngineAnswer) -> AsyncIterator[str]:
-    """Join each engine batch of ``data: ...`` events into one write; end with [DONE].
-
-    The engine is always asked for usage on every event (the ledger needs it): the final
-    usage event is read from the last batch and dropped unless the client asked for it,
-    and the running usage is cut out of the other events unless the client asked for that.
-    The answer is settled here when the engine's stream ends, also when it ends with an
-    error event or past its time limit (charged what it produced); a client that leaves
-    first is settled by ``Gateway.request`` from ``answer.progress_event``."""
-    is_done, final = False, None
-    batch = answer.first
-    while True:
-        answer.progress_event = last_usage_event(batch) or answer.progress_event
-        if final is None and any(USAGE_ONLY in event for event in batch):
-            batch, final = _take_usage(batch, answer.strips_usage)
-        if answer.strips_continuous_usage:
-            batch = [e if USAGE_ONLY in e else without_usage(e) for e in batch]
-        packet = "".join(batch)
-        is_done = is_done or packet.rstrip().endswith("data: [DONE]")
-        yield packet
-        try:
-            batch = await answer.rest.__anext__()
-        except StopAsyncIteration:
-            break
-        except (TaskCancelledError, asyncio.CancelledError):
-            if not answer.timed_out:
-                raise  # the client left: Gateway.request settles it
-            answer.settle(504, *answer.produced())
-            yield _TIMED_OUT_EVENT + ("" if is_done else "data: [DONE]\n\n")
-            return
-    if final is not None:
-        answer.settle(200, *final)
-    else:  # no usage event: the engine failed mid-stream (an error event) or stopped short
-        answer.settle(error_status_in(batch) or 500, *answer.produced())
-    if not is_done:
-        yield "data: [DONE]\n\n"
-
-
-def _take_usage(batch: list[str], strip: bool) -> tuple[list[str], tuple[int, int]]:
-    """(the batch without the usage-only event if ``strip``, (prompt, completion) tokens)."""
-    for i, event in enumerate(batch):
-        if event.startswith("data: {") and USAGE_ONLY in event:
-            usage = json.loads(event[len("data: "):]).get("usage") or {}
-            kept = batch[:i] + batch[i + 1:] if strip else batch
-            return kept, (usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
-    return batch, (0, 0)
+        self._open_front_door(HandleCalls(engines), admission_controller, settings)

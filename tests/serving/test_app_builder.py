@@ -12,7 +12,8 @@ from ray.serve.schema import ServeDeploySchema
 
 from serving.app import build_app
 from serving.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from serving.engine.engines import build_engine_deployments
+from serving.engine.engines import engine_deployments
+from serving.frontdoor.front_door import FrontDoorSettings
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "smollm2-135m-instruct"
@@ -58,39 +59,73 @@ def _bound(app: Application) -> tuple[tuple, dict]:
     return app._bound_deployment.init_args, app._bound_deployment.init_kwargs
 
 
-def test_a_domains_app_holds_only_its_own_tenants_pools_and_secrets():
+def _relay_config() -> dict:
+    inline = load_config(DEFAULT_CONFIG_PATH).model_dump()
+    inline["serve"]["token_path"] = "relay"
+    return inline
+
+
+def _front_door_of(app: Application) -> tuple[set[str], FrontDoorSettings, Application]:
+    """(the pools its engines serve, its settings, its admission controller), either layout."""
+    args, kwargs = _bound(app)
+    if app._bound_deployment.func_or_class.__name__ == "OpenAIIngress":
+        return {route.pool for route in args[0]}, kwargs["settings"], kwargs["admission_controller"]
+    return {kwargs["pool"]}, kwargs["front_door"], kwargs["admission_controller"]
+
+
+@pytest.mark.parametrize("layout", ["direct", "relay"])
+def test_a_domains_app_holds_only_its_own_tenants_pools_and_secrets(layout):
     from serving.config import fabriek_home
 
     home = fabriek_home().resolve()
     for domain, other in (("government", "commercial"), ("commercial", "government")):
-        app = build_app({"domain": domain})
-        args, kwargs = _bound(app)
-        engines = args[0]
-        assert {route.pool for route in engines} == {domain}
-        assert kwargs["domain"] == domain
-        assert kwargs["key_file"] == home / "domains" / domain / "api-keys.json"
-        assert kwargs["cache_salt_secret_file"] == home / "domains" / domain / "cache-salt.secret"
-        tenancy = kwargs["tenancy"]
+        app = build_app({"domain": domain, **({"config": _relay_config()} if layout == "relay" else {})})
+        pools, settings, controller = _front_door_of(app)
+        assert app._bound_deployment.name == (f"{domain}--{MODEL}" if layout == "direct" else "OpenAIIngress")
+        assert pools == {domain}
+        assert settings.domain == domain
+        assert settings.key_file == home / "domains" / domain / "api-keys.json"
+        assert settings.cache_salt_secret_file == home / "domains" / domain / "cache-salt.secret"
+        tenancy = settings.tenancy
         assert {str(t.tenant_class) for t in tenancy.tenants.values()} == {domain}
         assert set(tenancy.classes) == {domain}
-        assert set(kwargs["quotas"]) == set(tenancy.tenants)
-        controller_args, _ = _bound(kwargs["admission_controller"])
+        assert set(settings.quotas) == set(tenancy.tenants)
+        controller_args, _ = _bound(controller)
         assert set(controller_args[0]) == set(tenancy.tenants)  # quotas: its own tenants only
         assert {route.pool for route in controller_args[1]} == {domain}
         # Nothing anywhere in what the domain's processes are given names the other domain.
-        assert f"domains/{other}" not in repr((args, kwargs))
+        assert f"domains/{other}" not in repr(_bound(app))
+
+
+def test_a_domain_with_two_routes_keeps_the_relay_front_door():
+    inline = load_config(DEFAULT_CONFIG_PATH).model_dump()
+    inline["models"].append({**inline["models"][0], "id": "second-model"})
+    inline["pools"][0]["models"].append("second-model")
+    inline["tenants"][0]["models"].append("second-model")
+    government = build_app({"config": inline, "domain": "government"})
+    assert government._bound_deployment.name == "OpenAIIngress"
+    pools, settings, _ = _front_door_of(government)
+    assert set(settings.model_cards) == {MODEL, "second-model"}
+    assert build_app({"config": inline, "domain": "commercial"})._bound_deployment.name == f"commercial--{MODEL}"
 
 
 def test_front_door_is_placed_on_its_domains_nodes_and_cores():
     for domain, core, nice in (("government", 0, 0), ("commercial", 1, 15)):
-        app = build_app({"domain": domain})
+        # direct: the engine replica is the front door, on the pool's nodes and cores.
+        engine = build_app({"domain": domain})._bound_deployment
+        bundles = engine._replica_config.placement_group_bundles
+        assert all(b.get(f"pool_{domain}", 0) > 0 for b in bundles)
+        assert engine._replica_config.ray_actor_options["runtime_env"]["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] \
+            == str(core)
+        # relay: an ingress of its own, on the domain's nodes and its pools' cores.
+        app = build_app({"domain": domain, "config": _relay_config()})
         _, kwargs = _bound(app)
         assert (kwargs["cores"], kwargs["cpu_nice"]) == (frozenset({core}), nice)
-        controller = kwargs["admission_controller"]
-        for deployment in (app._bound_deployment, controller._bound_deployment):
-            resources = deployment._replica_config.ray_actor_options["resources"]
+        for application in (app, kwargs["admission_controller"], _bound(build_app({"domain": domain}))[1][
+                "admission_controller"]):
+            resources = application._bound_deployment._replica_config.ray_actor_options["resources"]
             assert resources == {f"domain_{domain}": 0.001}
-        assert _bound(controller)[1] == {"cores": frozenset({core}), "cpu_nice": nice}
+        assert _bound(kwargs["admission_controller"])[1] == {"cores": frozenset({core}), "cpu_nice": nice}
 
 
 def test_builder_refuses_unknown_or_conflicting_args():
@@ -101,10 +136,10 @@ def test_builder_refuses_unknown_or_conflicting_args():
 
 
 def test_one_model_on_two_pools_gives_two_deployments_pinned_to_their_pool():
-    engines = build_engine_deployments(load_config(DEFAULT_CONFIG_PATH))
+    engines = engine_deployments(load_config(DEFAULT_CONFIG_PATH))
     assert [(e.pool, e.model_id) for e in engines] == [("government", MODEL), ("commercial", MODEL)]
     for engine, core in zip(engines, ["0", "1"]):
-        deployment = engine.app._bound_deployment
+        deployment = engine.bind()._bound_deployment
         assert deployment.name == f"{engine.pool}--{MODEL}"
         # Every bundle, the replica's included, needs the pool's resource: nothing of the
         # pool can be placed on another pool's nodes.

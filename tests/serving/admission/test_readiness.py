@@ -35,14 +35,13 @@ class Probe:
 
 
 class Engine:
-    """A stand-in handle: answers each probe as ``behaviour`` says (ok, fail, hang)."""
+    """A stand-in engine: answers each probe as ``behaviour`` says (ok, fail, hang); its
+    ``check_health`` is what the readiness tracker calls."""
 
     def __init__(self, behaviour: str = "ok"):
         self.behaviour = behaviour
         self.probes: list[Probe] = []
-        self.check_health = self
-
-    def remote(self) -> Probe:
+    def check_health(self) -> Probe:
         self.probes.append(Probe(self.behaviour))
         return self.probes[-1]
 
@@ -56,7 +55,7 @@ def probe(readiness: EngineReadiness, times: int = 1) -> None:
 
 def test_an_unanswered_probe_marks_a_ready_engine_not_ready_logged_once(caplog):
     engine, other = Engine(), Engine()
-    readiness = EngineReadiness({"a": engine, "b": other}, probe_timeout_s=TIMEOUT_S)
+    readiness = EngineReadiness({"a": engine.check_health, "b": other.check_health}, probe_timeout_s=TIMEOUT_S)
     probe(readiness)
     assert readiness.status() == {"a": "ready", "b": "ready"}
     engine.behaviour = "hang"  # stuck: requests sent to it would hang too
@@ -73,7 +72,7 @@ def test_an_unanswered_probe_marks_a_ready_engine_not_ready_logged_once(caplog):
 
 def test_with_two_timeouts_one_late_answer_is_forgiven():
     engine = Engine()
-    readiness = EngineReadiness({"a": engine}, probe_timeout_s=TIMEOUT_S, timeouts_until_not_ready=2)
+    readiness = EngineReadiness({"a": engine.check_health}, probe_timeout_s=TIMEOUT_S, timeouts_until_not_ready=2)
     probe(readiness)
     engine.behaviour = "hang"
     probe(readiness)
@@ -89,7 +88,7 @@ def test_with_two_timeouts_one_late_answer_is_forgiven():
 
 def test_a_failed_probe_marks_not_ready_at_once_and_a_loading_engine_stays_not_ready():
     engine, loading = Engine(), Engine("hang")
-    readiness = EngineReadiness({"a": engine, "loading": loading}, probe_timeout_s=TIMEOUT_S,
+    readiness = EngineReadiness({"a": engine.check_health, "loading": loading.check_health}, probe_timeout_s=TIMEOUT_S,
                                 timeouts_until_not_ready=3)
     probe(readiness)
     assert readiness.status() == {"a": "ready", "loading": "not ready"}

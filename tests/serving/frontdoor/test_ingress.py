@@ -34,6 +34,7 @@ from serving.admission.refusals import STATUS_BY_REASON
 from serving.frontdoor.grpc_status import CODE_BY_HTTP_STATUS, CODE_BY_REASON
 from serving.protos.fabriek.v1 import inference_pb2 as pb
 from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub
+from serving.frontdoor.front_door import FrontDoorSettings
 from serving.frontdoor.ingress import OpenAIIngress
 from serving.engine.llm_server import stamp_first
 from tests.conftest import free_port
@@ -139,11 +140,11 @@ def server(tmp_path_factory):
     # One ingress over pools of two domains: what is tested here is its routing within what it is
     # given (fail closed, no fallback between pools); the app builder gives it one domain.
     anywhere = FrontDoorPlacement(ray_resources={}, cores=None, cpu_nice=None)
-    app = ingress.bind(engines, {MODEL: {}, "other": {}, "stuck": {}, "broken": {}}, 4096, domain="test", tenancy=CONFIG.tenancy(),
-                       key_file=keys.path, cache_salt_secret_file=home / "salt.secret",
-                       key_reload_interval_s=0.2, admission_controller=bind_admission_controller(CONFIG, anywhere),
-                       ledger=LedgerSpec(url=f"sqlite:///{home / 'usage.db'}"),
-                       quotas={})
+    settings = FrontDoorSettings(model_cards={MODEL: {}, "other": {}, "stuck": {}, "broken": {}},
+                                 max_request_bytes=4096, domain="test", tenancy=CONFIG.tenancy(),
+                                 key_file=keys.path, cache_salt_secret_file=home / "salt.secret",
+                                 key_reload_interval_s=0.2, ledger=LedgerSpec(url=f"sqlite:///{home / 'usage.db'}"))
+    app = ingress.bind(engines, admission_controller=bind_admission_controller(CONFIG, anywhere), settings=settings)
     # _blocking=False: the app never becomes RUNNING, which is the point of the test.
     serve._run(app, _blocking=False, name="not-ready", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
