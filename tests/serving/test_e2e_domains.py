@@ -58,18 +58,20 @@ def test_each_domain_answers_from_its_own_front_door_processes(fabriek_server):
 
 
 def _front_door_processes(fabriek_server, domain: str) -> list[psutil.Process]:
+    """The domain's front door replicas (its engine replica, in the direct layout) and its
+    admission controller."""
     family = psutil.Process(fabriek_server.process.pid).children(recursive=True)
-    pattern = rf"ServeReplica:{domain}:(OpenAIIngress|AdmissionController)"
+    pattern = rf"ServeReplica:{domain}:(OpenAIIngress|AdmissionController|{domain}--)"
     return [p for p in family if re.search(pattern, " ".join(p.cmdline()))]
 
 
 @pytest.mark.parametrize(("domain", "cores", "nice"), [("government", {0}, 0), ("commercial", {1}, 15)])
 def test_front_door_runs_on_its_domains_cores_at_its_niceness(fabriek_server, domain, cores, nice):
-    """Every thread of the domain's two ingress replicas and its admission controller runs on
-    its pool's cores, at its pool's niceness (the government pool's 0 needs root; without it
-    Ray's 15 stays, with a warning)."""
+    """Every thread of the domain's front door (its engine replica) and its admission controller
+    runs on its pool's cores, at its pool's niceness (the government pool's 0 needs root;
+    without it Ray's 15 stays, with a warning)."""
     processes = _front_door_processes(fabriek_server, domain)
-    assert len(processes) == 3  # two ingress replicas, one controller
+    assert len(processes) == 2  # the engine replica that is the front door, one controller
     expected_nice = nice if os.geteuid() == 0 else 15
     for process in processes:
         threads = process.threads()

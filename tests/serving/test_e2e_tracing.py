@@ -1,5 +1,6 @@
-"""End to end: one request is one trace, from the client's ``traceparent`` through the ingress,
-admission and the engine deployment to vLLM's own request span, exported over OTLP.
+"""End to end: one request is one trace, from the client's ``traceparent`` through the front
+door (the engine replica itself, in the shipped direct layout), admission and vLLM's own
+request span, exported over OTLP.
 
 The session's server sends its spans to the test's OTLP collector (tests/conftest.py).
 """
@@ -19,11 +20,11 @@ from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub
 from tests.otlp_collector import ReceivedSpan
 
 MODEL = "smollm2-135m-instruct"
-INGRESS, CONTROLLER = "OpenAIIngress", "AdmissionController"
+# The government domain's front door: its engine deployment (direct layout, serving.app).
+FRONT_DOOR, CONTROLLER = "government--", "AdmissionController"
 # Every hop of a request, by span name prefix: Ray Serve's, fabriek's and vLLM's.
-HOPS = {f"replica_handle_request {INGRESS}", f"chat {MODEL}", "fabriek.admission",
-        f"route_to_replica {CONTROLLER} acquire", f"replica_handle_request {CONTROLLER} acquire",
-        "route_to_replica government--", "replica_handle_request government--", "llm_request"}
+HOPS = {f"replica_handle_request {FRONT_DOOR}", f"chat {MODEL}", "fabriek.admission",
+        f"route_to_replica {CONTROLLER} acquire", f"replica_handle_request {CONTROLLER} acquire", "llm_request"}
 
 
 def new_traceparent() -> tuple[str, str, str]:
@@ -62,9 +63,9 @@ def test_http_request_is_one_trace_from_ingress_to_vllm(fabriek_server, otlp_col
     spans = otlp_collector.wait_for(trace_id, HOPS, parent_id)
 
     assert_one_tree(spans, parent_id)
-    ingress, request = one(spans, f"replica_handle_request {INGRESS}"), one(spans, f"chat {MODEL}")
-    assert ingress.parent_span_id == parent_id
-    assert request.parent_span_id == ingress.span_id
+    front_door, request = one(spans, f"replica_handle_request {FRONT_DOOR}"), one(spans, f"chat {MODEL}")
+    assert front_door.parent_span_id == parent_id
+    assert request.parent_span_id == front_door.span_id
     assert request.resource["service.name"] == "fabriek"
     attributes = request.attributes
     assert (attributes["gen_ai.operation.name"], attributes["gen_ai.request.model"]) == ("chat", MODEL)
@@ -80,13 +81,11 @@ def test_http_request_is_one_trace_from_ingress_to_vllm(fabriek_server, otlp_col
     admission = one(spans, "fabriek.admission")
     assert admission.parent_span_id == request.span_id
     assert one(spans, f"route_to_replica {CONTROLLER} acquire").parent_span_id == admission.span_id
-    to_engine = one(spans, "route_to_replica government--")
-    assert to_engine.parent_span_id == request.span_id
-    engine = one(spans, "replica_handle_request government--")
-    assert engine.parent_span_id == to_engine.span_id
-    # vLLM's request span, from its own tracer in the engine replica, joins beneath it.
+    # The engine runs in the front door's own process: no hop to another replica, and vLLM's
+    # request span, from its own tracer, joins beneath the request.
+    assert not [s for s in spans if s.name.startswith("route_to_replica government--")]
     vllm_request = one(spans, "llm_request")
-    assert vllm_request.parent_span_id == engine.span_id
+    assert vllm_request.parent_span_id == request.span_id
     assert vllm_request.attributes["gen_ai.usage.completion_tokens"] == response.usage.completion_tokens
     assert_no_content(spans, marker, response.choices[0].message.content)
     # The usage record names the trace: from a bill to the request's path.
