@@ -78,7 +78,7 @@ class InProcessCalls:
 
     Args:
         route: the pool and model this replica serves.
-        server: the replica's engine server (its ``chat``, ``completions`` and ``check_health``).
+        server: the replica's engine server (its ``chat``, ``completions`` and ``probe_engine``).
     """
 
     def __init__(self, route: Route, server: Any):
@@ -92,7 +92,9 @@ class InProcessCalls:
         return TaskStream(getattr(self._server, method)(body))
 
     def probes(self) -> Mapping[Route, Callable[[], Awaitable[Any]]]:
-        return {self._route: lambda: asyncio.ensure_future(self._server.check_health())}
+        # In-process the probe reaches the engine core itself (``FabriekLLMServer.probe_engine``):
+        # there is no replica in between whose silence would tell.
+        return {self._route: lambda: asyncio.ensure_future(self._server.probe_engine())}
 
 
 _END = object()

@@ -164,6 +164,19 @@ class FabriekLLMServer(LLMServer):
         """``LLMServer.completions``, its first item stamped with this replica's identity."""
         return self._stamped(await super().completions(request, _with_trace_headers(raw_request_info)))
 
+    async def probe_engine(self) -> None:
+        """A health probe that reaches vLLM's engine core process and back.
+
+        ``check_health`` only asks whether the engine has already died; a wedged engine
+        core (a hung device, a stopped process) still passes it. This also makes a round
+        trip to the engine core, which it answers between steps, so a readiness probe with
+        a timeout notices a core that no longer steps. Ray Serve's own replica health check
+        stays ``check_health``: a stalled core is not a reason to restart the replica.
+        """
+        await self.check_health()
+        # Ray's VLLMEngine keeps vLLM's AsyncLLM here (tests/serving/engine/test_private_hooks.py).
+        await self.engine._engine_client.is_sleeping()
+
     def num_unfinished_requests(self) -> int:
         """Requests vLLM's engine holds right now; an aborted request leaves it at once.
 

@@ -285,17 +285,19 @@ def test_error_paths_write_no_prompt_text_to_any_log(fabriek_server):
 # --- 5. Stuck engines ------------------------------------------------------------------------
 
 def test_a_stuck_engine_is_marked_not_ready_and_refused_fast_until_it_recovers(fabriek_server):
-    """Freeze the commercial engine replica (SIGSTOP, as a wedged host looks): its probes time
-    out, so its tenants get a fast 503 instead of waiting on it; thawed, it serves again."""
+    """Freeze the commercial engine core (SIGSTOP, as a wedged device looks from the host):
+    the front door's probes, which reach the core, time out, so its tenants get a fast 503
+    instead of waiting on it; thawed, it serves again."""
     import signal
 
     import psutil
 
     family = psutil.Process(fabriek_server.process.pid).children(recursive=True)
     [replica] = [p for p in family if f"ServeReplica:commercial:commercial--{MODEL_ID}" in " ".join(p.cmdline())]
+    [core] = [p for p in replica.children(recursive=True) if "EngineCore" in " ".join(p.cmdline()) + p.name()]
     health = f"{fabriek_server.base_url('pilot-demo')}/health"
     assert httpx.get(health, timeout=10).status_code == 200
-    replica.send_signal(signal.SIGSTOP)
+    core.send_signal(signal.SIGSTOP)
     try:
         deadline = time.monotonic() + 40
         while httpx.get(health, timeout=10).status_code != 503:
@@ -309,7 +311,7 @@ def test_a_stuck_engine_is_marked_not_ready_and_refused_fast_until_it_recovers(f
         assert post(fabriek_server, "gov-demo", {"model": MODEL_ID, "messages": QUESTION, "max_tokens": 2}
                     ).status_code == 200
     finally:
-        replica.send_signal(signal.SIGCONT)
+        core.send_signal(signal.SIGCONT)
     deadline = time.monotonic() + 180
     while httpx.get(health, timeout=10).status_code != 200:
         assert time.monotonic() < deadline, "the thawed engine never became ready again"
