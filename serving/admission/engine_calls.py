@@ -114,6 +114,7 @@ class TaskStream:
 
     def __init__(self, call: Awaitable[AsyncIterator[Any]]):
         self._items: asyncio.Queue = asyncio.Queue()
+        self._call = call
         self._task = asyncio.ensure_future(self._pump(call))
         # The end is queued by the task's outcome, so that a task cancelled before it ever
         # ran (and so never reached its own `try`) still ends the reader's wait.
@@ -132,6 +133,9 @@ class TaskStream:
                     await close()
 
     def _finished(self, task: asyncio.Task) -> None:
+        close = getattr(self._call, "close", None)
+        if close is not None:
+            close()  # a call cancelled before it ran was never awaited; a no-op otherwise
         if task.cancelled():
             self._items.put_nowait(asyncio.CancelledError())
         elif task.exception() is not None:
