@@ -28,18 +28,18 @@ POOL_NICE_ENV = "FABRIEK_POOL_CPU_NICE"
 
 
 def pin_to_pool_cores() -> set[int] | None:
-    """Pins this process to its pool's cores, if the pool binds any; returns them."""
+    """Pins every thread of this process to its pool's cores, if the pool binds any (the
+    engine processes it starts inherit them); returns them.
+
+    Every thread, not only this one: the engine replica can be its domain's front door
+    (serving.frontdoor.direct_server), and Ray's threads, started before any user code,
+    would otherwise run on any core."""
     cores = cores_of(os.environ.get("VLLM_CPU_OMP_THREADS_BIND", ""))
     if cores is None or not hasattr(os, "sched_setaffinity"):
         return None
-    try:
-        # May widen the inherited set: `fabriek serve` starts Ray on its system cores
-        # (local.system_cpus), which need not include the pool's.
-        os.sched_setaffinity(0, cores)
-    except OSError as err:  # a core this machine (or its cgroup) does not have
-        logger.warning("cannot pin to pool cores %s: %s; not pinning", sorted(cores), err)
-        return None
-    return cores
+    # May widen the inherited set: `fabriek serve` starts Ray on its system cores
+    # (local.system_cpus), which need not include the pool's.
+    return cores if pin_process(cores) else None
 
 
 def renice_process(niceness: int) -> bool:
@@ -56,18 +56,12 @@ def renice_process(niceness: int) -> bool:
 
 
 def take_pool_niceness() -> int | None:
-    """Sets this thread's niceness to its pool's ``cpu_nice``, if the pool sets one;
-    returns the niceness taken."""
+    """Sets the niceness of every thread of this process to its pool's ``cpu_nice``, if the
+    pool sets one; returns the niceness taken."""
     wanted = os.environ.get(POOL_NICE_ENV)
     if wanted is None:
         return None
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, int(wanted))
-    except OSError as err:  # below the current niceness without CAP_SYS_NICE
-        logger.warning("cannot take the pool's niceness %s (now %d): %s", wanted,
-                       os.getpriority(os.PRIO_PROCESS, 0), err)
-        return None
-    return int(wanted)
+    return int(wanted) if renice_process(int(wanted)) else None
 
 
 def pin_process(cores: set[int] | frozenset[int]) -> bool:
