@@ -30,6 +30,12 @@ def role_of(command: list[str], name: str) -> str:
     executable = (command[0] if command else name).rsplit("/", 1)[-1]
     if "ray/dashboard" in line:
         return "ray dashboard"
+    if executable.startswith("python") and len(command) > 1:
+        # Python processes by what they run: `python -m vllm.entrypoints...`, `.../log_monitor.py`.
+        if "-m" in command[1:-1]:
+            return f"python -m {command[command.index('-m', 1) + 1]}"
+        if script := next((arg for arg in command[1:] if arg.endswith(".py")), None):
+            return f"python {script.rsplit('/', 1)[-1]}"
     return executable
 
 
