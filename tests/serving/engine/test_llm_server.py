@@ -125,3 +125,28 @@ def test_an_engine_request_past_its_time_limit_is_aborted_even_without_a_reader(
 
     assert asyncio.run(run()) < 1.0
     assert closed == [True]
+
+
+def test_an_engine_request_whose_limit_passes_while_its_reader_holds_an_item_ends_at_the_next():
+    """The limit interrupts only the wait for an item; one that passes between items ends
+    the stream when the reader asks for the next one, even if the engine would hang."""
+    import asyncio
+
+    from serving.engine.llm_server import stamp_first
+
+    async def engine():
+        yield "first"
+        await asyncio.sleep(3600)
+        yield "never"
+
+    async def run():
+        stream = stamp_first(engine(), "pool--m", "r1", max_duration_s=0.1)
+        await anext(stream)
+        await asyncio.sleep(0.3)  # the reader is busy past the limit
+        try:
+            await asyncio.wait_for(anext(stream), 1)
+        except TimeoutError as err:
+            return str(err)
+        raise AssertionError("the stream outlived its limit")
+
+    assert "ran past" in asyncio.run(run())
