@@ -68,6 +68,8 @@ TENANT = "gov-demo"
 ENGINE_ROLES = ("VLLM::EngineCore", "VLLM::Worker")
 # fabriek in its shipped (direct) layout, and in the relay layout (serve.token_path: relay) for contrast.
 SERVERS = ("vllm", "fabriek", "fabriek-relay")
+# A phase during which other processes used more than this is disturbed (``is_disturbed``).
+MAX_OUTSIDE_CORES = 0.1
 
 
 # --- the fast engine's config ---------------------------------------------------------------
@@ -144,14 +146,19 @@ def phase_stats(records: list[dict], wall_s: float) -> dict:
     "times": [arrival of each content event], "tokens": completion tokens}`` or ``{"error": ...}``.
 
     ITL is per token: each gap between content events over the tokens an event carries on
-    average in its request (1 when every token has an event of its own)."""
+    average in its request (1 when every token has an event of its own). Events that arrive
+    in one read make gaps of 0, so where a server sends tokens in bursts its p50 can swing
+    between 0 and a step from run to run; the mean (first to last event of a request over
+    the tokens between) does not."""
     done = [r for r in records if "error" not in r and r["times"]]
     tokens = sum(r["tokens"] for r in done)
     ttfts = [1e3 * (r["times"][0] - r["started"]) for r in done]
-    itls = []
+    itls, means = [], []
     for r in done:
         per_event = max(1.0, r["tokens"] / len(r["times"]))
         itls += [1e3 * (b - a) / per_event for a, b in zip(r["times"], r["times"][1:])]
+        if len(r["times"]) > 1:
+            means.append(1e3 * (r["times"][-1] - r["times"][0]) / (len(r["times"]) - 1) / per_event)
     events = sum(len(r["times"]) for r in done)
     return {"requests": len(done), "errors": len(records) - len(done), "output_tokens": tokens,
             "wall_s": wall_s, "tokens_per_s": tokens / wall_s if wall_s > 0 else 0.0,
@@ -159,6 +166,7 @@ def phase_stats(records: list[dict], wall_s: float) -> dict:
             "ttft_p99_ms": percentile(ttfts, 0.99) if ttfts else None,
             "itl_p50_ms": statistics.median(itls) if itls else None,
             "itl_p99_ms": percentile(itls, 0.99) if itls else None,
+            "itl_mean_ms": statistics.fmean(means) if means else None,
             "tokens_per_event": tokens / events if events else None}
 
 
@@ -172,9 +180,16 @@ def cpu_per_1k(roles: dict[str, float], output_tokens: int) -> dict:
             "platform_by_role_per_1k": platform_roles}
 
 
-def summarize(runs: list[dict]) -> dict:
-    """Per server and streams: the mean over rounds of each number, and the platform's roles."""
-    keys = ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms",
+def is_disturbed(phase: dict, max_outside_cores: float = MAX_OUTSIDE_CORES) -> bool:
+    """Whether processes that were neither the server nor the load generator used more than
+    ``max_outside_cores`` during the phase (on a shared machine: someone else's work)."""
+    return (phase.get("outside_cores") or 0.0) > max_outside_cores
+
+
+def summarize(runs: list[dict], max_outside_cores: float = MAX_OUTSIDE_CORES) -> dict:
+    """Per server and streams: the mean over rounds of each number, and the platform's roles.
+    Disturbed phases (``is_disturbed``) are left out, unless every round's was."""
+    keys = ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "itl_mean_ms",
             "engine_cpu_s_per_1k", "platform_cpu_s_per_1k", "client_cores", "outside_cores")
     summary: dict = {}
     for run in runs:
@@ -183,7 +198,8 @@ def summarize(runs: list[dict]) -> dict:
     out: dict = {}
     for server, by_streams in summary.items():
         out[server] = {}
-        for streams, phases in by_streams.items():
+        for streams, measured in by_streams.items():
+            phases = [p for p in measured if not is_disturbed(p, max_outside_cores)] or measured
             entry = {k: statistics.fmean(p[k] for p in phases) if all(p.get(k) is not None for p in phases)
                      else None for k in keys}
             roles = {r for p in phases for r in p["platform_by_role_per_1k"]}
@@ -191,30 +207,38 @@ def summarize(runs: list[dict]) -> dict:
                 ((r, statistics.fmean(p["platform_by_role_per_1k"].get(r, 0.0) for p in phases)) for r in roles),
                 key=lambda item: -item[1]))
             entry["rounds"] = len(phases)
+            entry["disturbed_rounds_left_out"] = len(measured) - len(phases)
+            entry["disturbed"] = any(is_disturbed(p, max_outside_cores) for p in phases)
             out[server][streams] = entry
     return out
 
 
-def paired_ratios(runs: list[dict], server: str = "fabriek") -> dict:
-    """``server``/vLLM per streams: each round's ``server`` run against the same round's vLLM
-    run, geometric mean over rounds (the machine's drift between rounds falls on both)."""
+def paired_ratios(runs: list[dict], max_outside_cores: float = MAX_OUTSIDE_CORES, server: str = "fabriek") -> dict:
+    """``server``/vLLM per streams: each round's ``server`` run against the same round's vLLM run,
+    geometric mean over rounds (the machine's drift between rounds falls on both); pairs with
+    a disturbed phase are left out, unless every round's pair has one."""
     by_round: dict = {}
     for run in runs:
         by_round.setdefault(run["round"], {})[run["server"]] = {p["streams"]: p for p in run["phases"]}
-    keys = ("tokens_per_s", "platform_cpu_s_per_1k", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")
-    ratios: dict = {}
+    keys = ("tokens_per_s", "platform_cpu_s_per_1k", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms",
+            "itl_mean_ms")
+    pairs: dict = {}
     for pair in by_round.values():
         if {"vllm", server} - set(pair):
             continue
         for streams, fab in pair[server].items():
-            vllm = pair["vllm"].get(streams)
-            if vllm is None:
-                continue
-            for k in keys:
-                if fab.get(k) and vllm.get(k):
-                    ratios.setdefault(str(streams), {}).setdefault(k, []).append(fab[k] / vllm[k])
-    return {streams: {k: statistics.geometric_mean(v) for k, v in by_key.items()}
-            for streams, by_key in ratios.items()}
+            if (vllm := pair["vllm"].get(streams)) is not None:
+                pairs.setdefault(str(streams), []).append((fab, vllm))
+    ratios: dict = {}
+    for streams, measured in pairs.items():
+        clean = [(f, v) for f, v in measured if not (is_disturbed(f, max_outside_cores) or
+                                                    is_disturbed(v, max_outside_cores))] or measured
+        out = ratios[streams] = {"pairs": len(clean)}
+        for k in keys:
+            values = [f[k] / v[k] for f, v in clean if f.get(k) and v.get(k)]
+            if values:
+                out[k] = statistics.geometric_mean(values)
+    return ratios
 
 
 # --- the load generator (a process of its own) ----------------------------------------------
@@ -386,7 +410,7 @@ def run_one(server: str, round_: int, args, ctx: dict) -> dict:
 
 
 def print_table(report: dict) -> None:
-    print("\n| server | streams | tok/s | TTFT p50/p99 (ms) | ITL p50/p99 (ms) | engine CPU s/1k | "
+    print("\n| server | streams | tok/s | TTFT p50/p99 (ms) | ITL p50/p99/mean (ms) | engine CPU s/1k | "
           "platform CPU s/1k | platform's top roles (CPU s/1k) |\n|---|---|---|---|---|---|---|---|")
 
     def ms(v):
@@ -395,17 +419,20 @@ def print_table(report: dict) -> None:
     for server, by_streams in report["summary"].items():
         for streams, s in sorted(by_streams.items(), key=lambda item: int(item[0])):
             top = ", ".join(f"{r} {v:.2f}" for r, v in list(s["platform_by_role_per_1k"].items())[:4])
-            print(f"| {server} | {streams} | {s['tokens_per_s']:.0f} | {ms(s['ttft_p50_ms'])} / {ms(s['ttft_p99_ms'])} | "
-                  f"{ms(s['itl_p50_ms'])} / {ms(s['itl_p99_ms'])} | {s['engine_cpu_s_per_1k']:.2f} | "
+            mark = " (disturbed)" if s.get("disturbed") else ""
+            print(f"| {server} | {streams}{mark} | {s['tokens_per_s']:.0f} | {ms(s['ttft_p50_ms'])} / "
+                  f"{ms(s['ttft_p99_ms'])} | {ms(s['itl_p50_ms'])} / {ms(s['itl_p99_ms'])} / {ms(s.get('itl_mean_ms'))} | "
+                  f"{s['engine_cpu_s_per_1k']:.2f} | "
                   f"{s['platform_cpu_s_per_1k']:.2f} | {top} |")
     for key, server in (("ratios", "fabriek"), ("ratios_relay", "fabriek-relay")):
         if not report.get(key):
             continue
-        print(f"\n| streams | tok/s {server}/vLLM | platform CPU/1k {server}/vLLM | TTFT p50 | ITL p50 |\n"
-              "|---|---|---|---|---|")
+        print(f"\n| streams | pairs | tok/s {server}/vLLM | platform CPU/1k {server}/vLLM | TTFT p50 | ITL mean |"
+              "\n|---|---|---|---|---|---|")
         for streams, r in sorted(report[key].items(), key=lambda item: int(item[0])):
-            print(f"| {streams} | {r.get('tokens_per_s', math.nan):.3f} | {r.get('platform_cpu_s_per_1k', math.nan):.3f} | "
-                  f"{r.get('ttft_p50_ms', math.nan):.3f} | {r.get('itl_p50_ms', math.nan):.3f} |")
+            print(f"| {streams} | {r.get('pairs', '?')} | {r.get('tokens_per_s', math.nan):.3f} | "
+                  f"{r.get('platform_cpu_s_per_1k', math.nan):.3f} | {r.get('ttft_p50_ms', math.nan):.3f} | "
+                  f"{r.get('itl_mean_ms', math.nan):.3f} |")
 
 
 def plot(report: dict, path: Path, top_roles: int = 3) -> None:
@@ -481,6 +508,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vllm-cores", default=None,
                         help="vLLM's cores (default: the fabriek config's pool cores and system cores)")
     parser.add_argument("--client-cores", default=None, help="the load generator's (default: all others)")
+    parser.add_argument("--max-outside-cores", type=float, default=MAX_OUTSIDE_CORES,
+                        help="leave out of the summary and ratios phases during which other processes used more")
     parser.add_argument("--only", choices=SERVERS, default=None)
     parser.add_argument("--servers", default=",".join(SERVERS), type=lambda v: v.split(","),
                         help=f"which servers each round runs, in order (of {', '.join(SERVERS)})")
@@ -577,8 +606,9 @@ def main(argv=None) -> None:
                    "client_cores": sorted(ctx["client_cores"])},
         "fabriek_config": str(ctx["fabriek_config"]), "model": ctx["model_id"],
         "engine_args": ctx["engine_args"], "fabriek_env": ctx["fabriek_env"],
-        "runs": runs, "summary": summarize(runs), "ratios": paired_ratios(runs),
-        "ratios_relay": paired_ratios(runs, "fabriek-relay"),
+        "runs": runs, "summary": summarize(runs, args.max_outside_cores),
+        "ratios": paired_ratios(runs, args.max_outside_cores),
+        "ratios_relay": paired_ratios(runs, args.max_outside_cores, "fabriek-relay"),
         "total_s": time.monotonic() - began,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,7 @@ def test_phase_stats_from_synthetic_timings():
     assert stats["ttft_p99_ms"] == pytest.approx(300)
     # gaps 100 ms, 100 ms (one token each), 200 ms over 2 tokens per event: 100 ms per token
     assert stats["itl_p50_ms"] == pytest.approx(100) and stats["itl_p99_ms"] == pytest.approx(100)
+    assert stats["itl_mean_ms"] == pytest.approx(100)
     assert stats["tokens_per_event"] == pytest.approx(7 / 5)
 
 
@@ -102,6 +103,20 @@ def test_ratios_pair_each_round_and_take_the_geometric_mean():
     assert ratios["16"]["tokens_per_s"] == pytest.approx(1.0)
     assert ratios["1"]["platform_cpu_s_per_1k"] == pytest.approx(2.0)
     assert ratios["16"]["platform_cpu_s_per_1k"] == pytest.approx(1.5)
+
+
+def test_disturbed_phases_are_left_out_of_summary_and_ratios():
+    runs = synthetic_runs()
+    runs[2]["phases"][0]["outside_cores"] = 1.2  # someone's tests ran beside round 1's vLLM at 1 stream
+    summary = bench.summarize(runs)
+    assert summary["vllm"]["1"]["tokens_per_s"] == pytest.approx(100)
+    assert summary["vllm"]["1"]["disturbed_rounds_left_out"] == 1 and not summary["vllm"]["1"]["disturbed"]
+    ratios = bench.paired_ratios(runs)
+    assert ratios["1"]["pairs"] == 1 and ratios["16"]["pairs"] == 2
+    runs[0]["phases"][0]["outside_cores"] = 0.5  # and round 0's: all rounds are kept, and flagged
+    entry = bench.summarize(runs)["vllm"]["1"]
+    assert entry["disturbed"] and entry["rounds"] == 2 and entry["tokens_per_s"] == pytest.approx(150)
+    assert bench.paired_ratios(runs)["1"]["pairs"] == 2
 
 
 def test_summary_is_the_mean_over_rounds():
