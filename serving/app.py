@@ -83,7 +83,7 @@ def build_domain_app(config: PlatformConfig, domain: str) -> Application:
     if uses_direct_token_path(config):
         [engine] = engines
         return engine.bind(FrontDoorLLMServer, pool=engine.pool, admission_controller=admission_controller,
-                           front_door=settings)
+                           front_door=settings, cpu_nice=placement.cpu_nice)
     ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress",
                                **_on_domain_nodes(config.ingress.deployment, placement.ray_resources))
     return ingress.bind({Route(e.pool, e.model_id): e.bind() for e in engines},

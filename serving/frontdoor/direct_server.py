@@ -24,6 +24,7 @@ from ray.serve.llm import LLMConfig
 
 from routers import Route
 from serving.admission.engine_calls import InProcessCalls
+from serving.engine.cpu_affinity import renice_process
 from serving.engine.llm_server import FabriekLLMServer
 from serving.frontdoor.front_door import FrontDoor, FrontDoorSettings
 
@@ -37,13 +38,17 @@ class FrontDoorLLMServer(FrontDoor, FabriekLLMServer):
         pool: the pool this engine belongs to.
         admission_controller: handle of the domain's ``AdmissionController``.
         front_door: the domain's front door (``FrontDoorSettings``).
+        cpu_nice: the front door's niceness (``serving.config.domains.FrontDoorPlacement``): a
+            pool without a ``cpu_nice`` of its own still runs its front door at its domain's.
     """
 
     async def __init__(self, llm_config: LLMConfig, *, pool: str, admission_controller: DeploymentHandle,
-                       front_door: FrontDoorSettings, **server_kwargs: Any):
+                       front_door: FrontDoorSettings, cpu_nice: int | None = None, **server_kwargs: Any):
         # The engine starts first: the replica takes no request before it is ready (Ray
         # Serve marks it running when this constructor returns).
         await FabriekLLMServer.__init__(self, llm_config, **server_kwargs)
+        if cpu_nice is not None:
+            renice_process(cpu_nice)  # every thread; the engine core's process keeps the pool's
         route = Route(pool, llm_config.model_id)
         self._open_front_door(InProcessCalls(route, self), admission_controller, front_door)
 

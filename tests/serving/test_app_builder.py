@@ -111,8 +111,10 @@ def test_a_domain_with_two_routes_keeps_the_relay_front_door():
 
 def test_front_door_is_placed_on_its_domains_nodes_and_cores():
     for domain, core, nice in (("government", 0, 0), ("commercial", 1, 15)):
-        # direct: the engine replica is the front door, on the pool's nodes and cores.
+        # direct: the engine replica is the front door, on the pool's nodes and cores, at the
+        # front door's niceness.
         engine = build_app({"domain": domain})._bound_deployment
+        assert engine.init_kwargs["cpu_nice"] == nice
         bundles = engine._replica_config.placement_group_bundles
         assert all(b.get(f"pool_{domain}", 0) > 0 for b in bundles)
         assert engine._replica_config.ray_actor_options["runtime_env"]["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] \
