@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any, AsyncGenerator, AsyncIterator, Generic, TypeVar
