@@ -31,8 +31,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelList
 from vllm.utils.gc_utils import freeze_gc_heap
 
-# Ray's workaround for a pydantic bug that leaves unpicklable iterators in chat
-# messages; it must run before a request crosses to another actor.
+# Ray's workaround for a pydantic bug that leaves unpicklable iterators in chat messages:
+# needed before a request crosses to another actor (relay layout), and its refusal of
+# malformed content is a check the direct layout keeps too.
 from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
 
 from routers import Tenancy
@@ -55,7 +56,8 @@ from serving.admission.token_counter import TokenCounter
 # The gRPC API sends the same names as trailing metadata.
 POOL_HEADER = "x-fabriek-pool"
 REPLICA_HEADER = "x-fabriek-replica"
-# Which ingress replica answered (with several, quotas still hold: they are shared).
+# Which front door replica answered: the engine replica itself in the direct layout, the
+# ingress replica in the relay one (with several, quotas still hold: they are shared).
 INGRESS_HEADER = "x-fabriek-ingress"
 # A stream cut off by its class's time limit ends with this error event, then [DONE].
 _TIMED_OUT_EVENT = ('data: {"error":{"message":"The request exceeded its time limit.",'
