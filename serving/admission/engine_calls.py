@@ -47,7 +47,8 @@ class EngineCalls(Protocol):
         """Start ``method`` (``chat`` or ``completions``) of ``route``'s engine on ``body``."""
 
     def probes(self) -> Mapping[Route, Callable[[], Awaitable[Any]]]:
-        """Route -> a call of its engine's health check (the awaitable has ``cancel()``)."""
+        """Route -> a call of its engine's health probe, ``FabriekLLMServer.probe_engine``
+        (the awaitable has ``cancel()``)."""
 
 
 class HandleCalls:
@@ -69,7 +70,8 @@ class HandleCalls:
         return self._streaming[(route, method)].remote(body)  # DeploymentResponseGenerator
 
     def probes(self) -> Mapping[Route, Callable[[], Awaitable[Any]]]:
-        return {r: h.check_health.remote for r, h in self._engines.items()}
+        # The same probe as in-process: one that reaches the engine core, not only the replica.
+        return {r: h.probe_engine.remote for r, h in self._engines.items()}
 
 
 class InProcessCalls:
@@ -92,8 +94,7 @@ class InProcessCalls:
         return TaskStream(getattr(self._server, method)(body))
 
     def probes(self) -> Mapping[Route, Callable[[], Awaitable[Any]]]:
-        # In-process the probe reaches the engine core itself (``FabriekLLMServer.probe_engine``):
-        # there is no replica in between whose silence would tell.
+        # The probe reaches the engine core itself (``FabriekLLMServer.probe_engine``).
         return {self._route: lambda: asyncio.ensure_future(self._server.probe_engine())}
 
 

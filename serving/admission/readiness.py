@@ -3,10 +3,10 @@
 A probe that gets no answer in time marks its engine not ready, like one that fails: an
 engine that does not answer a health check within ``probe_timeout_s`` (10 s) is stuck or
 gone, and requests sent to it would hang. A saturated engine still answers in time: the
-probe does not queue behind requests (vLLM's ``check_health`` only asks the engine core
-whether it is alive, and Ray Serve LLM lets a replica take 1e9 calls at once, so the
-admission controller's ``max_running`` bounds the load, not the replica); it waits only for
-the replica's event loop. Probes can queue if a pool's ``deployment.max_ongoing_requests``
+probe does not queue behind requests (``FabriekLLMServer.probe_engine`` makes one round
+trip to vLLM's engine core, which answers it between steps, and Ray Serve LLM lets a replica
+take 1e9 calls at once, so the admission controller's ``max_running`` bounds the load, not
+the replica); it waits for the replica's event loop and one engine step. Probes can queue if a pool's ``deployment.max_ongoing_requests``
 is at or below its ``admission.max_running``: keep it above. A wrong verdict costs little:
 no new request goes to the engine, so its load drains, and the first probe that answers
 (``not_ready_interval_s`` later) marks it ready again.
@@ -22,14 +22,14 @@ logger = logging.getLogger("fabriek.readiness")
 
 
 class EngineReadiness:
-    """Tracks readiness per engine by calling its ``check_health``.
+    """Tracks readiness per engine by calling its health probe.
 
     A request whose engines are not ready is refused at once with 503 instead of
     queueing behind an engine that is still loading or has died.
 
     Args:
         engines: key (fabriek uses ``routers.Route``: pool and model) -> a call of the
-            engine's health check: over a handle (``handle.check_health.remote``) or
+            engine's health probe: over a handle (``handle.probe_engine.remote``) or
             in-process; what it returns is awaitable and has ``cancel()``.
         probe_timeout_s: how long one health probe may take.
         timeouts_until_not_ready: consecutive unanswered probes after which a ready

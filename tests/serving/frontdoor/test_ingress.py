@@ -71,6 +71,8 @@ class EchoEngine:
     async def check_health(self) -> None:
         return None
 
+    probe_engine = check_health  # FabriekLLMServer's readiness probe; nothing behind it here
+
     async def chat(self, request, raw_request_info=None):
         received = {"model": request.model, "user": request.user, "cache_salt": request.cache_salt,
                     "priority": request.priority}
@@ -93,6 +95,8 @@ class StuckEngine:
     async def check_health(self) -> None:
         return None
 
+    probe_engine = check_health  # FabriekLLMServer's readiness probe; nothing behind it here
+
     async def chat(self, request, raw_request_info=None):
         async def stuck():
             if request.stream:
@@ -111,6 +115,8 @@ class BrokenEngine:
 
     async def check_health(self) -> None:
         return None
+
+    probe_engine = check_health  # FabriekLLMServer's readiness probe; nothing behind it here
 
     async def chat(self, request, raw_request_info=None):
         async def broken():
