@@ -14,6 +14,7 @@ Pure and synchronous: the caller owns the clock and the waiting (futures, timers
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -121,6 +122,17 @@ class FairQueue:
         freed = min(size, self._running.get(tenant_id, 0))
         self._running[tenant_id] = self._running.get(tenant_id, 0) - freed
         self.num_running -= freed
+        return self._dispatch()
+
+    def set_max_running(self, max_running: int) -> list[Ticket]:
+        """Change the running limit (a power cap): returns the tickets that now run.
+
+        Requests already running above a lowered limit finish; new ones wait until the
+        pool is under it again.
+        """
+        if max_running < 1:
+            raise ValueError(f"max_running must be at least 1, not {max_running}")
+        self.limits = dataclasses.replace(self.limits, max_running=max_running)
         return self._dispatch()
 
     def cancel(self, ticket: Ticket) -> bool:

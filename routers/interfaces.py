@@ -50,6 +50,7 @@ class RejectionReason(StrEnum):
     REQUEST_TOO_LARGE = "request_too_large"  # prompt or max_tokens over the tenant's caps
     QUOTA_EXCEEDED = "quota_exceeded"       # requests, tokens or concurrency over the tenant's quota
     POOL_SATURATED = "pool_saturated"       # the pool is full and its queue too (or the wait ran out)
+    POWER_CAPPED = "power_cap"              # as POOL_SATURATED, while a power cap holds the pool's limit down
     # Not a filter's: the ingress could not write the request's usage record in time.
     LEDGER_UNAVAILABLE = "ledger_unavailable"
     TIMED_OUT = "timed_out"                 # no answer within the class's time limit (a stuck engine)

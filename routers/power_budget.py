@@ -24,6 +24,7 @@ Pure and synchronous: the caller owns the meter, the clock and applying the limi
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from dataclasses import dataclass
@@ -241,3 +242,28 @@ def parse_watts(text: str) -> float:
     if watts <= 0:
         raise ValueError(f"a power cap must be above 0, not {text!r}")
     return watts
+
+
+_CLOCK = re.compile(r"^\s*([01]?\d|2[0-3]):([0-5]\d)\s*$")
+
+
+def parse_until(text: str, now: datetime.datetime) -> datetime.datetime:
+    """When a cap ends: ``19:00`` (the next 19:00 after ``now``, in ``now``'s zone) or an ISO
+    8601 time (``2026-12-02T19:00``, in ``now``'s zone when it names none).
+
+    Raises:
+        ValueError: neither form, or a time not after ``now``.
+    """
+    match = _CLOCK.match(text)
+    if match:
+        until = now.replace(hour=int(match.group(1)), minute=int(match.group(2)), second=0, microsecond=0)
+        return until if until > now else until + datetime.timedelta(days=1)
+    try:
+        until = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (write e.g. 19:00 or 2026-12-02T19:00)") from None
+    if until.tzinfo is None:
+        until = until.replace(tzinfo=now.tzinfo)
+    if until <= now:
+        raise ValueError(f"{text!r} is not in the future")
+    return until

@@ -19,15 +19,18 @@ from typing import Any
 from ray import serve
 from ray.serve.deployment import Application
 
-from routers import Route
+from routers import Route, TenantClass
+from routers.power_budget import SHED_ORDER, PoolPowerSpec, PowerCap
 from routers.quota import QuotaLimits
 from serving.admission.admission_controller import AdmissionController
 from serving.config import PlatformConfig, load_config
 from serving.config.domains import FrontDoorPlacement, domain_config, front_door_placement
+from serving.config.energy_specs import GOVERNOR_DEPLOYMENT
 from serving.engine.engines import EngineDeployment, engine_deployments
 from serving.frontdoor.direct_server import FrontDoorLLMServer
 from serving.frontdoor.front_door import FrontDoorSettings
 from serving.frontdoor.ingress import OpenAIIngress
+from serving.power.governor import PowerGovernor
 
 
 def route_prefix(domain: str) -> str:
@@ -60,6 +63,40 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
                              "pass `domain` (one Serve application per domain)")
         name = domains[0]
     return build_domain_app(config, name)
+
+
+def build_power_app(args: dict[str, Any] | None = None) -> Application:
+    """Build the platform's power governor application (``serving.power.governor``) from
+    ``args`` (``config_path`` or ``config``, as ``build_app``); Serve application
+    ``fabriek-power``, no route prefix."""
+    args = dict(args or {})
+    unknown = set(args) - {"config", "config_path"}
+    if unknown or len(args) > 1:
+        raise ValueError(f"build_power_app takes `config` or `config_path`; got {sorted(args)}")
+    return bind_power_governor(load_config(args.get("config", args.get("config_path"))))
+
+
+def bind_power_governor(config: PlatformConfig) -> Application:
+    """The power governor over every deployed pool, with the config's caps."""
+    used = config.pools_in_scope("platform")
+    pools = [PoolPowerSpec(p.name, pool_class(config, p.name), p.admission.max_running * len(p.models),
+                           floor=p.power.floor * len(p.models), idle_watts=p.power.idle_watts)
+             for p in config.pools if p.name in used]
+    domains = {d.name: d.pools for d in config.domains()}
+    scopes = {"platform": used, **{f"domain:{d}": frozenset(p) for d, p in domains.items()},
+              **{f"pool:{p}": frozenset({p}) for p in used}}
+    caps = [PowerCap(c.watts, config.pools_in_scope(c.scope), c.until_timestamp(), c.name) for c in config.power_caps]
+    governor = serve.deployment(PowerGovernor, name=GOVERNOR_DEPLOYMENT, num_replicas=1,
+                                ray_actor_options={"num_cpus": 0}, logging_config={"enable_access_log": False})
+    return governor.bind(pools, domains, scopes, caps, interval_s=config.energy.sample_interval_s,
+                         headroom=config.energy.headroom)
+
+
+def pool_class(config: PlatformConfig, pool: str) -> TenantClass:
+    """The most protected class a pool serves (government over research over commercial):
+    a power cap cuts the pool as late as that class asks."""
+    classes = [c for c, spec in config.classes.items() if pool in spec.pools]
+    return max(classes, key=SHED_ORDER.index)
 
 
 def build_domain_app(config: PlatformConfig, domain: str) -> Application:

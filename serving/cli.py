@@ -115,7 +115,15 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from serving.records.ledger import UsageLedger
+    from serving.records.ledger import CANCELLED, ERROR, OK, UsageLedger
+
+    def energy_wh(row: dict) -> tuple[str, str]:
+        """A row's energy in Wh (``-``: not measured), and ``*`` when it leaves out requests
+        that ran where no energy counter exists. Rejected and unfinished requests ran on no
+        engine: they have no energy of their own."""
+        if row["energy_j"] is None or row["status"] not in (OK, ERROR, CANCELLED):
+            return "-", ""
+        return f"{row['energy_j'] / 3600:.3f}", "*" if row["metered_requests"] < row["requests"] else ""
 
     config = _bookkeeping_config(args)
     since = args.since
@@ -124,13 +132,61 @@ def _usage(args: argparse.Namespace) -> int:
         ledger = UsageLedger(config.ledger.resolved_url(domain.name))
         rows += ledger.totals(tenant_id=args.tenant, since=since)
         ledger.close()
-    header = f"{'TENANT':<20}{'MODEL':<28}{'STATUS':<14}{'REQUESTS':>9}{'PROMPT TOK':>12}{'COMPL TOK':>11}"
+    header = (f"{'TENANT':<20}{'MODEL':<28}{'STATUS':<14}{'REQUESTS':>9}{'PROMPT TOK':>12}{'COMPL TOK':>11}"
+              f"{'ENERGY Wh':>12}")
     print(header)
+    marks = set()
     for row in rows:
+        energy, mark = energy_wh(row)
+        marks.add(mark)
+        # The mark follows the column, so that the numbers stay aligned.
         print(f"{row['tenant_id']:<20}{row['model'] or '-':<28}{row['status']:<14}{row['requests']:>9}"
-              f"{row['prompt_tokens'] or 0:>12}{row['completion_tokens'] or 0:>11}")
+              f"{row['prompt_tokens'] or 0:>12}{row['completion_tokens'] or 0:>11}{energy:>12}{mark}")
     if not rows:
         print("(no usage recorded" + (f" since {_utc(since)} UTC" if since else "") + ")")
+    if "*" in marks:
+        print("* some requests of this row ran where no energy counter exists (not measured)")
+    return 0
+
+
+def _power_cap(args: argparse.Namespace) -> int:
+    import datetime
+
+    from routers.power_budget import parse_until, parse_watts
+    from serving.power.client import call, describe_status, governor
+
+    try:
+        watts = parse_watts(args.watts)
+        until = None if args.until is None else parse_until(args.until, datetime.datetime.now().astimezone())
+    except ValueError as err:
+        print(f"fabriek power cap: {err}", file=sys.stderr)
+        return 2
+    handle = governor(args.address)
+    try:
+        cap = call(handle, "set_cap", args.name, watts, args.scope, None if until is None else until.timestamp())
+    except ValueError as err:  # the governor's refusal (an unknown scope), raised here by Ray
+        print(f"fabriek power cap: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
+        return 2
+    ends = "until lifted" if until is None else f"until {until:%Y-%m-%d %H:%M %Z}"
+    print(f"power cap {cap['name']}: {watts:.0f} W over {', '.join(cap['pools'])}, {ends}")
+    print(describe_status(call(handle, "status")))
+    return 0
+
+
+def _power_lift(args: argparse.Namespace) -> int:
+    from serving.power.client import call, governor
+
+    if not call(governor(args.address), "lift", args.name):
+        print(f"fabriek power lift: no power cap named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"power cap {args.name} lifted")
+    return 0
+
+
+def _power_status(args: argparse.Namespace) -> int:
+    from serving.power.client import call, describe_status, governor
+
+    print(describe_status(call(governor(args.address), "status")))
     return 0
 
 
@@ -203,12 +259,34 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.set_defaults(run=_keys_revoke)
 
     usage = commands.add_parser("usage", parents=[config_option],
-                                help="requests and tokens per tenant, model and status, from the ledger")
+                                help="requests, tokens and energy (Wh) per tenant, model and status, "
+                                     "from the ledger")
     usage.add_argument("--tenant", default=None, help="only this tenant")
     usage.add_argument("--since", default=None, type=_parse_since,
                        help="only requests since a date or UTC time (2026-11-28, 2026-11-28T09:00) "
                             "or for a past duration (90m, 24h, 7d)")
     usage.set_defaults(run=_usage)
+
+    power = commands.add_parser("power", help="power caps of a running platform (a grid operator's curtailment)"
+                                ).add_subparsers(dest="action", required=True)
+    address = argparse.ArgumentParser(add_help=False)
+    address.add_argument("--address", default="auto",
+                         help="the platform's Ray cluster (default: the one on this machine)")
+    address.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)  # as the other commands
+    cap = power.add_parser("cap", parents=[address], help="keep the platform's measured power under a cap")
+    cap.add_argument("watts", help="the cap, e.g. 800W, 2.5kW, 1.2MW")
+    cap.add_argument("--scope", default="platform",
+                     help="`platform` (default), `domain:NAME` or `pool:NAME`")
+    cap.add_argument("--until", default=None,
+                     help="when it ends: 19:00 (the next 19:00) or 2026-12-02T19:00 (local time); "
+                          "default: until lifted")
+    cap.add_argument("--name", default="grid", help="the cap's name (default `grid`; the same name replaces it)")
+    cap.set_defaults(run=_power_cap)
+    lift = power.add_parser("lift", parents=[address], help="lift a power cap")
+    lift.add_argument("name", nargs="?", default="grid", help="its name (default `grid`)")
+    lift.set_defaults(run=_power_lift)
+    power.add_parser("status", parents=[address], help="caps in force, and each pool's power and running limit"
+                     ).set_defaults(run=_power_status)
     return parser
 
 
@@ -217,11 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     from routers import KeyFileError
     from serving.config import ConfigError
     from serving.engine.default_model import ModelPrepareError
+    from serving.power.client import GovernorUnreachable
 
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, ModelPrepareError, KeyFileError) as err:
+    except (ConfigError, ModelPrepareError, KeyFileError, GovernorUnreachable) as err:
         print(f"fabriek: error: {err}", file=sys.stderr)
         return 2
 

@@ -78,7 +78,8 @@ def serve_locally(config: PlatformConfig) -> int:
     from ray import serve
     from ray.serve import RunTarget
 
-    from serving.app import build_domain_app, route_prefix
+    from serving.app import bind_power_governor, build_domain_app, route_prefix
+    from serving.config.energy_specs import POWER_APP
 
     http, local = config.http, config.local
     api_url = f"http://{http.host}:{http.port}"
@@ -139,7 +140,7 @@ def serve_locally(config: PlatformConfig) -> int:
         _say("deploying the engines (about a minute for the default model on a CPU)")
         # All domains at once: their engines load side by side.
         serve.run_many([RunTarget(build_domain_app(config, d.name), name=d.name, route_prefix=route_prefix(d.name))
-                        for d in domains])
+                        for d in domains] + [RunTarget(bind_power_governor(config), name=POWER_APP, route_prefix=None)])
         for domain in domains:
             _wait_until_healthy(f"{api_url}{route_prefix(domain.name)}/health", READY_TIMEOUT_S)
         print("fabriek ready", flush=True)

@@ -22,6 +22,9 @@ FABRIEK = '{pool=~"$pool", tenant_class=~"$tenant_class"}'
 # application per domain); fabriek's are labelled by pool and tenant class, and each pool
 # belongs to one domain, so the pool filter narrows them to a domain already.
 SERVE = 'application=~"$domain"'
+# Series labelled by pool only (the engines' meters, the power governor).
+POOL = '{pool=~"$pool"}'
+COMPLETION_TOKENS = '{kind="completion", pool=~"$pool", tenant_class=~"$tenant_class"}'
 # vLLM's metrics name the engine replica's Ray worker, not its deployment (pool--model, see
 # serving.engine.engines): join them to Ray Serve's own per-replica series, which name both.
 ENGINE_OF_WORKER = ('group by (WorkerId, deployment) (ray_serve_replica_processing_queries'
@@ -110,6 +113,33 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                         f"sum by (deployment) ({per_engine(f'rate(ray_vllm_prefix_cache_queries_total[{RATE}])')})",
                         "{{deployment}}"),)),
     )),
+    ("Energy", (
+        Panel("Power attributed to requests (W)", "Measured energy (NVML on GPUs, RAPL on CPUs) divided among "
+              "the requests that ran in each interval, by their prefilled and decoded tokens: joules per second "
+              "per pool and tenant class.", "watt", (
+                  Query(f"sum by (pool, tenant_class) (rate(ray_fabriek_energy_joules_total{FABRIEK}[{RATE}]))",
+                        "{{pool}} / {{tenant_class}}"),)),
+        Panel("Energy per output token (J)", "Joules attributed to requests per completion token, by pool "
+              "(prefill energy included: it is the requests' too).", "joule", (
+                  Query(f"sum by (pool) (rate(ray_fabriek_energy_joules_total{FABRIEK}[{RATE}])) / "
+                        f"sum by (pool) (rate(ray_fabriek_tokens_total{COMPLETION_TOKENS}[{RATE}]))", "{{pool}}"),)),
+        Panel("Measured power by pool (W)", "All the energy each pool's engine meters counted, and the part "
+              "of it in intervals when no request ran (idle), as power.", "watt", (
+                  Query(f"sum by (pool) (rate(ray_fabriek_engine_energy_joules_total{POOL}[{RATE}]))",
+                        "measured {{pool}}"),
+                  Query(f"sum by (pool) (rate(ray_fabriek_engine_idle_energy_joules_total{POOL}[{RATE}]))",
+                        "idle {{pool}}"))),
+        Panel("Power against caps", "Each pool's measured power, as the power governor sees it, and the "
+              "power caps in force (from the config or `fabriek power cap`).", "watt", (
+                  Query(f"max by (pool) (ray_fabriek_power_watts{POOL})", "{{pool}}"),
+                  Query("max by (cap) (ray_fabriek_power_cap_watts)", "cap {{cap}}"))),
+        Panel("Running limit under power caps", "Requests each pool may run at once under the power caps "
+              "(its configured limit while no cap binds).", "short", (
+                  Query(f"max by (pool) (ray_fabriek_power_running_limit{POOL})", "{{pool}}"),)),
+        Panel("Power caps binding", "1 while a cap's scope draws more than the cap (its pools' running "
+              "limits are then lowered), 0 otherwise.", "short", (
+                  Query("max by (cap) (ray_fabriek_power_cap_binding)", "{{cap}}"),)),
+    )),
     ("Ray Serve", (
         Panel("Healthy replicas", "Healthy replicas per deployment: the ingress, the admission "
               "controller and one engine deployment per pool and model.", "short", (
@@ -151,7 +181,7 @@ def dashboard() -> dict:
         y += 8
     return {
         "uid": "fabriek-serving", "title": "fabriek: serving", "tags": ["fabriek", "ray-serve", "vllm"],
-        "description": "Service levels, tokens, queueing and engines of fabriek, per isolation domain, pool and tenant class.",
+        "description": "Service levels, tokens, queueing, engines and energy of fabriek, per isolation domain, pool and tenant class.",
         "schemaVersion": 39, "version": 1, "editable": True, "graphTooltip": 1, "refresh": "30s",
         "time": {"from": "now-3h", "to": "now"}, "timezone": "browser",
         "templating": {"list": [

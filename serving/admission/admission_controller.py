@@ -28,6 +28,9 @@ from serving.engine.cpu_affinity import place_front_door
 
 logger = logging.getLogger("fabriek.admission")
 
+# The ledger's reason on a request that waited while a power cap held its pool's limit down.
+POWER_QUEUED = "queued_for_power"
+
 # A lease not released within this time belongs to an ingress replica that died
 # mid-request; its slot and quota are reclaimed.
 MAX_LEASE_S = 3600.0
@@ -40,6 +43,7 @@ class Lease:
 
     request_id: str
     queue_s: float
+    reason: str | None = None  # why it waited, when the ledger should say (a power cap)
 
 
 @dataclass
@@ -73,6 +77,8 @@ class AdmissionController:
         self._waiters: dict[str, asyncio.Future] = {}
         self._held: dict[str, _Held] = {}
         self._last_sweep = clock()
+        self._configured = {r: limits.max_running for r, limits in route_limits.items()}
+        self._power_caps: dict[Route, tuple[str, ...]] = {}  # routes held below their limit, by which caps
 
     async def acquire(self, request_id: str, tenant_id: str, band: int, route: Route,
                       prompt_tokens: int, max_tokens: int, sequences: int = 1) -> Lease | Rejection:
@@ -101,13 +107,48 @@ class AdmissionController:
         offer = queue.offer(ticket)
         if isinstance(offer, Rejection):
             self._quota.cancel(grant, now)
-            return offer
+            return self._for_power(route, offer)
+        reason = None
         if offer is Offer.QUEUED:
+            reason = POWER_QUEUED if route in self._power_caps else None
             refused = await self._wait(queue, ticket, grant)
             if refused is not None:
-                return refused
+                return self._for_power(route, refused)
         self._held[request_id] = _Held(grant, route, self._clock())
-        return Lease(request_id, self._clock() - now)
+        return Lease(request_id, self._clock() - now, reason)
+
+    async def set_power_limits(self, limits: Mapping[str, int], caps: tuple[str, ...] = ()) -> None:
+        """Running limits per pool from the power governor (``serving.power``); a pool not
+        named goes back to its configured limit.
+
+        Args:
+            limits: pool -> the most requests it may run, all its routes together (each
+                route gets its configured share of it, at least one).
+            caps: names of the caps in force, for the refusals' messages.
+        """
+        by_pool: dict[str, list[Route]] = {}
+        for route in self._queues:
+            by_pool.setdefault(route.pool, []).append(route)
+        for pool, routes in by_pool.items():
+            configured = sum(self._configured[r] for r in routes)
+            limit = min(limits.get(pool, configured), configured)
+            for route in routes:
+                share = self._configured[route] if limit == configured else \
+                    max(1, limit * self._configured[route] // configured)
+                self._wake(self._queues[route].set_max_running(share))
+                if share < self._configured[route]:
+                    self._power_caps[route] = tuple(caps)
+                else:
+                    self._power_caps.pop(route, None)
+
+    def _for_power(self, route: Route, rejection: Rejection) -> Rejection:
+        """A full pool whose limit a power cap holds down says so (and when to retry)."""
+        caps = self._power_caps.get(route)
+        if caps is None or rejection.reason is not RejectionReason.POOL_SATURATED:
+            return rejection
+        return Rejection(RejectionReason.POWER_CAPPED, "power_budget",
+                         f"The pool runs fewer requests under a power cap ({', '.join(caps) or 'grid'}); "
+                         "retry later.", retry_after_s=30)
 
     async def release(self, request_id: str, used_tokens: int) -> None:
         """Ends a request: settles its quota with the tokens it used, frees its slot."""
@@ -125,6 +166,10 @@ class AdmissionController:
         """Running and waiting requests per route (``pool/model``), for metrics and tests."""
         return {f"{r.pool}/{r.model_id}": {"running": q.num_running, "waiting": q.num_waiting}
                 for r, q in self._queues.items()}
+
+    def running_limits(self) -> dict[str, int]:
+        """The running limit in force per route (``pool/model``): configured, or a power cap's."""
+        return {f"{r.pool}/{r.model_id}": q.limits.max_running for r, q in self._queues.items()}
 
     async def _wait(self, queue: FairQueue, ticket: Ticket, grant: QuotaGrant) -> Rejection | None:
         future = asyncio.get_running_loop().create_future()

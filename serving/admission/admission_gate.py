@@ -44,6 +44,7 @@ class Visit:
     queue_s: float
     first_token_at: float | None = None
     is_done: bool = False
+    reason: str | None = None  # the ledger's note on an admitted request (queued for power)
 
 
 class AdmissionGate:
@@ -109,7 +110,7 @@ class AdmissionGate:
                 latency_ms=(time.monotonic() - started) * 1e3)))
             return decision
         assert isinstance(decision, Lease)
-        return Visit(request_id, labels, time.monotonic(), decision.queue_s)
+        return Visit(request_id, labels, time.monotonic(), decision.queue_s, reason=decision.reason)
 
     def refuse(self, tenant: Tenant, model_id: str | None, request_id: str, rejection: Rejection,
                protocol: str, *, model_label: str) -> None:
@@ -137,8 +138,11 @@ class AdmissionGate:
             visit.first_token_at = time.monotonic()
 
     def leave(self, visit: Visit, status: int, prompt_tokens: int = 0,
-              completion_tokens: int = 0) -> Timings | None:
+              completion_tokens: int = 0, *, energy_j: float | None = None) -> Timings | None:
         """Ends a visit once: releases the lease, completes the record, counts the metrics.
+
+        Args:
+            energy_j: the joules its engine's meter gave it (None: not measured).
 
         Returns:
             the request's timings, or None when the visit had already ended.
@@ -155,10 +159,11 @@ class AdmissionGate:
         outcome = OK if status < 400 else CANCELLED if status == CLIENT_CLOSED else ERROR
         _logged(self._ledger.finish(visit.request_id, RequestEnd(
             outcome, status, prompt_tokens, completion_tokens, queue_ms=visit.queue_s * 1e3,
-            ttft_ms=None if ttft_s is None else ttft_s * 1e3, latency_ms=latency_s * 1e3)))
+            ttft_ms=None if ttft_s is None else ttft_s * 1e3, latency_ms=latency_s * 1e3,
+            reason=visit.reason, energy_j=energy_j)))
         timings = Timings(visit.queue_s, ttft_s, latency_s)
         self._metrics.observe_finished(visit.labels, status, prompt_tokens=prompt_tokens,
-                                       completion_tokens=completion_tokens, timings=timings)
+                                       completion_tokens=completion_tokens, timings=timings, energy_j=energy_j)
         return timings
 
 

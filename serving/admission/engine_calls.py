@@ -50,6 +50,9 @@ class EngineCalls(Protocol):
         """Route -> a call of its engine's health probe, ``FabriekLLMServer.probe_engine``
         (the awaitable has ``cancel()``)."""
 
+    def energy(self, route: Route, request_id: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """Joules the engine's meter gives a finished request; None: not measured here."""
+
 
 class HandleCalls:
     """Engines reached over Ray Serve deployment handles (the relay layout).
@@ -72,6 +75,12 @@ class HandleCalls:
     def probes(self) -> Mapping[Route, Callable[[], Awaitable[Any]]]:
         # The same probe as in-process: one that reaches the engine core, not only the replica.
         return {r: h.probe_engine.remote for r, h in self._engines.items()}
+
+    def energy(self, route: Route, request_id: str, prompt_tokens: int, completion_tokens: int) -> None:
+        # The engine's meter is in another process, and a handle call may reach another
+        # replica than the one that ran the request: the relay layout meters pools
+        # (Prometheus, power caps), not requests.
+        return None
 
 
 class InProcessCalls:
@@ -96,6 +105,9 @@ class InProcessCalls:
     def probes(self) -> Mapping[Route, Callable[[], Awaitable[Any]]]:
         # The probe reaches the engine core itself (``FabriekLLMServer.probe_engine``).
         return {self._route: lambda: asyncio.ensure_future(self._server.probe_engine())}
+
+    def energy(self, route: Route, request_id: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        return self._server.energy_of(request_id, prompt_tokens, completion_tokens)
 
 
 _END = object()

@@ -89,6 +89,8 @@ class EngineAnswer:
     status: int | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    energy_j: float | None = None
+    energy_closed: bool = False
 
     def settle(self, status: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         """Says how the answer ended, for its accounting when the request's block is left.
@@ -155,6 +157,25 @@ class Gateway:
     def close(self) -> None:
         """Commits the usage records still waiting (the replica is stopping)."""
         self._gate.close()
+
+    def close_energy(self, answer: EngineAnswer, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """The answer's joules, once: its engine closes the request's last meter interval.
+
+        A front door that can still tell the client (a stream's last event, gRPC trailing
+        metadata) calls this when the engine's answer is complete; ``request`` calls it
+        otherwise when the request ends. None: not measured (no counter, or the relay layout).
+        """
+        if not answer.energy_closed:
+            answer.energy_closed = True
+            answer.energy_j = self._energy_of(answer.route, answer.request_id, prompt_tokens, completion_tokens)
+        return answer.energy_j
+
+    def _energy_of(self, route: Route, request_id: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        try:
+            return self._engines.energy(route, request_id, prompt_tokens, completion_tokens)
+        except Exception:  # the bookkeeping of energy never fails a request
+            logger.exception("energy of request %s", request_id)
+            return None
 
     async def authenticate(self, authorization: str | None) -> Tenant:
         """The tenant of ``Bearer KEY`` (a first check hashes off the event loop).
@@ -250,7 +271,9 @@ class Gateway:
                 else:
                     logger.error("request %s left unsettled by its front door", answer.request_id)
                     answer.settle(500, *answer.produced())
-            timings = self._gate.leave(visit, answer.status, answer.prompt_tokens, answer.completion_tokens)
+            energy_j = self.close_energy(answer, answer.prompt_tokens, answer.completion_tokens)
+            timings = self._gate.leave(visit, answer.status, answer.prompt_tokens, answer.completion_tokens,
+                                       energy_j=energy_j)
             if timings is not None:
                 tracing.end_request_span(span, status=answer.status, prompt_tokens=answer.prompt_tokens,
                                          completion_tokens=answer.completion_tokens, timings=timings,
@@ -294,8 +317,9 @@ class Gateway:
             # Before its first token (a client that left an unstreamed answer, a stuck engine):
             # the engine has read its prompt, so the prompt is charged (counted now if it was
             # not counted at admission; only these requests pay for counting it).
-            self._gate.leave(visit, CLIENT_CLOSED if isinstance(err, asyncio.CancelledError) else 500,
-                             prompt_tokens or self._count_prompt(route.model_id, body, method))
+            charged = prompt_tokens or self._count_prompt(route.model_id, body, method)
+            self._gate.leave(visit, CLIENT_CLOSED if isinstance(err, asyncio.CancelledError) else 500, charged,
+                             energy_j=self._energy_of(route, request_id, charged, 0))
             raise
         answer.strips_usage, answer.strips_continuous_usage = strips_usage, strips_continuous_usage
         answer.sequences = sequences

@@ -17,6 +17,7 @@ DEFAULT_RETRY_AFTER_S = {
     RejectionReason.POOL_UNAVAILABLE: RETRY_AFTER_NOT_READY_S,
     RejectionReason.QUOTA_EXCEEDED: RETRY_AFTER_NOT_READY_S,
     RejectionReason.POOL_SATURATED: 2,
+    RejectionReason.POWER_CAPPED: 30,
     RejectionReason.LEDGER_UNAVAILABLE: RETRY_AFTER_NOT_READY_S,
 }
 
@@ -33,6 +34,8 @@ STATUS_BY_REASON = {
     # Caps: waiting would not help, and a 429 would make clients retry in vain.
     RejectionReason.REQUEST_TOO_LARGE: 400,
     RejectionReason.POOL_SATURATED: 503,
+    # A grid operator's curtailment: the platform's choice, and passing (a cap has an end).
+    RejectionReason.POWER_CAPPED: 503,
     # No durable usage record, no request: the platform's fault, and passing.
     RejectionReason.LEDGER_UNAVAILABLE: 503,
     RejectionReason.TIMED_OUT: 504,

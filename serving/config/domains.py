@@ -50,6 +50,8 @@ def domain_config(config: PlatformConfig, name: str) -> PlatformConfig:
                     "key_reload_interval_s": auth.key_reload_interval_s}
     if config.ledger.url is not None:
         data["ledger"]["url"] = config.ledger.url.replace(DOMAIN_PLACEHOLDER, name)
+    # Power caps span domains; the platform's power governor keeps them (serving.power).
+    data["power_caps"] = []
     return load_config(data)
 
 

@@ -20,6 +20,7 @@ from routers import ClassPolicy, IsolationDomain, Tenancy, Tenant, TenantClass, 
 from routers.request_shape import DEFAULT_MAX_SEQUENCES
 from serving.config.admission_specs import LedgerSpec, PoolAdmissionSpec, QuotaSpec
 from serving.config.auth_specs import AuthSpec
+from serving.config.energy_specs import EnergySpec, PoolEnergySpec, PowerCapSpec
 from serving.config.home import DOMAIN_PLACEHOLDER
 from serving.config.runtime_specs import DeploymentOptions, GrpcSpec, HttpSpec, IngressSpec, LocalClusterSpec, ServeRuntimeSpec
 from serving.config.library_settings import SKIP_LIBRARY_CHECKS, check_engine_args
@@ -110,6 +111,8 @@ class PoolSpec(_Frozen):
         "the engine logs a warning and keeps Ray's."))
     admission: PoolAdmissionSpec = Field(default_factory=PoolAdmissionSpec, description=(
         "Capacity and queue of each engine deployment of the pool."))
+    power: PoolEnergySpec = Field(default_factory=PoolEnergySpec, description=(
+        "How the pool's engines meter energy, and how far a power cap may cut it."))
 
     @field_validator("cpu_threads_bind")
     @classmethod
@@ -123,6 +126,9 @@ class PoolSpec(_Frozen):
         for setting in ("cpu_threads_bind", "cpu_nice"):
             if getattr(self, setting) is not None and self.accelerator != "cpu":
                 raise ValueError(f"{setting} applies to accelerator `cpu` only")
+        if self.power.floor > self.admission.max_running:
+            raise ValueError(f"power.floor {self.power.floor} is above admission.max_running "
+                             f"{self.admission.max_running}")
         return self
 
     @property
@@ -181,6 +187,9 @@ class PlatformConfig(_Frozen):
     ingress: IngressSpec = Field(default_factory=IngressSpec)
     serve: ServeRuntimeSpec = Field(default_factory=ServeRuntimeSpec)
     local: LocalClusterSpec = Field(default_factory=LocalClusterSpec)
+    energy: EnergySpec = Field(default_factory=EnergySpec)
+    power_caps: list[PowerCapSpec] = Field(default_factory=list, description=(
+        "Power caps in force from start-up; `fabriek power cap` adds more at run time."))
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "PlatformConfig":
@@ -199,7 +208,30 @@ class PlatformConfig(_Frozen):
                 raise ValueError(f"models[{model.id}]: no pool serves it; add it to a pool's models")
         self._check_tenancy()
         self._check_domains()
+        _no_duplicates("power_caps", [c.name for c in self.power_caps])
+        for cap in self.power_caps:
+            self.pools_in_scope(cap.scope)
         return self
+
+    def pools_in_scope(self, scope: str) -> frozenset[str]:
+        """The deployed pools a power cap's scope covers (``platform``, ``domain:NAME``, ``pool:NAME``).
+
+        Raises:
+            ValueError: the scope names no such domain or pool.
+        """
+        used = {p for spec in self.classes.values() for p in spec.pools}
+        kind, _, name = scope.partition(":")
+        if kind == "platform":
+            return frozenset(p.name for p in self.pools if p.name in used)
+        if kind == "domain":
+            for domain in self.domains():
+                if domain.name == name:
+                    return frozenset(domain.pools)
+            raise ValueError(f"power cap scope {scope!r}: no such isolation domain "
+                             f"(known: {[d.name for d in self.domains()]})")
+        if kind == "pool" and name in used:
+            return frozenset({name})
+        raise ValueError(f"power cap scope {scope!r}: no such deployed pool (known: {sorted(used)})")
 
     def _check_domains(self) -> None:
         domains = self.domains()

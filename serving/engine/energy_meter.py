@@ -133,10 +133,13 @@ class EnergyMeter:
 
     Args:
         counters: the counters of the hardware one engine uses; empty: not measured.
+        share: for counters the engine shares with other processes (a CPU package): the
+            engine's part of each interval (``ProcessCpuShare``); None: all of it.
     """
 
-    def __init__(self, counters: Iterable[EnergyCounter]):
+    def __init__(self, counters: Iterable[EnergyCounter], share: "ProcessCpuShare | None" = None):
         self._counters = list(counters)
+        self._share = share
         self._last = [c.read_joules() for c in self._counters]
 
     @property
@@ -150,4 +153,92 @@ class EnergyMeter:
         now = [c.read_joules() for c in self._counters]
         joules = sum(c.delta(before, after) for c, before, after in zip(self._counters, self._last, now))
         self._last = now
-        return joules
+        return joules if self._share is None else joules * self._share.sample()
+
+
+class ProcessCpuShare:
+    """An engine's part of a CPU package's energy: its processes' CPU time over the busy CPU
+    time of the whole machine, per interval.
+
+    A RAPL package counter counts every process on the package: on a machine whose cores
+    are split between pools (the embedded default puts two engines on one package), each
+    engine takes the part its own processes (the replica and vLLM's engine core and workers)
+    kept the CPUs busy; the rest (other engines, the platform's own processes) is not this
+    engine's. On a machine with several packages the split is over all of them together.
+
+    Args:
+        pid: the engine replica's process; its children are found again at each ``refresh``.
+    """
+
+    def __init__(self, pid: int | None = None):
+        import psutil
+
+        self._psutil = psutil
+        self._root = psutil.Process(pid)
+        self._processes: dict[int, object] = {}
+        self._cpu: dict[int, float] = {}
+        self.refresh()
+        self._busy = self._machine_busy()
+
+    def refresh(self) -> None:
+        """Find the engine's processes again (vLLM starts its engine core after the replica)."""
+        try:
+            processes = [self._root, *self._root.children(recursive=True)]
+        except self._psutil.Error:
+            processes = [self._root]
+        for process in processes:
+            if process.pid not in self._processes:
+                self._processes[process.pid] = process
+                self._cpu[process.pid] = self._cpu_of(process) or 0.0
+
+    def sample(self) -> float:
+        """The engine's part of the machine's busy CPU time since the last sample, in [0, 1]."""
+        used = 0.0
+        for pid, process in list(self._processes.items()):
+            now = self._cpu_of(process)
+            if now is None:  # the process ended: its last interval is lost, a few ms at most
+                del self._processes[pid], self._cpu[pid]
+                continue
+            used += now - self._cpu[pid]
+            self._cpu[pid] = now
+        busy = self._machine_busy()
+        elapsed, self._busy = busy - self._busy, busy
+        return min(1.0, used / elapsed) if elapsed > 0 else 0.0
+
+    def _cpu_of(self, process) -> float | None:
+        try:
+            times = process.cpu_times()
+        except self._psutil.Error:
+            return None
+        return times.user + times.system
+
+    def _machine_busy(self) -> float:
+        times = self._psutil.cpu_times()
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        return sum(times) - idle - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+
+
+def engine_meter(accelerator: str, gpu_ids: Iterable[int], *, counters: str = "auto",
+                 powercap_root: Path = POWERCAP_ROOT) -> tuple[EnergyMeter, str]:
+    """The meter of one engine replica's hardware, and a line saying what it reads.
+
+    Args:
+        accelerator: the pool's (``gpu`` or ``cpu``).
+        gpu_ids: the GPUs Ray gave the replica (NVML indices).
+        counters: ``auto`` (NVML of those GPUs; on a CPU pool, the RAPL packages, shared
+            by CPU time) or ``none`` (not measured).
+    """
+    if counters == "none":
+        return EnergyMeter([]), "energy: not measured (the pool's `power.counters` is none)"
+    if accelerator == "gpu":
+        ids = list(gpu_ids)
+        found = nvml_counters(ids) if ids else []
+        if not found:
+            return EnergyMeter([]), (f"energy: not measured (no NVML energy counter for GPUs {ids}; "
+                                     "install nvidia-ml-py where the engine runs)")
+        return EnergyMeter(found), f"energy: NVML total energy of GPUs {ids}"
+    found = rapl_counters(powercap_root)
+    if not found:
+        return EnergyMeter([]), f"energy: not measured (no readable RAPL package counter under {powercap_root})"
+    names = ", ".join(c.name for c in found)
+    return EnergyMeter(found, ProcessCpuShare()), f"energy: RAPL {names}, this engine's part by CPU time"

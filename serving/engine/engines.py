@@ -20,6 +20,8 @@ from serving.engine.cpu_affinity import POOL_NICE_ENV
 from serving.config import (BUILTIN_SCHEME, OBJECT_STORE_SCHEMES, POOL_RESOURCE_PER_REPLICA, ModelSpec,
                             PlatformConfig, PoolSpec)
 from serving.engine.default_model import DEFAULT_MODEL_NAME, ModelPrepareError, default_model_dir, verify_model_dir
+from serving.config.energy_specs import EnergySpec
+from serving.engine.energy_sampler import ENERGY_KEY, EnergySettings
 from serving.engine.llm_server import MAX_REQUEST_S_KEY, FabriekLLMServer
 
 # Engine replicas never reach a model hub: weights come from the config's source.
@@ -78,11 +80,12 @@ def engine_args_for(pool: PoolSpec, model: ModelSpec) -> dict[str, Any]:
 
 
 def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[str, str],
-                   max_request_s: float | None = None) -> LLMConfig:
+                   max_request_s: float | None = None, energy: EnergySpec | None = None) -> LLMConfig:
     """Build the Ray Serve LLM config of `model` on `pool`.
 
     Args:
         max_request_s: the engine's own bound on one request (see ``stamp_first``).
+        energy: how the engine meters itself (``serving.engine.energy_sampler``); None: it does not.
     """
     # Read where the app is built: the launcher, or the Serve controller in the cluster.
     tracing_args, tracing_env = tracing.vllm_tracing(os.environ)
@@ -107,7 +110,12 @@ def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[st
         runtime_env={"env_vars": {**pool_env, **tracing_env, **_OFFLINE_ENV}},
         # Engine stats feed the Prometheus metrics on the Ray metrics endpoint.
         log_engine_metrics=True,
-        experimental_configs={} if max_request_s is None else {MAX_REQUEST_S_KEY: max_request_s},
+        experimental_configs={
+            **({} if max_request_s is None else {MAX_REQUEST_S_KEY: max_request_s}),
+            **({} if energy is None else {ENERGY_KEY: EnergySettings(
+                pool.name, pool.accelerator, pool.power.counters, energy.sample_interval_s,
+                energy.prefill_weight, energy.powercap_root).as_dict()}),
+        },
     )
 
 
@@ -126,6 +134,7 @@ def engine_deployments(config: PlatformConfig) -> list[EngineDeployment]:
     """One engine deployment per (pool, model), in config order."""
     sources = {m.id: resolve_model_source(m) for m in config.models}
     return [EngineDeployment(pool.name, model_id, llm_config_for(pool, config.model(model_id), sources[model_id],
-                                                                 engine_time_limit_s(config, pool.name)),
+                                                                 engine_time_limit_s(config, pool.name),
+                                                                 config.energy),
                              sources[model_id])
             for pool in config.pools for model_id in pool.models]

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, AsyncGenerator, AsyncIterator, Generic, TypeVar
 
@@ -29,8 +31,14 @@ from ray.llm._internal.serve.core.protocol import RawRequestInfo  # not re-expor
 from ray.serve.llm import LLMServer
 from vllm.utils.gc_utils import freeze_gc_heap
 
+from serving.config.energy_specs import GOVERNOR_DEPLOYMENT, POWER_APP
 from serving.records import tracing
 from serving.engine.cpu_affinity import pin_to_pool_cores, take_pool_niceness
+from serving.engine.energy_accountant import EnergyAccountant, vllm_progress
+from serving.engine.energy_meter import engine_meter
+from serving.engine.energy_sampler import ENERGY_KEY, EngineEnergy, EnergySettings
+
+logger = logging.getLogger("fabriek.engine")
 
 # vLLM traces requests only when given an OTLP endpoint (serving.engine.engines does so from the
 # same variables); otherwise it would warn about every request that carries a trace context.
@@ -187,10 +195,36 @@ class FabriekLLMServer(LLMServer):
         pin_to_pool_cores()  # before vLLM starts its processes: they inherit both
         take_pool_niceness()
         await super().start()
+        self._energy = self._start_energy()
         # vLLM's own API server does this after start-up; Ray's replica does not. Without
         # it a full collection walks torch's and vLLM's millions of start-up objects and
         # stalls streams for ~300 ms (the TTFT p99 outliers in docs/benchmarks.md).
         freeze_gc_heap()
+
+    def _start_energy(self) -> EngineEnergy | None:
+        """Meter this engine's hardware (``serving.engine.energy_sampler``), if configured."""
+        settings = self._llm_config.experimental_configs.get(ENERGY_KEY)
+        if settings is None:
+            return None
+        settings = EnergySettings(**settings)
+        import ray
+
+        meter, line = engine_meter(settings.accelerator, [int(i) for i in ray.get_gpu_ids()],
+                                   counters=settings.counters, powercap_root=Path(settings.powercap_root))
+        logger.info("pool %s: %s", settings.pool, line)
+        # Ray's VLLMEngine keeps vLLM's AsyncLLM here (tests/serving/engine/test_private_hooks.py).
+        accountant = EnergyAccountant(meter, vllm_progress(self.engine._engine_client), settings.prefill_weight)
+        energy = EngineEnergy(accountant, pool=settings.pool,
+                              replica_id=serve.get_replica_context().replica_id.unique_id,
+                              interval_s=settings.sample_interval_s, report=_GovernorReports())
+        energy.start()
+        return energy
+
+    def energy_of(self, request_id: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """Joules this engine's meter gives the finished request ``request_id`` (None: not
+        measured). Called once per request, by the front door in this process."""
+        energy = getattr(self, "_energy", None)
+        return None if energy is None else energy.finish(request_id, prompt_tokens, completion_tokens)
 
     async def chat(self, request, raw_request_info=None) -> AsyncGenerator[Any, None]:
         """``LLMServer.chat``, its first item stamped with this replica's identity."""
@@ -230,6 +264,35 @@ class FabriekLLMServer(LLMServer):
     def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
         # Ray's setting (experimental_configs.stream_batching_interval_ms, 50 ms default).
         return FirstChunkBatcher(generator, self._get_batch_interval_ms() / 1000).stream()
+
+
+class _GovernorReports:
+    """Sends the engine's intervals to the platform's power governor, fire and forget.
+
+    A platform deployed without the governor (a Serve config of its own) loses nothing but
+    power caps: the failure is logged once and retried a minute later.
+    """
+
+    RETRY_S = 60.0
+
+    def __init__(self):
+        self._handle = None
+        self._failed_at: float | None = None
+
+    def __call__(self, pool: str, replica_id: str, joules: float | None, seconds: float, running: int) -> None:
+        loop_time = asyncio.get_running_loop().time()
+        if self._failed_at is not None and loop_time - self._failed_at < self.RETRY_S:
+            return
+        try:
+            if self._handle is None:
+                self._handle = serve.get_deployment_handle(GOVERNOR_DEPLOYMENT, app_name=POWER_APP)
+            self._handle.report.remote(pool, replica_id, joules, seconds, running)
+            self._failed_at = None
+        except Exception as err:
+            if self._failed_at is None:
+                logger.warning("power governor unreachable (%s): power caps do not see pool %s",
+                               type(err).__name__, pool)
+            self._handle, self._failed_at = None, loop_time
 
 
 def _with_trace_headers(raw_request_info: RawRequestInfo | None) -> RawRequestInfo | None:

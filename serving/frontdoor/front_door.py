@@ -18,7 +18,7 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Mapping
+from typing import AsyncIterator, Callable, Mapping
 
 from fastapi import FastAPI
 from ray import serve
@@ -59,6 +59,10 @@ REPLICA_HEADER = "x-fabriek-replica"
 # Which front door replica answered: the engine replica itself in the direct layout, the
 # ingress replica in the relay one (with several, quotas still hold: they are shared).
 INGRESS_HEADER = "x-fabriek-ingress"
+# Joules the engine's meter gave the request (docs/energy.md): a header on a whole answer, a
+# comment line before a stream's [DONE] (SSE clients skip comments), gRPC trailing metadata.
+# Absent where nothing was measured.
+ENERGY_HEADER = "x-fabriek-energy-j"
 # A stream cut off by its class's time limit ends with this error event, then [DONE].
 _TIMED_OUT_EVENT = ('data: {"error":{"message":"The request exceeded its time limit.",'
                     '"type":"TimeoutError","param":null,"code":504}}\n\n')
@@ -204,7 +208,9 @@ class FrontDoor:
         if answer.replica is not None:
             headers[REPLICA_HEADER] = answer.replica
         if answer.error is not None or answer.is_complete:
-            await lifecycle.aclose()
+            await lifecycle.aclose()  # settles the request: its energy is known now
+            if answer.energy_j is not None:
+                headers[ENERGY_HEADER] = energy_text(answer.energy_j)
             if answer.error is not None:
                 error = answer.error.error
                 return error_response(error.code, error.message, param=error.param, headers=headers)
@@ -217,7 +223,7 @@ class FrontDoor:
         async with self._gateway.request(tenant, body, method, "http", sequences) as answer:
             yield answer
             if answer.error is None and not answer.is_complete:
-                async for packet in _server_sent_events(answer):
+                async for packet in _server_sent_events(answer, self._gateway.close_energy):
                     yield packet
 
     # --- gRPC: fabriek.v1.InferenceService (serving/protos/fabriek/v1/inference.proto) ---
@@ -252,7 +258,13 @@ class FrontDoor:
         return await self._grpc.count_tokens(request, grpc_context)
 
 
-async def _server_sent_events(answer: EngineAnswer) -> AsyncIterator[str]:
+def energy_text(joules: float) -> str:
+    """Joules as the header and metadata carry them: enough digits for a token's worth."""
+    return f"{joules:.6g}"
+
+
+async def _server_sent_events(answer: EngineAnswer,
+                              close_energy: Callable[[EngineAnswer, int, int], float | None]) -> AsyncIterator[str]:
     """Join each engine batch of ``data: ...`` events into one write; end with [DONE].
 
     The engine is always asked for usage on every event (the ledger needs it): the final
@@ -260,13 +272,19 @@ async def _server_sent_events(answer: EngineAnswer) -> AsyncIterator[str]:
     and the running usage is cut out of the other events unless the client asked for that.
     The answer is settled here when the engine's stream ends, also when it ends with an
     error event or past its time limit (charged what it produced); a client that leaves
-    first is settled by ``Gateway.request`` from ``answer.progress_event``."""
+    first is settled by ``Gateway.request`` from ``answer.progress_event``.
+
+    The usage event comes once vLLM has finished the request: its energy is closed then, and
+    written as an SSE comment before ``[DONE]``."""
     is_done, final = False, None
     batch = answer.first
     while True:
         answer.progress_event = last_usage_event(batch) or answer.progress_event
         if final is None and any(USAGE_ONLY in event for event in batch):
             batch, final = _take_usage(batch, answer.strips_usage)
+            joules = close_energy(answer, *final)
+            if joules is not None:
+                batch = _before_done(batch, f": {ENERGY_HEADER}={energy_text(joules)}\n\n")
         if answer.strips_continuous_usage:
             batch = [e if USAGE_ONLY in e else without_usage(e) for e in batch]
         packet = "".join(batch)
@@ -288,6 +306,14 @@ async def _server_sent_events(answer: EngineAnswer) -> AsyncIterator[str]:
         answer.settle(error_status_in(batch) or 500, *answer.produced())
     if not is_done:
         yield "data: [DONE]\n\n"
+
+
+def _before_done(batch: list[str], event: str) -> list[str]:
+    """``batch`` with ``event`` before its ``[DONE]`` (at its end if it has none)."""
+    for i, existing in enumerate(batch):
+        if existing.startswith("data: [DONE]"):
+            return batch[:i] + [event] + batch[i:]
+    return [*batch, event]
 
 
 def _take_usage(batch: list[str], strip: bool) -> tuple[list[str], tuple[int, int]]:

@@ -30,6 +30,7 @@ from serving.admission.token_counter import TokenCounter
 # Trailing metadata of a successful call: where it ran (as the HTTP headers x-fabriek-*).
 POOL_KEY = "x-fabriek-pool"
 REPLICA_KEY = "x-fabriek-replica"
+ENERGY_KEY = "x-fabriek-energy-j"  # joules, where measured (as the HTTP header)
 
 StreamMessage = pb.ChatStreamResponse | pb.CompletionStreamResponse
 # The request message of each engine method, as the RPCs send it.
@@ -134,6 +135,9 @@ class InferenceService:
                 if answer.error is not None:
                     _set_engine_error(context, answer)
                     return empty()
+                usage = getattr(answer.first, "usage", None)
+                self._gateway.close_energy(answer, usage.prompt_tokens if usage else 0,
+                                           usage.completion_tokens if usage else 0)
                 context.set_trailing_metadata(_where(answer))
                 return convert(answer.first)
         except Refused as refused:
@@ -173,6 +177,7 @@ class InferenceService:
                             return
                     if not decoder.is_finished:
                         yield decoder.last()
+                    self._gateway.close_energy(answer, *decoder.tokens)
                     context.set_trailing_metadata(_where(answer))
                     answer.settle(200, *decoder.tokens)
                 except EngineStreamError as err:
@@ -204,4 +209,6 @@ def _where(answer: EngineAnswer) -> list[tuple[str, str]]:
     metadata = [(POOL_KEY, answer.route.pool)]
     if answer.replica is not None:
         metadata.append((REPLICA_KEY, answer.replica))
+    if answer.energy_j is not None:
+        metadata.append((ENERGY_KEY, f"{answer.energy_j:.6g}"))
     return metadata

@@ -25,6 +25,7 @@ CODE_BY_REASON = {
     RejectionReason.QUOTA_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     RejectionReason.REQUEST_TOO_LARGE: grpc.StatusCode.INVALID_ARGUMENT,
     RejectionReason.POOL_SATURATED: grpc.StatusCode.UNAVAILABLE,
+    RejectionReason.POWER_CAPPED: grpc.StatusCode.UNAVAILABLE,
     RejectionReason.LEDGER_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     RejectionReason.TIMED_OUT: grpc.StatusCode.DEADLINE_EXCEEDED,
 }

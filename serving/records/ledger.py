@@ -5,6 +5,10 @@ before the engine sees the request) and when it ends (tokens, status, timings). 
 kill in between leaves the started record, which ``totals`` reports as ``interrupted``:
 nothing is lost. SQLite by default (WAL mode, so a committed write survives the process
 being killed, and several ingress replicas can write one file); PostgreSQL by URL.
+
+Columns added since the first release (``energy_j``) are added to an existing ledger when it
+is opened: ``create_all`` creates a missing table but never alters one, and a ledger outlives
+the fabriek that created it.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import (Float, Integer, String, bindparam, create_engine, event, exc, func, select,
-                        update)
+from sqlalchemy import (Float, Integer, String, bindparam, create_engine, event, exc, func, inspect,
+                        select, text, update)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -33,6 +37,9 @@ SQLITE_BUSY_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 5
 # The drivers' names for the connect timeout (psycopg and psycopg2 pass libpq's).
 _CONNECT_TIMEOUT_ARG = {"psycopg": "connect_timeout", "psycopg2": "connect_timeout"}
+# Columns of ``usage_records`` newer than the table itself: a ledger created before them
+# gets them (nullable, so its old records read None) when a UsageLedger opens it.
+_ADDED_COLUMNS = ("energy_j",)
 # Errors of the database rather than of a write: locked, full, read-only, unreachable, or a
 # pool that found no connection in time. Retrying the same write later may succeed.
 _UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, exc.DisconnectionError)
@@ -74,6 +81,8 @@ class UsageRecord(_Base):
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     trace_id: Mapped[str | None] = mapped_column(String(32))
+    # Joules the engine's meter attributed to the request; None where nothing measured it.
+    energy_j: Mapped[float | None] = mapped_column(Float)
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,9 @@ class RequestEnd:
     ttft_ms: float | None = None
     latency_ms: float | None = None
     reason: str | None = None
+    # Joules the engine's meter attributed to the request; None: not measured (no hardware
+    # energy counter, or a request that never reached an engine).
+    energy_j: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +134,8 @@ class Write:
 def _end_values(end: RequestEnd) -> dict:
     return dict(status=end.status, status_code=end.status_code, reason=end.reason,
                 prompt_tokens=end.prompt_tokens, completion_tokens=end.completion_tokens,
-                queue_ms=end.queue_ms, ttft_ms=end.ttft_ms, latency_ms=end.latency_ms)
+                queue_ms=end.queue_ms, ttft_ms=end.ttft_ms, latency_ms=end.latency_ms,
+                energy_j=end.energy_j)
 
 
 _NO_END = _end_values(RequestEnd(STARTED, None))  # type: ignore[arg-type]
@@ -191,6 +204,33 @@ def _create_private_sqlite_file(url: str) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
+def _columns(engine: Engine) -> set[str]:
+    """The columns the database has now (a fresh inspector: one caches what it read)."""
+    return {column["name"] for column in inspect(engine).get_columns(UsageRecord.__tablename__)}
+
+
+def _add_column(engine: Engine, name: str) -> None:
+    """Adds one of the model's columns to an existing table. Another process opening the same
+    old ledger may add it first: the database then refuses ours as a duplicate (each names
+    that error differently), and the column being there after all is what counts."""
+    column = UsageRecord.__table__.c[name]
+    ddl = (f"ALTER TABLE {UsageRecord.__tablename__} ADD COLUMN {column.name} "
+           f"{column.type.compile(dialect=engine.dialect)}")
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(ddl))
+    except exc.DBAPIError:
+        if name not in _columns(engine):
+            raise
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    present = _columns(engine)
+    for name in _ADDED_COLUMNS:
+        if name not in present:
+            _add_column(engine, name)
+
+
 class UsageLedger:
     """Writes and sums usage records. Blocking: async callers use a worker thread."""
 
@@ -202,6 +242,7 @@ class UsageLedger:
         if self._engine.dialect.name == "sqlite":
             _tune_sqlite(self._engine)
         _Base.metadata.create_all(self._engine)
+        _add_missing_columns(self._engine)
 
     def start(self, start: RequestStart, now: float | None = None) -> None:
         """Records an admitted request; committed when this returns."""
@@ -246,14 +287,22 @@ class UsageLedger:
 
     def totals(self, tenant_id: str | None = None, since: float | None = None,
                now: float | None = None) -> list[dict]:
-        """Requests and tokens per tenant, model and status; old unfinished records count
-        as ``interrupted``, recent ones as ``in progress``."""
+        """Requests, tokens and energy per tenant, model and status; old unfinished records
+        count as ``interrupted``, recent ones as ``in progress``.
+
+        ``energy_j`` is the sum over the metered records (None when none was metered) and
+        ``metered_requests`` their number: fewer than ``requests`` means the sum leaves some
+        out, which a plain 0 or None could not tell.
+        """
         now = time.time() if now is None else now
         query = select(UsageRecord.tenant_id, UsageRecord.model, UsageRecord.status,
                        func.count().label("requests"),
                        func.sum(UsageRecord.prompt_tokens).label("prompt_tokens"),
                        func.sum(UsageRecord.completion_tokens).label("completion_tokens"),
                        func.sum(UsageRecord.reserved_tokens).label("reserved_tokens"),
+                       # SUM and COUNT of a column skip its NULLs (records not metered).
+                       func.sum(UsageRecord.energy_j).label("energy_j"),
+                       func.count(UsageRecord.energy_j).label("metered_requests"),
                        func.max(UsageRecord.started_at).label("last_started_at"))
         if tenant_id is not None:
             query = query.where(UsageRecord.tenant_id == tenant_id)

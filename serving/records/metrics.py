@@ -38,6 +38,9 @@ class PlatformMetrics:
                               boundaries=_TPOT_BUCKETS, tag_keys=_LABELS)
         self.latency = Histogram("fabriek_request_latency_seconds", "End-to-end latency of a request.",
                                  boundaries=_LATENCY_BUCKETS, tag_keys=_LABELS)
+        self.energy = Counter("fabriek_energy_joules",
+                              "Measured energy attributed to finished requests (docs/energy.md).",
+                              tag_keys=_LABELS)
         self.queue_time = Histogram("fabriek_queue_time_seconds", "Time waiting for a slot in the pool.",
                                     boundaries=_QUEUE_BUCKETS, tag_keys=_LABELS)
 
@@ -46,8 +49,10 @@ class PlatformMetrics:
         self.requests.inc(1, {**labels, "status": str(status)})
 
     def observe_finished(self, labels: dict[str, str], status: int, *, prompt_tokens: int,
-                         completion_tokens: int, timings: Timings) -> None:
+                         completion_tokens: int, timings: Timings, energy_j: float | None = None) -> None:
         self.requests.inc(1, {**labels, "status": str(status)})
+        if energy_j:
+            self.energy.inc(energy_j, labels)
         if prompt_tokens:
             self.tokens.inc(prompt_tokens, {**labels, "kind": "prompt"})
         if completion_tokens:

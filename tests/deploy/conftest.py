@@ -160,6 +160,15 @@ def serve_config(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return yaml.safe_load(rayservice(objects)["spec"]["serveConfigV2"])
 
 
+# The Serve application of the platform's power governor, beside one per domain.
+POWER_APP = "fabriek-power"
+
+
+def domain_apps(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Serve applications of the isolation domains (all but the power governor's)."""
+    return [a for a in serve_config(objects)["applications"] if a["name"] != POWER_APP]
+
+
 def pod_groups(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The head's and every worker group's spec, by group name ("head" for the head)."""
     cluster = rayservice(objects)["spec"]["rayClusterConfig"]

@@ -14,6 +14,8 @@ from routers import TenantClass, derive_domains
 from serving.config.domains import domain_resource
 from tests.deploy.conftest import (
     NAMESPACE,
+    POWER_APP,
+    domain_apps,
     by_kind,
     merged_research_values,
     pod_groups,
@@ -57,7 +59,7 @@ def test_front_door_resources_only_on_the_domains_own_pools(rendered):
 
 def test_one_serve_app_per_domain_with_its_route_prefix_and_args(rendered):
     _, _, objects = rendered
-    apps = serve_config(objects)["applications"]
+    apps = domain_apps(objects)
     assert [a["name"] for a in apps] == list(_domains(objects))
     for app in apps:
         assert app["route_prefix"] == f"/{app['name']}"
@@ -66,6 +68,17 @@ def test_one_serve_app_per_domain_with_its_route_prefix_and_args(rendered):
         auth = app["args"]["config"]["auth"]
         assert auth["key_file"] == f"{SECRETS_DIR}/{{domain}}/api-keys.json"
         assert auth["cache_salt_secret_file"] == f"{SECRETS_DIR}/{{domain}}/cache-salt.secret"
+
+
+def test_the_power_governor_is_one_app_outside_every_domain_and_off_http(rendered):
+    _, _, objects = rendered
+    [power] = [a for a in serve_config(objects)["applications"] if a["name"] == POWER_APP]
+    assert power["route_prefix"] is None
+    assert power["import_path"] == "serving.app:build_power_app"
+    assert set(power["args"]) == {"config"}
+    from serving.config import load_config
+
+    assert load_config(power["args"]["config"]) == load_config(domain_apps(objects)[0]["args"]["config"])
 
 
 # ---- Services ---------------------------------------------------------------------------
@@ -311,7 +324,7 @@ def test_metrics_only_from_the_metrics_clients(rendered):
 
 def test_a_class_sharing_a_pool_merges_domains(helm):
     objects = helm.template(merged_research_values())
-    apps = serve_config(objects)["applications"]
+    apps = domain_apps(objects)
     assert [(a["name"], a["route_prefix"]) for a in apps] == [("government-research", "/government-research"),
                                                              ("commercial", "/commercial")]
     groups = pod_groups(objects)
@@ -366,7 +379,7 @@ def test_the_chart_derives_the_domains_as_the_router_does(helm, case, pool_order
     values["secret"] = {"domains": None}
     objects = helm.template(values)
     expected = derive_domains({TenantClass(c): p for c, p in class_pools.items() if p is not None}, list(pool_order))
-    assert [a["name"] for a in serve_config(objects)["applications"]] == [d.name for d in expected]
+    assert [a["name"] for a in domain_apps(objects)] == [d.name for d in expected]
     domain_of = _domain_of_group(objects)
     for domain in expected:
         assert [g for g in pool_order if domain_of[g] == domain.name] == list(domain.pools)

@@ -104,10 +104,12 @@ def test_serve_config_passes_ray_serves_schema_and_builds_every_domains_app(rend
     name, _, objects = rendered
     schema = ServeDeploySchema.model_validate(serve_config(objects))
     assert schema.http_options.port == 8000 and schema.grpc_options.port == 9000
-    # One application per isolation domain, as serving/app.py's builder takes them.
+    # One application per isolation domain, as serving/app.py's builder takes them, and the
+    # power governor's.
     domains = [d.name for d in platform(objects).domains()]
-    assert [(a.name, a.route_prefix, a.import_path, a.args["domain"]) for a in schema.applications] == [
-        (d, route_prefix(d), "serving.app:build_app", d) for d in domains]
+    assert [(a.name, a.route_prefix, a.import_path, a.args.get("domain")) for a in schema.applications] == [
+        *((d, route_prefix(d), "serving.app:build_app", d) for d in domains),
+        ("fabriek-power", None, "serving.app:build_power_app", None)]
     if name == "local-cpu":
         from serving.engine.default_model import prepare_default_model
 

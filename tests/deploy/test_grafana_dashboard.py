@@ -15,6 +15,8 @@ from tests.deploy.conftest import CHART, REPO
 sys.path.insert(0, str(REPO / "deploy" / "helm"))
 import grafana_dashboard  # noqa: E402
 
+# Where the platform defines its metrics.
+METRIC_MODULES = ("serving/records/metrics.py", "serving/engine/energy_sampler.py", "serving/power/governor.py")
 DASHBOARD = json.loads((CHART / "dashboards" / "fabriek.json").read_text())
 
 
@@ -46,10 +48,12 @@ def test_every_query_uses_the_chosen_datasource_and_balances_its_brackets():
 
 
 def test_fabrieks_metrics_in_queries_are_the_ones_the_platform_defines():
-    # PlatformMetrics creates Ray metrics in __init__; read their names from its source rather
-    # than start Ray in this process.
-    source = (REPO / "serving" / "records" / "metrics.py").read_text()
-    defined = set(re.findall(r'"(fabriek_[a-z_]+)"', source))
+    # The platform creates its Ray metrics in __init__s (the front door's, the engine's energy
+    # loop, the power governor); read their names from the sources rather than start Ray here.
+    defined = set()
+    for module in METRIC_MODULES:
+        source = (REPO / module).read_text()
+        defined |= set(re.findall(r'(?:Counter|Gauge|Histogram)\(\s*"(fabriek_[a-z_]+)"', source))
     used = {name for _, target in _targets() for name in re.findall(r"ray_(fabriek_[a-z_]+)", target["expr"])}
     # Prometheus names: a counter gains _total, a histogram _bucket, _sum and _count.
     base_names = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in used}

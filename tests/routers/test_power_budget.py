@@ -134,3 +134,18 @@ def test_bad_settings_are_refused():
         PowerCap(100, frozenset())
     with pytest.raises(KeyError, match="unknown pools"):
         PowerBudget(POOLS).update({}, [PowerCap(100, frozenset({"nowhere"}))], now=0)
+
+
+def test_until_a_clock_time_is_the_next_one():
+    import datetime
+
+    from routers.power_budget import parse_until
+
+    zone = datetime.timezone(datetime.timedelta(hours=1))
+    afternoon = datetime.datetime(2026, 12, 2, 17, 30, tzinfo=zone)
+    assert parse_until("19:00", afternoon) == datetime.datetime(2026, 12, 2, 19, 0, tzinfo=zone)
+    assert parse_until("09:00", afternoon) == datetime.datetime(2026, 12, 3, 9, 0, tzinfo=zone)  # tomorrow
+    assert parse_until("2026-12-04T08:15", afternoon) == datetime.datetime(2026, 12, 4, 8, 15, tzinfo=zone)
+    for bad in ("7pm", "25:00", "2026-12-01T10:00", ""):
+        with pytest.raises(ValueError):
+            parse_until(bad, afternoon)

@@ -38,3 +38,28 @@ def test_ray_chat_sanitizer_is_importable():
     from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
 
     assert callable(_sanitize_chat_completion_request)
+
+
+def test_vllm_output_processor_keeps_what_the_energy_accountant_reads():
+    # serving.engine.energy_accountant.vllm_progress reads vLLM's per-request state: a real
+    # RequestState, as the output processor keeps it, must give the accountant its numbers.
+    from vllm.sampling_params import RequestOutputKind
+    from vllm.v1.engine.output_processor import OutputProcessor, RequestState
+
+    from serving.engine.energy_accountant import Progress, vllm_progress
+
+    assert "self.request_states" in inspect.getsource(OutputProcessor.__init__)
+    rid = "fabriek-" + "ab" * 16
+    state = RequestState(request_id=f"chatcmpl-{rid}-1234abcd", external_req_id=f"chatcmpl-{rid}", parent_req=None,
+                         request_index=0, lora_request=None, output_kind=RequestOutputKind.DELTA, prompt=None,
+                         prompt_token_ids=[1, 2, 3, 4], prompt_embeds=None, logprobs_processor=None,
+                         detokenizer=None, max_tokens_param=16, arrival_time=0.0, queue=None, log_stats=True,
+                         stream_interval=1)
+    holder = type("AsyncLLM", (), {})()
+    holder.output_processor = type("OutputProcessor", (), {"request_states": {state.request_id: state}})()
+    read = vllm_progress(holder)
+    assert read() == [Progress(rid, 0, 0)]  # still prefilling: nothing counted yet
+    state.is_prefilling = False
+    state.num_cached_tokens = 1
+    state.stats.num_generation_tokens = 5
+    assert read() == [Progress(rid, 3, 5)]

@@ -168,7 +168,7 @@ serving/config/auth_specs.py). Each app cuts its own domain out of it
 {{/*
 Ray Serve's config for the RayService: one application per isolation domain, as in
 deploy/serve-config.yaml (name = domain, route prefix /<domain>), with the platform config
-inline and the domain it builds.
+inline and the domain it builds; and the platform's power governor.
 */}}
 {{- define "fabriek.serveConfig" -}}
 {{- $platform := include "fabriek.platformConfig" . | fromYaml -}}
@@ -176,6 +176,8 @@ inline and the domain it builds.
 {{- range $domain := include "fabriek.domainList" . | fromJsonArray -}}
 {{- $apps = append $apps (dict "name" $domain.name "route_prefix" (printf "/%s" $domain.name) "import_path" "serving.app:build_app" "args" (dict "config" $platform "domain" $domain.name)) -}}
 {{- end -}}
+{{- /* The power governor (serving.power.governor): outside every domain, no route prefix. */ -}}
+{{- $apps = append $apps (dict "name" "fabriek-power" "route_prefix" nil "import_path" "serving.app:build_power_app" "args" (dict "config" $platform)) -}}
 {{- $http := dict "host" "0.0.0.0" "port" (include "fabriek.httpPort" . | int) -}}
 {{- $grpc := dict "port" (include "fabriek.grpcPort" . | int) "grpc_servicer_functions" .Values.grpc.servicerFunctions -}}
 {{- $config := dict "proxy_location" "EveryNode" "http_options" $http "grpc_options" $grpc "applications" $apps -}}

@@ -1,0 +1,1 @@
+"""The platform's power governor: measured power against the operator's caps, in running limits."""

@@ -1,0 +1,87 @@
+"""``fabriek power``: talk to a running platform's power governor from the command line.
+
+It joins the platform's Ray cluster as a driver (``--address``, default: the local one)
+and calls the governor's deployment handle; nothing is imported from the engines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import socket
+import sys
+import time
+
+from serving.config.energy_specs import GOVERNOR_DEPLOYMENT, POWER_APP
+
+CALL_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 3.0
+
+
+class GovernorUnreachable(RuntimeError):
+    """No platform, or one without its power governor, at the address."""
+
+
+def governor(address: str):
+    """A handle to the governor of the platform whose Ray cluster is at ``address``.
+
+    Raises:
+        GovernorUnreachable: no cluster there, or it runs no power governor.
+    """
+    import ray
+    from ray import serve
+
+    print(f"connecting to the Ray cluster at {address} ...", file=sys.stderr, flush=True)
+    if address != "auto":
+        _reachable(address)  # Ray itself retries an address that does not answer for minutes
+    try:
+        # Ray prints its own start-up banner and warnings; a command's output is its answer.
+        with contextlib.redirect_stderr(io.StringIO()):
+            ray.init(address=address, namespace="fabriek", logging_level=logging.ERROR,
+                     log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise GovernorUnreachable(f"no fabriek platform at {address}: {err}") from None
+    try:
+        return serve.get_deployment_handle(GOVERNOR_DEPLOYMENT, app_name=POWER_APP)
+    except Exception as err:
+        raise GovernorUnreachable(f"the platform at {address} runs no power governor "
+                                  f"(Serve application {POWER_APP}): {err}") from None
+
+
+def _reachable(address: str) -> None:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as err:
+        raise GovernorUnreachable(f"no Ray cluster answers at {address} ({err})") from None
+
+
+def call(handle, method: str, *args, **kwargs):
+    """Call the governor and wait for its answer."""
+    return getattr(handle, method).remote(*args, **kwargs).result(timeout_s=CALL_TIMEOUT_S)
+
+
+def describe_status(status: dict) -> str:
+    """``fabriek power status`` as a table: caps, then pools."""
+    lines = []
+    caps = status["caps"]
+    if caps:
+        lines.append(f"{'CAP':<20}{'WATTS':>10}  {'UNTIL':<17}{'BINDING':<9}{'FROM':<8}POOLS")
+        for cap in caps:
+            until = "-" if cap["until"] is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(cap["until"]))
+            lines.append(f"{cap['name']:<20}{cap['watts']:>10.0f}  {until:<17}{'yes' if cap['binding'] else 'no':<9}"
+                         f"{'config' if cap['from_config'] else 'cli':<8}{','.join(cap['pools'])}")
+    else:
+        lines.append("(no power cap in force)")
+    lines.append("")
+    lines.append(f"{'POOL':<16}{'CLASS':<12}{'WATTS':>9}{'RUNNING':>9}{'LIMIT':>7}{'MAX':>6}{'FLOOR':>7}")
+    for name, pool in status["pools"].items():
+        watts = "-" if pool["watts"] is None else f"{pool['watts']:.1f}"
+        running = "-" if pool["running"] is None else f"{pool['running']:.0f}"
+        lines.append(f"{name:<16}{pool['tenant_class']:<12}{watts:>9}{running:>9}{pool['limit']:>7}"
+                     f"{pool['max_running']:>6}{pool['floor']:>7}")
+    if status["unmetered"]:
+        lines.append("")
+        lines.append("not metered (a cap cannot be kept there): " + ", ".join(status["unmetered"]))
+    return "\n".join(lines)
