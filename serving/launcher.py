@@ -17,11 +17,10 @@ from pathlib import Path
 from serving.records import tracing
 from serving.config import BUILTIN_SCHEME, PlatformConfig
 from serving.config.cpu_lists import cores_of
-from serving.config.home import fabriek_home
+from serving.config.home import RAY_TOKEN_PATH, fabriek_home
 from serving.config.domains import domain_resource
 
 # Where Ray keeps (and, in token mode, creates) the cluster's auth token.
-RAY_TOKEN_PATH = Path.home() / ".ray" / "auth_token"
 
 # Start-up on a 2-core CPU machine takes about a minute; a GPU node with a large model
 # can take many more to load weights.

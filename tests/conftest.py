@@ -35,6 +35,40 @@ QUOTA_TENANTS = {
     # tests/serving/test_e2e_fuzz.py: answers capped so that fuzzed requests finish fast.
     "fuzz": {"max_tokens": 16, "max_prompt_tokens": 256},
 }
+# The package power of the session's energy counter (tests/serving/test_e2e_energy.py).
+PACKAGE_WATTS = 50.0
+
+
+class PowercapPackage:
+    """A RAPL package counter in the layout of Linux's powercap tree, advanced by a thread at a
+    fixed power. This machine (a VM) exposes no RAPL; the engines read this one exactly as
+    they read /sys/class/powercap, so metering, attribution and power caps run end to end."""
+
+    def __init__(self, root: Path, watts: float):
+        self.zone = root / "intel-rapl:0"
+        self.zone.mkdir(parents=True)
+        (self.zone / "name").write_text("package-0\n")
+        (self.zone / "max_energy_range_uj").write_text("262143328850\n")
+        self.watts = watts
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._write()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def joules(self) -> float:
+        return (time.monotonic() - self._started) * self.watts
+
+    def _write(self) -> None:
+        tmp = self.zone / "energy_uj.tmp"
+        tmp.write_text(f"{int(self.joules() * 1e6) % 262143328850}\n")
+        os.replace(tmp, self.zone / "energy_uj")  # a reader never sees half a number
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self._write()
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -149,6 +183,10 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
         (home / domain).mkdir()
     config["ledger"] = {"url": (ledger_url := f"sqlite:///{home / '{domain}' / 'usage.db'}")}
     config["local"]["metrics_export_port"] = metrics_port = free_port()
+    package = PowercapPackage(home / "powercap", PACKAGE_WATTS)
+    config["energy"] = {"powercap_root": str(home / "powercap"), "sample_interval_s": 0.5}
+    # A standing grid connection limit that never binds (the cap metrics exist from the start).
+    config["power_caps"] = [{"name": "grid-connection", "watts": "1MW", "scope": "platform"}]
     config["tenants"] += [{"id": tenant, "class": "commercial", "models": [MODEL_ID], "quota": quota}
                           for tenant, quota in QUOTA_TENANTS.items()]
     config_path = home / "platform.yaml"
@@ -183,6 +221,7 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
     yield server
     if server.process.poll() is None:
         _kill_tree(server.process)
+    package.stop()
 
 
 def _kill_tree(process: subprocess.Popen) -> None:

@@ -26,3 +26,8 @@ def domain_home(domain: str) -> Path:
 def default_ledger_url(home: Path) -> str:
     """The SQLite usage ledger under ``home``, where one machine keeps it by default."""
     return f"sqlite:///{home / 'usage.db'}"
+
+
+# Where Ray keeps the token of a cluster it started on this machine (Ray 2.60 protects a
+# local cluster with one by default): the launcher names it, `fabriek power` presents it.
+RAY_TOKEN_PATH = Path.home() / ".ray" / "auth_token"

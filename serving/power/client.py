@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import socket
 import sys
 import time
 
 from serving.config.energy_specs import GOVERNOR_DEPLOYMENT, POWER_APP
+from serving.config.home import RAY_TOKEN_PATH
 
 CALL_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 3.0
@@ -29,6 +31,10 @@ def governor(address: str):
     Raises:
         GovernorUnreachable: no cluster there, or it runs no power governor.
     """
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or RAY_TOKEN_PATH.is_file()):
+        # Ray asks for its token by itself only of clusters it finds on its own, not at an
+        # explicit address; a local `fabriek serve` made one (Ray 2.60's default).
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
     from ray import serve
 

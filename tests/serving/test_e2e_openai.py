@@ -196,11 +196,16 @@ def test_stream_is_server_sent_events_ending_in_done(http):
     with http.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = [line for line in response.iter_lines() if line]
+        lines = [line for line in response.iter_lines() if line]
+    # Comment lines (`: ...`) are SSE too, and clients skip them: the stream's joules ride in one.
+    events = [line for line in lines if not line.startswith(":")]
     assert events[-1] == "data: [DONE]"
     assert events.count("data: [DONE]") == 1
     for event in events[:-1]:
         assert json.loads(event.removeprefix("data: "))["object"] == "chat.completion.chunk"
+    comments = [line for line in lines if line.startswith(":")]
+    assert len(comments) == 1 and comments[0].startswith(": x-fabriek-energy-j=")  # metered in this suite
+    assert lines[-2] == comments[0]
 
 
 def test_completion(client):
