@@ -58,11 +58,25 @@ def attribute(joules: float, work: Mapping[str, IntervalWork], prefill_weight: f
     Raises:
         ValueError: negative joules or a prefill weight that is not positive.
     """
-    if joules < 0:
-        raise ValueError(f"an interval's energy cannot be negative: {joules} J")
     if not prefill_weight > 0:
         raise ValueError(f"prefill_weight must be positive, not {prefill_weight}")
-    weights = {rid: prefill_weight * w.prefilled + w.decoded for rid, w in work.items()}
+    return divide(joules, {rid: work_weight(w.prefilled, w.decoded, prefill_weight) for rid, w in work.items()})
+
+
+def work_weight(prefilled: int, decoded: int, prefill_weight: float) -> float:
+    """One request's work in an interval, in decode tokens' worth (the rule above)."""
+    return prefill_weight * prefilled + decoded
+
+
+def divide(joules: float, weights: Mapping[str, float]) -> Attribution:
+    """Divide ``joules`` in proportion to ``weights`` (``work_weight`` of each request); no
+    weight at all: the interval was idle.
+
+    Raises:
+        ValueError: negative joules.
+    """
+    if joules < 0:
+        raise ValueError(f"an interval's energy cannot be negative: {joules} J")
     total = sum(weights.values())
     if total <= 0:
         return Attribution({}, joules)

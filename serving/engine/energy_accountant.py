@@ -22,9 +22,9 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Mapping, Protocol
 
-from routers.energy_attribution import IntervalWork, attribute
+from routers.energy_attribution import divide, work_weight
 
 # fabriek's request ids (serving.admission.gateway) inside vLLM's: `chatcmpl-fabriek-<hex>`,
 # `cmpl-fabriek-<hex>-0` for a prompt of a list, and the same for each of `n` sequences.
@@ -34,19 +34,10 @@ _FABRIEK_ID = re.compile(r"fabriek-[0-9a-f]{32}")
 FORGET_AFTER_S = 120.0
 
 
-@dataclass(frozen=True)
-class Progress:
-    """What one request has done in the engine so far.
-
-    Args:
-        request_id: fabriek's id (all of its vLLM requests together).
-        prefilled: prompt tokens computed (not those read from the prefix cache).
-        decoded: tokens generated.
-    """
-
-    request_id: str
-    prefilled: int
-    decoded: int
+# What each running request has done in the engine so far: fabriek's request id (all of its
+# vLLM requests together) -> (prompt tokens computed, not read from the prefix cache; tokens
+# generated).
+Progress = Mapping[str, tuple[int, int]]
 
 
 class Meter(Protocol):
@@ -81,7 +72,7 @@ class EnergyAccountant:
         clock: monotonic seconds.
     """
 
-    def __init__(self, meter: Meter, progress: Callable[[], Iterable[Progress]], prefill_weight: float,
+    def __init__(self, meter: Meter, progress: Callable[[], Progress], prefill_weight: float,
                  clock: Callable[[], float] = time.monotonic):
         self._meter = meter
         self._progress = progress
@@ -89,39 +80,44 @@ class EnergyAccountant:
         self._clock = clock
         self._closed_at = clock()
         self._seen: dict[str, tuple[int, int]] = {}  # request -> (prefilled, decoded) at the last close
-        self._last_active: dict[str, float] = {}
+        self._missing_since: dict[str, float] = {}  # requests seen before, no longer in vLLM
         self._joules: dict[str, float] = {}  # request -> joules so far
         self.total_joules = 0.0
         self.idle_joules = 0.0
 
-    def close(self, finishing: dict[str, tuple[int, int]] | None = None) -> Interval:
+    def close(self, finishing: Mapping[str, tuple[int, int]] | None = None, *, is_tick: bool = True) -> Interval:
         """Read the meter and divide what it counted since the last close.
 
         Args:
             finishing: request -> its final (prefilled, decoded), for requests that vLLM no
                 longer holds but whose share of this interval is still to be given.
+            is_tick: a timer's close (not a request's): it also forgets requests long gone.
         """
         now = self._clock()
         joules = self._meter.sample()
         seconds, self._closed_at = now - self._closed_at, now
-        current = _by_request(self._progress())
-        current.update(finishing or {})
-        work = {}
+        current = self._progress()
+        if finishing:
+            current = {**current, **finishing}
+        # Only requests that did something carry a weight; one pass, no objects per request.
+        seen, weight_of, prefill_weight = self._seen, {}, self._prefill_weight
         for request_id, (prefilled, decoded) in current.items():
-            seen_prefilled, seen_decoded = self._seen.get(request_id, (0, 0))
-            work[request_id] = IntervalWork(max(0, prefilled - seen_prefilled), max(0, decoded - seen_decoded))
-            self._seen[request_id] = (max(prefilled, seen_prefilled), max(decoded, seen_decoded))
-            self._last_active[request_id] = now
-        self._forget_stale(now)
-        running = sum(1 for w in work.values() if w.prefilled or w.decoded)
+            seen_prefilled, seen_decoded = seen.get(request_id, (0, 0))
+            if prefilled > seen_prefilled or decoded > seen_decoded:
+                weight_of[request_id] = work_weight(max(0, prefilled - seen_prefilled),
+                                                    max(0, decoded - seen_decoded), prefill_weight)
+                seen[request_id] = (max(prefilled, seen_prefilled), max(decoded, seen_decoded))
+        if is_tick:
+            self._forget_gone(current, now)
         if joules is None:
-            return Interval(None, seconds, running)
-        shares = attribute(joules, work, self._prefill_weight)
+            return Interval(None, seconds, len(weight_of))
+        shares = divide(joules, weight_of)
+        accumulated = self._joules
         for request_id, share in shares.requests.items():
-            self._joules[request_id] = self._joules.get(request_id, 0.0) + share
+            accumulated[request_id] = accumulated.get(request_id, 0.0) + share
         self.total_joules += joules
         self.idle_joules += shares.idle_joules
-        return Interval(joules, seconds, running, shares.idle_joules)
+        return Interval(joules, seconds, len(weight_of), shares.idle_joules)
 
     def finish(self, request_id: str, prompt_tokens: int, completion_tokens: int) -> float | None:
         """Close the request's last interval and give its joules (None: not measured).
@@ -132,26 +128,20 @@ class EnergyAccountant:
         """
         seen = self._seen.get(request_id)
         prefilled = seen[0] if seen is not None and seen[0] > 0 else prompt_tokens
-        interval = self.close({request_id: (prefilled, completion_tokens)})
+        interval = self.close({request_id: (prefilled, completion_tokens)}, is_tick=False)
         self._seen.pop(request_id, None)
-        self._last_active.pop(request_id, None)
+        self._missing_since.pop(request_id, None)
         joules = self._joules.pop(request_id, 0.0)
         return None if interval.joules is None else joules
 
-    def _forget_stale(self, now: float) -> None:
-        for request_id in [r for r, at in self._last_active.items() if now - at > FORGET_AFTER_S]:
-            del self._last_active[request_id]
-            self._seen.pop(request_id, None)
-            self._joules.pop(request_id, None)
-
-
-def _by_request(progress: Iterable[Progress]) -> dict[str, tuple[int, int]]:
-    """Sum the vLLM requests of one fabriek request (``n`` sequences, a list of prompts)."""
-    totals: dict[str, tuple[int, int]] = {}
-    for p in progress:
-        prefilled, decoded = totals.get(p.request_id, (0, 0))
-        totals[p.request_id] = (prefilled + p.prefilled, decoded + p.decoded)
-    return totals
+    def _forget_gone(self, current: Progress, now: float) -> None:
+        """Drop requests gone from vLLM whose front door never closed them (the relay layout,
+        whose front door is elsewhere; a request cut off by a restart)."""
+        for request_id in self._seen.keys() - current.keys():
+            since = self._missing_since.setdefault(request_id, now)
+            if now - since > FORGET_AFTER_S:
+                del self._seen[request_id], self._missing_since[request_id]
+                self._joules.pop(request_id, None)
 
 
 def fabriek_request_id(vllm_request_id: str) -> str | None:
@@ -160,26 +150,35 @@ def fabriek_request_id(vllm_request_id: str) -> str | None:
     return match.group(0) if match else None
 
 
-def vllm_progress(async_llm) -> Callable[[], list[Progress]]:
+def vllm_progress(async_llm) -> Callable[[], Progress]:
     """A reader of what each request running in vLLM's ``AsyncLLM`` has done.
 
     It reads the output processor's per-request state, which vLLM keeps for its own stats
-    (private; ``tests/serving/engine/test_private_hooks.py`` fails when it moves).
+    (private; ``tests/serving/engine/test_private_hooks.py`` fails when it moves). The vLLM
+    requests of one fabriek request (``n`` sequences, a list of prompts) are summed.
     """
     processor = async_llm.output_processor
+    ids: dict[str, str | None] = {}  # vLLM's request id -> fabriek's (a regex once per request)
 
-    def read() -> list[Progress]:
-        progress = []
-        for state in processor.request_states.values():
-            request_id = fabriek_request_id(state.external_req_id or "")
+    def read() -> dict[str, tuple[int, int]]:
+        states = processor.request_states
+        if len(ids) > 2 * len(states) + 64:
+            for gone in ids.keys() - states.keys():
+                del ids[gone]
+        totals: dict[str, tuple[int, int]] = {}
+        for internal_id, state in states.items():
+            request_id = ids.get(internal_id, "")
+            if request_id == "":
+                request_id = ids[internal_id] = fabriek_request_id(state.external_req_id or "")
             if request_id is None:
                 continue
             prefilled = 0 if state.is_prefilling else max(0, (state.prompt_len or 0) - state.num_cached_tokens)
-            if state.stats is not None:
-                decoded = state.stats.num_generation_tokens
-            else:
-                decoded = len(getattr(state.detokenizer, "output_token_ids", ()) or ())
-            progress.append(Progress(request_id, prefilled, decoded))
-        return progress
+            stats = state.stats
+            decoded = stats.num_generation_tokens if stats is not None else \
+                len(getattr(state.detokenizer, "output_token_ids", ()) or ())
+            before = totals.get(request_id)
+            totals[request_id] = (prefilled, decoded) if before is None else \
+                (before[0] + prefilled, before[1] + decoded)
+        return totals
 
     return read

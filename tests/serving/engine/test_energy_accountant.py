@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from serving.engine.energy_accountant import FORGET_AFTER_S, EnergyAccountant, Progress, fabriek_request_id
+from serving.engine.energy_accountant import FORGET_AFTER_S, EnergyAccountant, fabriek_request_id
 from serving.engine.energy_meter import EnergyMeter, ProcessCpuShare, engine_meter, rapl_counters
 from tests.serving.engine.test_energy_meter import zone
 
@@ -38,7 +38,7 @@ def package(tmp_path):
 
 def accountant(tmp_path, progress: dict, clock=None, prefill_weight=0.5) -> EnergyAccountant:
     meter = EnergyMeter(rapl_counters(tmp_path))
-    return EnergyAccountant(meter, lambda: [Progress(r, p, d) for r, (p, d) in progress.items()], prefill_weight,
+    return EnergyAccountant(meter, lambda: dict(progress), prefill_weight,
                             clock=clock or time.monotonic)
 
 
@@ -86,16 +86,20 @@ def test_sequences_of_one_request_count_together():
     assert fabriek_request_id("chatcmpl-4b7e") is None  # not sent by fabriek: not accounted
 
 
-def test_several_vllm_requests_of_one_fabriek_request_share_its_joules(tmp_path, package):
-    readings = [Progress(A, 0, 5), Progress(A, 0, 5), Progress(B, 0, 10)]  # n=2 for A
-    acc = EnergyAccountant(EnergyMeter(rapl_counters(tmp_path)), lambda: readings, 1.0)
+def test_without_work_since_the_last_close_a_request_gets_nothing_of_the_interval(tmp_path, package):
+    progress = {A: (0, 5), B: (0, 10)}
+    acc = accountant(tmp_path, progress, prefill_weight=1.0)
     package.draw(20.0)
+    acc.close()  # both did work since the start: 5 and 10 tokens
+    package.draw(9.0)
+    progress[B] = (0, 13)  # only B moved
     acc.close()
-    assert acc.finish(A, 0, 10) == pytest.approx(10.0)
+    assert acc.finish(A, 0, 5) == pytest.approx(20.0 * 5 / 15)
+    assert acc.finish(B, 0, 13) == pytest.approx(20.0 * 10 / 15 + 9.0)
 
 
 def test_without_a_counter_every_answer_is_none(tmp_path):
-    acc = EnergyAccountant(EnergyMeter([]), lambda: [Progress(A, 5, 5)], 1.0)
+    acc = EnergyAccountant(EnergyMeter([]), lambda: {A: (5, 5)}, 1.0)
     assert acc.close().joules is None
     assert acc.finish(A, 5, 5) is None
     assert acc.total_joules == 0
@@ -108,7 +112,9 @@ def test_a_request_never_closed_is_forgotten(tmp_path, package):
     package.draw(1.0)
     acc.close()
     del progress[A]  # gone from vLLM, and its front door (elsewhere) never closes it
-    now[0] = FORGET_AFTER_S + 1
+    now[0] = 1.0
+    acc.close()  # missed from here on
+    now[0] = FORGET_AFTER_S + 2
     acc.close()
     assert acc.finish(A, 1, 1) == 0.0  # nothing left for it: it was forgotten
 

@@ -6,6 +6,7 @@ fails by name instead of a replica failing at run time.
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
@@ -46,7 +47,7 @@ def test_vllm_output_processor_keeps_what_the_energy_accountant_reads():
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.output_processor import OutputProcessor, RequestState
 
-    from serving.engine.energy_accountant import Progress, vllm_progress
+    from serving.engine.energy_accountant import vllm_progress
 
     assert "self.request_states" in inspect.getsource(OutputProcessor.__init__)
     rid = "fabriek-" + "ab" * 16
@@ -58,8 +59,15 @@ def test_vllm_output_processor_keeps_what_the_energy_accountant_reads():
     holder = type("AsyncLLM", (), {})()
     holder.output_processor = type("OutputProcessor", (), {"request_states": {state.request_id: state}})()
     read = vllm_progress(holder)
-    assert read() == [Progress(rid, 0, 0)]  # still prefilling: nothing counted yet
+    assert read() == {rid: (0, 0)}  # still prefilling: nothing counted yet
     state.is_prefilling = False
     state.num_cached_tokens = 1
     state.stats.num_generation_tokens = 5
-    assert read() == [Progress(rid, 3, 5)]
+    assert read() == {rid: (3, 5)}
+    # A second vLLM request of the same fabriek request (n=2) adds to it; another's does not.
+    twin = copy.copy(state)
+    twin.request_id = f"chatcmpl-{rid}-5678abcd"
+    other = copy.copy(state)
+    other.request_id, other.external_req_id = "chatcmpl-4b7e-0", "chatcmpl-4b7e"  # not fabriek's
+    holder.output_processor.request_states.update({twin.request_id: twin, other.request_id: other})
+    assert read() == {rid: (6, 10)}
