@@ -212,6 +212,8 @@ class FabriekLLMServer(LLMServer):
         meter, line = engine_meter(settings.accelerator, [int(i) for i in ray.get_gpu_ids()],
                                    counters=settings.counters, powercap_root=Path(settings.powercap_root))
         logger.info("pool %s: %s", settings.pool, line)
+        if not meter.counters:
+            return None  # nothing to divide: every request's energy is null, at no cost per request
         # Ray's VLLMEngine keeps vLLM's AsyncLLM here (tests/serving/engine/test_private_hooks.py).
         accountant = EnergyAccountant(meter, vllm_progress(self.engine._engine_client), settings.prefill_weight)
         energy = EngineEnergy(accountant, pool=settings.pool,
