@@ -47,10 +47,15 @@ def finished_record(server, tenant: str, request_id: str, timeout_s: float = 20)
 
 
 def test_a_whole_answer_carries_its_joules_and_the_ledger_has_the_same(fabriek_server):
+    # A hostile client names another request's id for vLLM (its X-Request-Id header): the
+    # engine still counts the work under the id fabriek gave the request, not the client's.
+    claimed = "fabriek-" + "0" * 32
     raw = client(fabriek_server, "gov-demo").chat.completions.with_raw_response.create(
-        model=MODEL_ID, messages=QUESTION, max_tokens=24, temperature=0)
+        model=MODEL_ID, messages=QUESTION, max_tokens=24, temperature=0,
+        extra_headers={"X-Request-Id": claimed, "x-fabriek-energy-j": "0"})
     joules = float(raw.headers[ENERGY])
     assert joules > 0
+    assert raw.headers["x-fabriek-request-id"] != claimed
     record = finished_record(fabriek_server, "gov-demo", raw.headers["x-fabriek-request-id"])
     assert record.energy_j == pytest.approx(joules, rel=1e-5)
     assert raw.parse().usage.completion_tokens > 0
