@@ -34,8 +34,9 @@ def test_serve_config_file_has_one_app_per_domain_and_builds_them(monkeypatch):
     monkeypatch.chdir(REPO)  # config_path in the file is relative to the repo
     schema = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "deploy/serve-config.yaml").read_text()))
     domains = [d.name for d in load_config(DEFAULT_CONFIG_PATH).domains()]
-    assert [(a.name, a.route_prefix, a.args["domain"]) for a in schema.applications] == \
-        [(d, f"/{d}", d) for d in domains]
+    # One per domain, and the power governor's, off HTTP.
+    assert [(a.name, a.route_prefix, a.args.get("domain")) for a in schema.applications] == \
+        [*((d, f"/{d}", d) for d in domains), ("fabriek-power", None, None)]
     for app_schema in schema.applications:
         module, attr = app_schema.import_path.split(":")
         builder = getattr(__import__(module, fromlist=[attr]), attr)
