@@ -272,7 +272,6 @@ def build_parser() -> argparse.ArgumentParser:
     address = argparse.ArgumentParser(add_help=False)
     address.add_argument("--address", default="auto",
                          help="the platform's Ray cluster (default: the one on this machine)")
-    address.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)  # as the other commands
     cap = power.add_parser("cap", parents=[address], help="keep the platform's measured power under a cap")
     cap.add_argument("watts", help="the cap, e.g. 800W, 2.5kW, 1.2MW")
     cap.add_argument("--scope", default="platform",

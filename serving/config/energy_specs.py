@@ -18,6 +18,17 @@ _CAP_NAME = re.compile(r"^[a-z0-9]([a-z0-9:._-]{0,62}[a-z0-9])?$")
 _SCOPE = re.compile(r"^(platform|domain:[a-z0-9-]+|pool:[a-z0-9-]+)$")
 
 
+def check_cap_name(name: str) -> str:
+    """A cap's name as metrics label it: short, lowercase, no spaces (from the config or the CLI).
+
+    Raises:
+        ValueError: any other name.
+    """
+    if not isinstance(name, str) or not _CAP_NAME.match(name):
+        raise ValueError(f"cap name {name!r}: use up to 64 lowercase letters, digits and - . _ :")
+    return name
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -65,9 +76,7 @@ class PowerCapSpec(_Frozen):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _CAP_NAME.match(value):
-            raise ValueError(f"{value!r}: use lowercase letters, digits and - . _ :")
-        return value
+        return check_cap_name(value)
 
     @field_validator("watts", mode="before")
     @classmethod

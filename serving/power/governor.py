@@ -24,6 +24,7 @@ from ray import serve
 from ray.util.metrics import Gauge
 
 from routers.power_budget import PoolPowerSpec, PoolSample, PowerBudget, PowerCap
+from serving.config.energy_specs import check_cap_name
 
 logger = logging.getLogger("fabriek.power")
 
@@ -91,6 +92,7 @@ class PowerGovernor:
         Raises:
             ValueError: an unknown scope, or watts that are not a positive number.
         """
+        check_cap_name(name)
         if scope not in self._scopes:
             raise ValueError(f"unknown scope {scope!r}; known: {', '.join(sorted(self._scopes))}")
         if until is not None and until <= self._clock():

@@ -130,6 +130,8 @@ def test_bad_caps_are_refused():
             await governor.set_cap("grid", 100.0, "platform", until=clock[0] - 1)
         with pytest.raises(ValueError):
             await governor.set_cap("grid", -5.0, "platform")
+        with pytest.raises(ValueError, match="cap name"):
+            await governor.set_cap("a name {with} spaces " * 5, 100.0, "platform")
 
     asyncio.run(scenario())
 
