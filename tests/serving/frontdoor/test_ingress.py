@@ -218,6 +218,8 @@ def test_engine_gets_the_tenant_fields_not_the_clients(server):
                         "cache_salt": cache_salt_for(server["secret"], "pilot")}
     assert response.headers["x-fabriek-pool"] == "echo"
     assert response.headers["x-fabriek-replica"].startswith("EchoEngine#")
+    # The relay layout meters pools, not requests: not measured is no header, never a guess.
+    assert "x-fabriek-energy-j" not in response.headers
 
 
 def test_salts_differ_per_tenant_on_a_shared_pool(server):
@@ -298,6 +300,7 @@ def test_grpc_engine_gets_the_tenant_fields(server, stub):
                                             "cache_salt": cache_salt_for(server["secret"], "pilot")}
     trailing = dict(call.trailing_metadata())
     assert trailing["x-fabriek-pool"] == "echo" and trailing["x-fabriek-replica"].startswith("EchoEngine#")
+    assert "x-fabriek-energy-j" not in trailing  # not measured here (relay layout)
 
 
 def test_grpc_tenant_of_a_loading_pool_is_unavailable_with_a_retry_delay(server, stub):
