@@ -66,8 +66,12 @@ from loadtests.process_cpu import cpu_by_role  # noqa: E402
 
 TENANT = "gov-demo"
 ENGINE_ROLES = ("VLLM::EngineCore", "VLLM::Worker")
-# fabriek in its shipped (direct) layout, and in the relay layout (serve.token_path: relay) for contrast.
-SERVERS = ("vllm", "fabriek", "fabriek-relay")
+# fabriek in its shipped (direct) layout, and in the relay layout (serve.token_path: relay) for
+# contrast; fabriek-metered is the direct layout metering energy (a RAPL package counter in a
+# powercap tree this script advances at PACKAGE_WATTS: the build machines have none), to weigh
+# what energy accounting costs per token.
+SERVERS = ("vllm", "fabriek", "fabriek-relay", "fabriek-metered")
+PACKAGE_WATTS = 100.0
 # A phase during which other processes used more than this is disturbed (``is_disturbed``).
 MAX_OUTSIDE_CORES = 0.1
 
@@ -213,8 +217,9 @@ def summarize(runs: list[dict], max_outside_cores: float = MAX_OUTSIDE_CORES) ->
     return out
 
 
-def paired_ratios(runs: list[dict], max_outside_cores: float = MAX_OUTSIDE_CORES, server: str = "fabriek") -> dict:
-    """``server``/vLLM per streams: each round's ``server`` run against the same round's vLLM run,
+def paired_ratios(runs: list[dict], max_outside_cores: float = MAX_OUTSIDE_CORES, server: str = "fabriek",
+                  baseline: str = "vllm") -> dict:
+    """``server``/``baseline`` per streams: each round's ``server`` run against the same round's ``baseline`` run,
     geometric mean over rounds (the machine's drift between rounds falls on both); pairs with
     a disturbed phase are left out, unless every round's pair has one."""
     by_round: dict = {}
@@ -224,10 +229,10 @@ def paired_ratios(runs: list[dict], max_outside_cores: float = MAX_OUTSIDE_CORES
             "itl_mean_ms")
     pairs: dict = {}
     for pair in by_round.values():
-        if {"vllm", server} - set(pair):
+        if {baseline, server} - set(pair):
             continue
         for streams, fab in pair[server].items():
-            if (vllm := pair["vllm"].get(streams)) is not None:
+            if (vllm := pair[baseline].get(streams)) is not None:
                 pairs.setdefault(str(streams), []).append((fab, vllm))
     ratios: dict = {}
     for streams, measured in pairs.items():
@@ -424,10 +429,12 @@ def print_table(report: dict) -> None:
                   f"{ms(s['ttft_p99_ms'])} | {ms(s['itl_p50_ms'])} / {ms(s['itl_p99_ms'])} / {ms(s.get('itl_mean_ms'))} | "
                   f"{s['engine_cpu_s_per_1k']:.2f} | "
                   f"{s['platform_cpu_s_per_1k']:.2f} | {top} |")
-    for key, server in (("ratios", "fabriek"), ("ratios_relay", "fabriek-relay")):
+    for key, server, baseline in (("ratios", "fabriek", "vLLM"), ("ratios_relay", "fabriek-relay", "vLLM"),
+                                  ("ratios_metered", "fabriek-metered", "fabriek")):
         if not report.get(key):
             continue
-        print(f"\n| streams | pairs | tok/s {server}/vLLM | platform CPU/1k {server}/vLLM | TTFT p50 | ITL mean |"
+        print(f"\n| streams | pairs | tok/s {server}/{baseline} | platform CPU/1k {server}/{baseline} | TTFT p50 | "
+              "ITL mean |"
               "\n|---|---|---|---|---|---|")
         for streams, r in sorted(report[key].items(), key=lambda item: int(item[0])):
             print(f"| {streams} | {r.get('pairs', '?')} | {r.get('tokens_per_s', math.nan):.3f} | "
@@ -444,7 +451,7 @@ def plot(report: dict, path: Path, top_roles: int = 3) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"vllm": "tab:blue", "fabriek": "tab:orange", "fabriek-relay": "tab:gray"}
+    colors = {"vllm": "tab:blue", "fabriek": "tab:orange", "fabriek-relay": "tab:gray", "fabriek-metered": "tab:green"}
     role_colors = ("#a63603", "#e6550d", "#fd8d3c", "#fdae6b")
     fig, (rate, cpu) = plt.subplots(1, 2, figsize=(11, 4.4))
     ratios = report.get("ratios") or {}
@@ -570,13 +577,44 @@ def context(args) -> dict:
     relay = {**fabriek_dict, "serve": {**(fabriek_dict.get("serve") or {}), "token_path": "relay"}}
     relay_path = logs / f"{config_path.stem}-relay.yaml"
     relay_path.write_text(yaml.safe_dump(relay))
+    # The same config metering energy, from a package counter advanced for the whole run (so
+    # that its writes disturb every server alike).
+    metered = {**fabriek_dict, "energy": {**(fabriek_dict.get("energy") or {}),
+                                          "powercap_root": str(advancing_package(logs / "powercap"))}}
+    metered_path = logs / f"{config_path.stem}-metered.yaml"
+    metered_path.write_text(yaml.safe_dump(metered))
     return {"logs": logs, "fabriek_config": config_path, "fabriek_dict": fabriek_dict,
-            "fabriek_configs": {"fabriek": config_path, "fabriek-relay": relay_path},
+            "fabriek_configs": {"fabriek": config_path, "fabriek-relay": relay_path,
+                                "fabriek-metered": metered_path},
             "api_key": create_key(fabriek_dict, tenant.id), "tenant": tenant.id,
             "model_id": model.id, "model_dir": resolve_model_source(model),
             "engine_args": engine_args_for(pool, model), "vllm_env": vllm_env, "vllm_cores": vllm_cores,
             "fabriek_env": {**path_env, **dict(kv.split("=", 1) for kv in args.fabriek_env)},
             "server_cores": sorted(server_cores), "client_cores": client_cores}
+
+
+def advancing_package(root: Path) -> Path:
+    """A powercap tree with one RAPL package whose counter a thread advances at PACKAGE_WATTS."""
+    import threading
+
+    zone = root / "intel-rapl:0"
+    zone.mkdir(parents=True, exist_ok=True)
+    (zone / "name").write_text("package-0\n")
+    (zone / "max_energy_range_uj").write_text("262143328850\n")
+    began = time.monotonic()
+
+    def write() -> None:
+        (zone / "energy_uj.tmp").write_text(f"{int((time.monotonic() - began) * PACKAGE_WATTS * 1e6) % 262143328850}\n")
+        os.replace(zone / "energy_uj.tmp", zone / "energy_uj")
+
+    def run() -> None:
+        while True:
+            write()
+            time.sleep(0.01)
+
+    write()
+    threading.Thread(target=run, daemon=True).start()
+    return root
 
 
 def main(argv=None) -> None:
@@ -609,6 +647,7 @@ def main(argv=None) -> None:
         "runs": runs, "summary": summarize(runs, args.max_outside_cores),
         "ratios": paired_ratios(runs, args.max_outside_cores),
         "ratios_relay": paired_ratios(runs, args.max_outside_cores, "fabriek-relay"),
+        "ratios_metered": paired_ratios(runs, args.max_outside_cores, "fabriek-metered", baseline="fabriek"),
         "total_s": time.monotonic() - began,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
