@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol
@@ -167,8 +168,11 @@ class ProcessCpuShare:
     engine's. On a machine with several packages the split is over all of them together.
 
     Args:
-        pid: the engine replica's process; its children are found again at each ``refresh``.
+        pid: the engine replica's process; its children are looked for again every
+            ``REFRESH_S`` (vLLM may start an engine core anew).
     """
+
+    REFRESH_S = 10.0
 
     def __init__(self, pid: int | None = None):
         import psutil
@@ -190,9 +194,12 @@ class ProcessCpuShare:
             if process.pid not in self._processes:
                 self._processes[process.pid] = process
                 self._cpu[process.pid] = self._cpu_of(process) or 0.0
+        self._refreshed_at = time.monotonic()
 
     def sample(self) -> float:
         """The engine's part of the machine's busy CPU time since the last sample, in [0, 1]."""
+        if time.monotonic() - self._refreshed_at > self.REFRESH_S:
+            self.refresh()  # a new process's time before it was found is not counted: seconds at most
         used = 0.0
         for pid, process in list(self._processes.items()):
             now = self._cpu_of(process)

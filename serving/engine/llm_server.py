@@ -195,7 +195,11 @@ class FabriekLLMServer(LLMServer):
         pin_to_pool_cores()  # before vLLM starts its processes: they inherit both
         take_pool_niceness()
         await super().start()
-        self._energy = self._start_energy()
+        try:
+            self._energy = self._start_energy()
+        except Exception:  # metering never keeps an engine from serving: its energy is null
+            logger.exception("energy: metering could not start")
+            self._energy = None
         # vLLM's own API server does this after start-up; Ray's replica does not. Without
         # it a full collection walks torch's and vLLM's millions of start-up objects and
         # stalls streams for ~300 ms (the TTFT p99 outliers in docs/benchmarks.md).
