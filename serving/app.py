@@ -83,8 +83,8 @@ def bind_power_governor(config: PlatformConfig) -> Application:
                            floor=p.power.floor * len(p.models), idle_watts=p.power.idle_watts)
              for p in config.pools if p.name in used]
     domains = {d.name: d.pools for d in config.domains()}
-    scopes = {"platform": used, **{f"domain:{d}": frozenset(p) for d, p in domains.items()},
-              **{f"pool:{p}": frozenset({p}) for p in used}}
+    scopes = {s: config.pools_in_scope(s) for s in ("platform", *(f"domain:{d}" for d in domains),
+                                                    *(f"pool:{p}" for p in sorted(used)))}
     caps = [PowerCap(c.watts, config.pools_in_scope(c.scope), c.until_timestamp(), c.name) for c in config.power_caps]
     governor = serve.deployment(PowerGovernor, name=GOVERNOR_DEPLOYMENT, num_replicas=1,
                                 ray_actor_options={"num_cpus": 0}, logging_config={"enable_access_log": False})

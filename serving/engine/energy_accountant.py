@@ -119,8 +119,10 @@ class EnergyAccountant:
         self.idle_joules += shares.idle_joules
         return Interval(joules, seconds, len(weight_of), shares.idle_joules)
 
-    def finish(self, request_id: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-        """Close the request's last interval and give its joules (None: not measured).
+    def finish(self, request_id: str, prompt_tokens: int,
+               completion_tokens: int) -> tuple[float | None, Interval]:
+        """Close the request's last interval: the request's joules (None: not measured), and
+        the interval closed.
 
         Args:
             prompt_tokens / completion_tokens: its usage as the answer gave it. A request
@@ -132,7 +134,7 @@ class EnergyAccountant:
         self._seen.pop(request_id, None)
         self._missing_since.pop(request_id, None)
         joules = self._joules.pop(request_id, 0.0)
-        return None if interval.joules is None else joules
+        return (None if interval.joules is None else joules), interval
 
     def _forget_gone(self, current: Progress, now: float) -> None:
         """Drop requests gone from vLLM whose front door never closed them (the relay layout,

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ray.util.metrics import Counter
 
-from serving.engine.energy_accountant import EnergyAccountant
+from serving.engine.energy_accountant import EnergyAccountant, Interval
 
 logger = logging.getLogger("fabriek.energy")
 
@@ -82,9 +82,8 @@ class EngineEnergy:
 
     def finish(self, request_id: str, prompt_tokens: int, completion_tokens: int) -> float | None:
         """The request's joules, its last interval closed now (None: not measured)."""
-        before = self._accountant.total_joules, self._accountant.idle_joules
-        joules = self._accountant.finish(request_id, prompt_tokens, completion_tokens)
-        self._count(self._accountant.total_joules - before[0], self._accountant.idle_joules - before[1])
+        joules, interval = self._accountant.finish(request_id, prompt_tokens, completion_tokens)
+        self._count(interval)
         return joules
 
     async def _run(self) -> None:
@@ -92,9 +91,8 @@ class EngineEnergy:
         while True:
             await asyncio.sleep(self._interval_s)
             try:
-                before = self._accountant.total_joules, self._accountant.idle_joules
                 interval = self._accountant.close()
-                self._count(self._accountant.total_joules - before[0], self._accountant.idle_joules - before[1])
+                self._count(interval)
                 # Everything since the last report, the intervals requests closed included.
                 now = time.monotonic()
                 joules = None if interval.joules is None else self._accountant.total_joules - reported_joules
@@ -105,9 +103,9 @@ class EngineEnergy:
             except Exception:  # a meter that fails once must not stop metering for good
                 logger.exception("energy: closing an interval failed")
 
-    def _count(self, joules: float, idle: float) -> None:
+    def _count(self, interval: Interval) -> None:
         tags = {"pool": self._pool}
-        if joules > 0:
-            self._energy.inc(joules, tags)
-        if idle > 0:
-            self._idle.inc(idle, tags)
+        if interval.joules:
+            self._energy.inc(interval.joules, tags)
+        if interval.idle_joules:
+            self._idle.inc(interval.idle_joules, tags)

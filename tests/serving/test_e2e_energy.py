@@ -20,8 +20,8 @@ import pytest
 
 from serving.protos.fabriek.v1 import inference_pb2 as pb
 from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub
-from serving.records.ledger import UsageLedger
 from tests.conftest import MODEL_ID
+from tests.serving.test_e2e_hostile import finished_record
 
 pytestmark = pytest.mark.e2e
 QUESTION = [{"role": "user", "content": "Name three Dutch rivers."}]
@@ -30,20 +30,6 @@ ENERGY = "x-fabriek-energy-j"
 
 def client(server, tenant: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.base_url(tenant)}/v1", api_key=server.keys[tenant], max_retries=0)
-
-
-def finished_record(server, tenant: str, request_id: str, timeout_s: float = 20):
-    ledger = UsageLedger(server.ledger_url(tenant))
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            records = [r for r in ledger.records(tenant_id=tenant) if r.request_id == request_id]
-            if records and records[0].status != "started":
-                return records[0]
-            time.sleep(0.2)
-        raise AssertionError(f"no finished record of {request_id}")
-    finally:
-        ledger.close()
 
 
 def test_a_whole_answer_carries_its_joules_and_the_ledger_has_the_same(fabriek_server):

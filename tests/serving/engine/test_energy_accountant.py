@@ -49,8 +49,8 @@ def test_an_interval_is_divided_by_weighted_tokens_and_adds_up(tmp_path, package
     package.draw(90.0)
     interval = acc.close()
     assert interval.joules == pytest.approx(90.0) and interval.running == 2
-    assert acc.finish(A, 100, 10) == pytest.approx(90.0 * 60 / 90)  # nothing more since
-    assert acc.finish(B, 0, 30) == pytest.approx(90.0 * 30 / 90)
+    assert acc.finish(A, 100, 10)[0] == pytest.approx(90.0 * 60 / 90)  # nothing more since
+    assert acc.finish(B, 0, 30)[0] == pytest.approx(90.0 * 30 / 90)
     assert acc.total_joules == pytest.approx(90.0) and acc.idle_joules == 0
 
 
@@ -62,7 +62,7 @@ def test_an_interval_with_no_work_is_idle_and_not_a_requests(tmp_path, package):
     package.draw(7.0)  # A did nothing in this one
     acc.close()
     assert acc.idle_joules == pytest.approx(7.0)
-    assert acc.finish(A, 10, 1) == pytest.approx(5.0)
+    assert acc.finish(A, 10, 1)[0] == pytest.approx(5.0)
 
 
 def test_a_finished_requests_last_interval_is_closed_with_its_final_usage(tmp_path, package):
@@ -74,8 +74,8 @@ def test_a_finished_requests_last_interval_is_closed_with_its_final_usage(tmp_pa
     del progress[A]  # vLLM let A go after 10 more tokens; B did 10 more as well
     progress[B] = (10, 20)
     package.draw(20.0)
-    assert acc.finish(A, 10, 20) == pytest.approx(20.0 + 10.0)
-    assert acc.finish(B, 10, 20) == pytest.approx(20.0 + 10.0)
+    assert acc.finish(A, 10, 20)[0] == pytest.approx(20.0 + 10.0)
+    assert acc.finish(B, 10, 20)[0] == pytest.approx(20.0 + 10.0)
     assert acc.total_joules == pytest.approx(60.0)
 
 
@@ -94,14 +94,14 @@ def test_without_work_since_the_last_close_a_request_gets_nothing_of_the_interva
     package.draw(9.0)
     progress[B] = (0, 13)  # only B moved
     acc.close()
-    assert acc.finish(A, 0, 5) == pytest.approx(20.0 * 5 / 15)
-    assert acc.finish(B, 0, 13) == pytest.approx(20.0 * 10 / 15 + 9.0)
+    assert acc.finish(A, 0, 5)[0] == pytest.approx(20.0 * 5 / 15)
+    assert acc.finish(B, 0, 13)[0] == pytest.approx(20.0 * 10 / 15 + 9.0)
 
 
 def test_without_a_counter_every_answer_is_none(tmp_path):
     acc = EnergyAccountant(EnergyMeter([]), lambda: {A: (5, 5)}, 1.0)
     assert acc.close().joules is None
-    assert acc.finish(A, 5, 5) is None
+    assert acc.finish(A, 5, 5)[0] is None
     assert acc.total_joules == 0
 
 
@@ -116,7 +116,7 @@ def test_a_request_never_closed_is_forgotten(tmp_path, package):
     acc.close()  # missed from here on
     now[0] = FORGET_AFTER_S + 2
     acc.close()
-    assert acc.finish(A, 1, 1) == 0.0  # nothing left for it: it was forgotten
+    assert acc.finish(A, 1, 1)[0] == 0.0  # nothing left for it: it was forgotten
 
 
 def test_the_cpu_share_of_this_process_is_between_zero_and_one():
