@@ -52,6 +52,13 @@ REFUSED_FIELDS: Mapping[str, str] = {
     "prompt_logprobs": "a vocabulary-wide distribution per prompt token",
 }
 
+# The forms of vLLM's ``structured_outputs`` the platform offers (docs/api.md): each is
+# compiled into a grammar per request, within ``MAX_COMPILED_BYTES``.
+STRUCTURED_OUTPUT_FORMS = frozenset({
+    "json", "regex", "choice", "grammar", "json_object", "structural_tag",
+    "disable_any_whitespace", "disable_additional_properties", "whitespace_pattern"})
+MAX_CHOICES = 256                # structured_outputs.choice
+
 # A request's sequences per class, when the config names no bound (OpenAI's own n has no
 # small limit; a facility pool's batch is what one request must not take alone).
 DEFAULT_MAX_SEQUENCES = 4
@@ -179,7 +186,22 @@ def _check_sizes(data: Mapping[str, Any]) -> ShapeError | None:
         value = data.get(name)
         if value is not None and _json_size(value) > limit:
             return ShapeError(name, f"`{name}` is larger than {limit} bytes as JSON.")
-    return _check_tool_choice(data)
+    return _check_structured_outputs(data.get("structured_outputs")) or _check_tool_choice(data)
+
+
+def _check_structured_outputs(value: Any) -> ShapeError | None:
+    if not isinstance(value, dict):
+        return None  # absent, or a type the request model refuses
+    for name in value:
+        if name not in STRUCTURED_OUTPUT_FORMS:
+            shown = str(name)[:64]
+            return ShapeError("structured_outputs", f"`structured_outputs.{shown}` is not offered; the forms are "
+                              f"{', '.join(sorted(STRUCTURED_OUTPUT_FORMS))}.")
+    choice = value.get("choice")
+    if isinstance(choice, list) and len(choice) > MAX_CHOICES:
+        return ShapeError("structured_outputs", f"`structured_outputs.choice` has {len(choice)} entries; "
+                          f"at most {MAX_CHOICES}.")
+    return None
 
 
 def _check_tool_choice(data: Mapping[str, Any]) -> ShapeError | None:

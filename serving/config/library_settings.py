@@ -32,8 +32,37 @@ def _vllm_engine_arg_names() -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(AsyncEngineArgs))
 
 
+@functools.cache
+def _vllm_tool_parsers() -> frozenset[str]:
+    from vllm.tool_parsers.abstract_tool_parser import ToolParserManager
+
+    return frozenset(ToolParserManager.list_registered())
+
+
+def check_tool_calling(args: dict[str, Any]) -> None:
+    """A model's merged engine arguments: ``auto`` tool choice needs a parser to read the calls.
+
+    Raises:
+        ValueError: ``enable_auto_tool_choice`` without ``tool_call_parser``.
+    """
+    if args.get("enable_auto_tool_choice") and not args.get("tool_call_parser"):
+        raise ValueError("enable_auto_tool_choice needs `tool_call_parser` (the parser that reads the "
+                         "model's tool calls back, e.g. `hermes`)")
+
+
 # Set by fabriek from `source` and the model id; a config must not set them.
 _MANAGED_ENGINE_ARGS = frozenset({"model", "served_model_name", "tokenizer"})
+
+# vLLM's OpenAI-server settings (``FrontendArgs``) that may ride along with the engine
+# arguments (Ray Serve LLM hands them to vLLM's serving objects): how a model's chat is
+# rendered and its tool calls parsed. The rest of ``FrontendArgs`` is the server's own
+# (host, TLS, API key: fabriek's front door), lets requests bring templates
+# (``trust_request_chat_template``), logs content (``enable_log_outputs``), or loads
+# adapters outside fabriek's ownership rules (``lora_modules``).
+FRONTEND_ENGINE_ARGS = frozenset({
+    "tool_call_parser", "enable_auto_tool_choice", "exclude_tools_when_tool_choice_none", "tool_strict_level",
+    "chat_template", "chat_template_content_format", "default_chat_template_kwargs", "response_role",
+    "enable_prompt_tokens_details"})
 
 
 def check_engine_args(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
@@ -42,9 +71,14 @@ def check_engine_args(value: dict[str, Any], info: ValidationInfo) -> dict[str, 
     if managed:
         raise ValueError(f"{managed} are set by fabriek from the model's id and source; remove them")
     if not _is_skipping_library_checks(info):
-        unknown = sorted(set(value) - _vllm_engine_arg_names())
+        unknown = sorted(set(value) - _vllm_engine_arg_names() - FRONTEND_ENGINE_ARGS)
         if unknown:
-            raise ValueError(f"unknown vLLM engine argument(s) {unknown}; see `AsyncEngineArgs`")
+            raise ValueError(f"unknown vLLM engine argument(s) {unknown}; see `AsyncEngineArgs`, and "
+                             f"of vLLM's server settings fabriek passes {sorted(FRONTEND_ENGINE_ARGS)}")
+        parser = value.get("tool_call_parser")
+        if parser is not None and parser not in _vllm_tool_parsers():
+            raise ValueError(f"tool_call_parser {parser!r} is not one of vLLM's tool-call parsers "
+                             f"({', '.join(sorted(_vllm_tool_parsers()))})")
     if value.get("enable_log_requests"):
         # vLLM's request logging writes prompts into the logs; no tenant's content may
         # ever reach a log line.

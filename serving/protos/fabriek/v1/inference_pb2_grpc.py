@@ -65,6 +65,11 @@ class InferenceServiceStub:
                 request_serializer=fabriek_dot_v1_dot_inference__pb2.CountTokensRequest.SerializeToString,
                 response_deserializer=fabriek_dot_v1_dot_inference__pb2.CountTokensResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/fabriek.v1.InferenceService/Embed',
+                request_serializer=fabriek_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=fabriek_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -113,6 +118,13 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embedding vectors of texts, from an embedding model (see ListModels).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +157,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.CountTokens,
                     request_deserializer=fabriek_dot_v1_dot_inference__pb2.CountTokensRequest.FromString,
                     response_serializer=fabriek_dot_v1_dot_inference__pb2.CountTokensResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=fabriek_dot_v1_dot_inference__pb2.EmbedRequest.FromString,
+                    response_serializer=fabriek_dot_v1_dot_inference__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +327,33 @@ class InferenceService:
             '/fabriek.v1.InferenceService/CountTokens',
             fabriek_dot_v1_dot_inference__pb2.CountTokensRequest.SerializeToString,
             fabriek_dot_v1_dot_inference__pb2.CountTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fabriek.v1.InferenceService/Embed',
+            fabriek_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+            fabriek_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,
