@@ -36,14 +36,27 @@ class AdmissionPipeline:
         # One HMAC per tenant, computed once: the salt of a tenant never changes.
         self._salts = {t: cache_salt_for(cache_salt_secret, t) for t in tenancy.tenants}
 
-    def resolve_model(self, tenant: Tenant, model_id: str | None) -> str | Rejection:
-        """The requested model, or the tenant's only model when the request names none."""
+    def resolve_model(self, tenant: Tenant, model_id: str | None,
+                      endpoint_models: frozenset[str] | None = None) -> str | Rejection:
+        """The requested model, or the tenant's only model when the request names none.
+
+        Args:
+            endpoint_models: the models of the endpoint's kind (chat and completion models,
+                or embedding models); None: any. A request naming none gets the tenant's only
+                model of that kind; one naming a model of the tenant's of the other kind is
+                told so (a model the tenant may not use stays a 404, by the filters).
+        """
+        mine = tenant.model_ids if endpoint_models is None else tenant.model_ids & endpoint_models
         if model_id is not None:
+            if model_id in tenant.model_ids and model_id not in mine:
+                return Rejection(RejectionReason.WRONG_ENDPOINT, "model",
+                                 f"The model `{model_id}` does not answer this endpoint: embedding models "
+                                 "answer `/v1/embeddings`, the others chat and completions.")
             return model_id
-        if len(tenant.model_ids) == 1:
-            return next(iter(tenant.model_ids))
+        if len(mine) == 1:
+            return next(iter(mine))
         return Rejection(RejectionReason.MODEL_REQUIRED, "model",
-                         f"`model` is required: you may use {sorted(tenant.model_ids)}")
+                         f"`model` is required: you may use {sorted(mine or tenant.model_ids)}")
 
     def admit(self, request: AdmissionRequest, candidates: Sequence[Candidate]) -> Admission | Rejection:
         """Narrow ``candidates`` filter by filter and pick the first survivor.

@@ -45,6 +45,7 @@ class RejectionReason(StrEnum):
     UNAUTHENTICATED = "unauthenticated"     # no key, or an unknown or revoked one
     MODEL_REQUIRED = "model_required"       # no model named and the tenant has several
     MODEL_NOT_FOUND = "model_not_found"     # the tenant may not use the model (or it does not exist)
+    WRONG_ENDPOINT = "wrong_endpoint"       # a model of the tenant's, sent to an endpoint of another kind
     NO_POOL = "no_pool"                     # the tenant's class may use no pool serving the model
     POOL_UNAVAILABLE = "pool_unavailable"   # the tenant's pools serve it, but none is ready
     REQUEST_TOO_LARGE = "request_too_large"  # prompt or max_tokens over the tenant's caps

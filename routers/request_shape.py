@@ -37,6 +37,8 @@ ALLOWED_FIELDS: Mapping[str, frozenset[str]] = {
         "reasoning_effort", "add_generation_prompt", "continue_final_message", "chat_template_kwargs",
         "include_reasoning"}),
     "completions": _SHARED_OPENAI | _SHARED_VLLM | frozenset({"prompt", "suffix"}),
+    # OpenAI's embedding fields, and vLLM's truncation (a long document is cut, not refused).
+    "embeddings": frozenset({"model", "input", "encoding_format", "dimensions", "user", "truncate_prompt_tokens"}),
 }
 
 # Why some fields vLLM accepts are not offered (for the 400's message and the docs' table).
@@ -62,6 +64,9 @@ MAX_CHOICES = 256                # structured_outputs.choice
 # A request's sequences per class, when the config names no bound (OpenAI's own n has no
 # small limit; a facility pool's batch is what one request must not take alone).
 DEFAULT_MAX_SEQUENCES = 4
+# Texts per embeddings request, when the config names no bound: a document indexer sends
+# batches (OpenAI takes up to 2048); each text is a sequence in the engine's batch.
+DEFAULT_MAX_EMBEDDING_INPUTS = 64
 # Size bounds of what the engine compiles or scans per step (serialized JSON, bytes).
 MAX_COMPILED_BYTES = 16_384      # response_format, structured_outputs
 MAX_TOOLS_BYTES = 65_536         # tools (each becomes grammar when tool choice is named)
@@ -125,13 +130,20 @@ def check_shape(method: str, data: Mapping[str, Any], max_sequences: int) -> Req
         if error is not None:
             return error
     prompts = 1
-    if method == "completions":
-        prompt = data.get("prompt")
+    if method in ("completions", "embeddings"):
+        name = "prompt" if method == "completions" else "input"
+        prompt = data.get(name)
         if isinstance(prompt, list) and prompt and not all(isinstance(p, int) for p in prompt):
             prompts = len(prompt)  # a list of strings or of token lists: one sequence each
             if prompts > max_sequences:
-                return ShapeError("prompt", f"`prompt` lists {prompts} prompts; at most {max_sequences} "
-                                  "sequences per request are allowed.")
+                what = "prompts" if method == "completions" else "inputs"
+                return ShapeError(name, f"`{name}` lists {prompts} {what}; at most {max_sequences} "
+                                  "per request are allowed.")
+        if method == "embeddings" and not _is_text_or_tokens(prompt):
+            # vLLM also reads a list of chat messages here (rendered with the chat template):
+            # not offered, and its tokens could not be counted for the quota beforehand.
+            return ShapeError("input", "`input` must be a text, a list of texts, token ids, or a list of "
+                              "token-id lists, and not empty.")
     n = data.get("n")
     n = n if isinstance(n, int) and not isinstance(n, bool) else 1  # else the request model's 400
     if n < 1:
@@ -147,6 +159,19 @@ def check_shape(method: str, data: Mapping[str, Any], max_sequences: int) -> Req
         if limit is not None and isinstance(value, int) and not isinstance(value, bool) and value > limit:
             return ShapeError(name, f"`{name}` is {value}; at most {limit} is allowed.")
     return _check_sizes(data) or RequestShape(sequences, prompts)
+
+
+def _is_text_or_tokens(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    if not isinstance(value, list) or not value:
+        return False
+    if all(isinstance(v, str) for v in value):
+        return True
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return True
+    return all(isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+               for v in value)
 
 
 def _check_int(data: Mapping[str, Any], name: str) -> ShapeError | None:
@@ -172,7 +197,7 @@ def _check_sizes(data: Mapping[str, Any]) -> ShapeError | None:
         value = data.get(name)
         if isinstance(value, list) and len(value) > MAX_TOKEN_ID_LIST:
             return ShapeError(name, f"`{name}` has {len(value)} entries; at most {MAX_TOKEN_ID_LIST}.")
-    for name in ("prompt", "stop_token_ids", "allowed_token_ids"):
+    for name in ("prompt", "input", "stop_token_ids", "allowed_token_ids"):
         if _has_bad_token_id(data.get(name)):
             return ShapeError(name, f"`{name}` holds a token id below 0 or above {MAX_INT}.")
     bias = data.get("logit_bias")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Mapping
 
-from routers.request_shape import DEFAULT_MAX_SEQUENCES
+from routers.request_shape import DEFAULT_MAX_EMBEDDING_INPUTS, DEFAULT_MAX_SEQUENCES
 
 
 class TenantClass(StrEnum):
@@ -41,12 +41,14 @@ class ClassPolicy:
         priority: vLLM request priority (priority band); lower values are scheduled first.
         max_sequences: sequences one request may ask for (``n``, beam width, prompt lists).
         max_request_s: longest a request may run, queueing included; None: no limit.
+        max_embedding_inputs: texts one embeddings request may send (each a sequence).
     """
 
     pools: frozenset[str]
     priority: int = 0
     max_sequences: int = DEFAULT_MAX_SEQUENCES
     max_request_s: float | None = None
+    max_embedding_inputs: int = DEFAULT_MAX_EMBEDDING_INPUTS
 
 
 @dataclass(frozen=True)

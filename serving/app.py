@@ -26,7 +26,7 @@ from serving.admission.admission_controller import AdmissionController
 from serving.config import PlatformConfig, load_config
 from serving.config.domains import FrontDoorPlacement, domain_config, front_door_placement
 from serving.config.energy_specs import GOVERNOR_DEPLOYMENT
-from serving.engine.engines import EngineDeployment, engine_deployments
+from serving.engine.engines import EngineDeployment, engine_args_for, engine_deployments, is_embedding_model
 from serving.frontdoor.direct_server import FrontDoorLLMServer
 from serving.frontdoor.front_door import FrontDoorSettings
 from serving.frontdoor.ingress import OpenAIIngress
@@ -108,9 +108,11 @@ def build_domain_app(config: PlatformConfig, domain: str) -> Application:
     secrets and pools are not in it. Each (pool, model) is its own deployment, named
     ``<pool>--...``, and the front door admits a tenant's requests only to pools of its class.
 
-    Where the domain serves one model in one pool and ``serve.token_path`` is ``direct``,
-    the engine deployment is itself the front door (``FrontDoorLLMServer``): no Python
-    process relays its streams. Otherwise an ``OpenAIIngress`` relays to the engines.
+    Where the domain serves one chat model in one pool and ``serve.token_path`` is
+    ``direct``, that engine deployment is itself the front door (``FrontDoorLLMServer``): no
+    Python process relays its streams; it reaches the domain's embedding engines, whose
+    answers are whole responses, over handles. Otherwise an ``OpenAIIngress`` relays to the
+    engines.
     """
     config = domain_config(config, domain)
     placement = front_door_placement(config, config.domain(domain))
@@ -118,9 +120,10 @@ def build_domain_app(config: PlatformConfig, domain: str) -> Application:
     engines = engine_deployments(config)
     settings = front_door_settings(config, domain, engines)
     if uses_direct_token_path(config):
-        [engine] = engines
+        [engine] = [e for e in engines if not e.is_embedding]
+        others = {Route(e.pool, e.model_id): e.bind() for e in engines if e.is_embedding}
         return engine.bind(FrontDoorLLMServer, pool=engine.pool, admission_controller=admission_controller,
-                           front_door=settings, cpu_nice=placement.cpu_nice)
+                           front_door=settings, cpu_nice=placement.cpu_nice, other_engines=others)
     ingress = serve.deployment(OpenAIIngress, name="OpenAIIngress",
                                **_on_domain_nodes(config.ingress.deployment, placement.ray_resources))
     return ingress.bind({Route(e.pool, e.model_id): e.bind() for e in engines},
@@ -130,14 +133,16 @@ def build_domain_app(config: PlatformConfig, domain: str) -> Application:
 
 def uses_direct_token_path(config: PlatformConfig) -> bool:
     """Whether a domain's cut of the config gets the direct layout: ``serve.token_path`` is
-    ``direct`` and the domain serves exactly one (pool, model) route."""
-    routes = sum(len(p.models) for p in config.pools)
+    ``direct`` and the domain serves exactly one (pool, model) route of a chat model (its
+    embedding models may be beside it)."""
+    routes = sum(1 for p in config.pools for m in p.models if not is_embedding_model(engine_args_for(p, config.model(m))))
     return config.serve.token_path == "direct" and routes == 1
 
 
 def front_door_settings(config: PlatformConfig, domain: str, engines: list[EngineDeployment]) -> FrontDoorSettings:
     """The front door of ``domain`` (its cut of the config) in front of ``engines``."""
     cards = {e.model_id: {"max_model_len": e.engine_args.get("max_model_len")} for e in engines}
+    embedding_models = frozenset(e.model_id for e in engines if e.is_embedding)
     # Token counting (gRPC CountTokens) needs the tokenizer on the front door's node: local
     # model directories have it; object-store models are only mirrored onto engine nodes.
     tokenizers = {e.model_id: str(Path(e.model_source) / "tokenizer.json") for e in engines
@@ -147,7 +152,7 @@ def front_door_settings(config: PlatformConfig, domain: str, engines: list[Engin
                              tenancy=config.tenancy(), key_file=auth.resolved_key_file(domain),
                              cache_salt_secret_file=auth.resolved_cache_salt_secret_file(domain),
                              key_reload_interval_s=auth.key_reload_interval_s, ledger=config.ledger,
-                             tokenizer_files=tokenizers, quotas=quotas_of(config))
+                             tokenizer_files=tokenizers, quotas=quotas_of(config), embedding_models=embedding_models)
 
 
 def bind_admission_controller(config: PlatformConfig, placement: FrontDoorPlacement) -> Application:

@@ -17,9 +17,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models_prepare(args: argparse.Namespace) -> int:
-    from serving.engine.default_model import prepare_default_model
+    from serving.engine.default_model import builtin_models, prepare_builtin_model
 
-    prepare_default_model(force=args.force)
+    for name in args.names or sorted(builtin_models()):
+        prepare_builtin_model(name, force=args.force)
     return 0
 
 
@@ -229,7 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     models = commands.add_parser("models", help="manage model weights").add_subparsers(dest="action", required=True)
-    prepare = models.add_parser("prepare", help="fetch and convert the default model (idempotent)")
+    prepare = models.add_parser("prepare", help="fetch and convert the built-in models (idempotent)")
+    prepare.add_argument("names", nargs="*", metavar="NAME", help=(
+        "built-in models to prepare (default: all): smollm2-135m-instruct (chat), multilingual-e5-small "
+        "(embeddings)"))
     prepare.add_argument("--force", action="store_true", help="rebuild even if a verified copy exists")
     prepare.set_defaults(run=_models_prepare)
 

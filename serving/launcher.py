@@ -68,10 +68,13 @@ def serve_locally(config: PlatformConfig) -> int:
     except (PortInUseError, OSError) as err:
         _say(f"start-up failed: {err}")
         return 1
-    if any(m.source.startswith(BUILTIN_SCHEME) for m in config.models):
-        from serving.engine.default_model import prepare_default_model
+    builtins = sorted({m.source.removeprefix(BUILTIN_SCHEME) for m in config.models
+                       if m.source.startswith(BUILTIN_SCHEME)})
+    if builtins:
+        from serving.engine.default_model import prepare_builtin_model
 
-        prepare_default_model()
+        for name in builtins:
+            prepare_builtin_model(name)
 
     import ray
     from ray import serve

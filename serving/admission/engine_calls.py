@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from routers import Route
 
 # Engine methods of FabriekLLMServer that answer OpenAI requests.
-ENGINE_METHODS = ("chat", "completions")
+ENGINE_METHODS = ("chat", "completions", "embeddings")
 
 
 class EngineStream(Protocol):
@@ -108,6 +108,31 @@ class InProcessCalls:
 
     def energy(self, route: Route, request_id: str, prompt_tokens: int, completion_tokens: int) -> float | None:
         return self._server.energy_of(request_id, prompt_tokens, completion_tokens)
+
+
+class RoutedCalls:
+    """The direct layout with engines besides its own: this process's engine in-process,
+    the domain's other engines (its embedding pools) over handles.
+
+    Args:
+        own: the replica's own engine (``InProcessCalls``).
+        others: the domain's other engines (``HandleCalls``); their answers are whole
+            responses, not streams, so only one message crosses back per request.
+    """
+
+    def __init__(self, own: InProcessCalls, others: HandleCalls):
+        self.routes = own.routes + others.routes
+        self._own, self._others = own, others
+        self._owner = {r: own for r in own.routes} | {r: others for r in others.routes}
+
+    def stream(self, route: Route, method: str, body: Any) -> EngineStream:
+        return self._owner[route].stream(route, method, body)
+
+    def probes(self) -> Mapping[Route, Callable[[], Awaitable[Any]]]:
+        return {**self._own.probes(), **self._others.probes()}
+
+    def energy(self, route: Route, request_id: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        return self._owner[route].energy(route, request_id, prompt_tokens, completion_tokens)
 
 
 _END = object()

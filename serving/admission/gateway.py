@@ -21,6 +21,7 @@ from opentelemetry.trace import Span
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
+from ray.llm._internal.serve.core.configs.openai_api_models import EmbeddingCompletionRequest
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
@@ -44,9 +45,9 @@ from serving.admission.token_counter import TokenCounter
 
 logger = logging.getLogger("fabriek.gateway")
 
-OpenAIRequest = ChatCompletionRequest | CompletionRequest
+OpenAIRequest = ChatCompletionRequest | CompletionRequest | EmbeddingCompletionRequest
 # Engine methods of FabriekLLMServer that answer OpenAI requests, and their GenAI operation names.
-OPERATIONS = {"chat": "chat", "completions": "text_completion"}
+OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
 # The metric label of a model the domain does not serve: client-chosen strings never
 # become label values (each would be a new Prometheus series).
 OTHER_MODEL = "other"
@@ -130,17 +131,23 @@ class Gateway:
         quotas: tenant id -> its quota (the same limits the controller enforces); here for
             the ``max_tokens`` cap and to know whose prompts must be counted.
         max_model_lens: model id -> context length, to bound a reservation without ``max_tokens``.
+        embedding_models: the models served by a pooling runner (``/v1/embeddings``).
     """
 
     def __init__(self, engines: EngineCalls, *, domain: str, tenancy: Tenancy, key_file: Path,
                  cache_salt_secret_file: Path, key_reload_interval_s: float,
                  admission_controller: DeploymentHandle, ledger: LedgerSpec, token_counter: TokenCounter,
-                 quotas: Mapping[str, QuotaLimits], max_model_lens: Mapping[str, int | None]):
+                 quotas: Mapping[str, QuotaLimits], max_model_lens: Mapping[str, int | None],
+                 embedding_models: frozenset[str] = frozenset()):
         self._engines = engines
         self.readiness = EngineReadiness(engines.probes())
         self._tenancy = tenancy
         self._controller = admission_controller
         self._models = frozenset(r.model_id for r in engines.routes)
+        # Which models answer which endpoints: embeddings, or chat and completions.
+        self._endpoint_models = {"embeddings": frozenset(embedding_models),
+                                 "chat": self._models - embedding_models,
+                                 "completions": self._models - embedding_models}
         self._access = TenantAccess(tenancy, engines.routes, key_file=key_file,
                                     cache_salt_secret_file=cache_salt_secret_file,
                                     key_reload_interval_s=key_reload_interval_s)
@@ -189,9 +196,11 @@ class Gateway:
         """The pools the tenant's class may use."""
         return self._tenancy.pools_for(tenant)
 
-    def max_sequences(self, tenant: Tenant) -> int:
-        """Sequences one request of the tenant may ask for (its class's bound)."""
-        return self._tenancy.policy_for(tenant).max_sequences
+    def max_sequences(self, tenant: Tenant, method: str = "chat") -> int:
+        """Sequences one request of the tenant may ask for (its class's bound): for
+        ``embeddings``, the texts one request may send."""
+        policy = self._tenancy.policy_for(tenant)
+        return policy.max_embedding_inputs if method == "embeddings" else policy.max_sequences
 
     def count_refusal(self, tenant: Tenant) -> None:
         """A request of the tenant refused before admission (a field the platform does not
@@ -204,7 +213,9 @@ class Gateway:
         Raises:
             Refused: as ``TenantAccess.admit``, except POOL_UNAVAILABLE.
         """
-        return self._access.admit(tenant, model_id, lambda route: True)
+        # Named or not, a chat model by default (a tenant with one embedding model beside).
+        return self._access.admit(tenant, model_id, lambda route: True,
+                                  None if model_id else self._endpoint_models["chat"])
 
     @contextlib.asynccontextmanager
     async def request(self, tenant: Tenant, body: OpenAIRequest, method: str,
@@ -283,7 +294,8 @@ class Gateway:
                      span: Span, sequences: int, deadline: float | None) -> tuple[EngineAnswer, Visit]:
         request_id = f"fabriek-{uuid.uuid4().hex}"
         try:
-            admission = self._access.admit(tenant, body.model, self.readiness.is_ready)
+            admission = self._access.admit(tenant, body.model, self.readiness.is_ready,
+                                           self._endpoint_models.get(method))
         except Refused as refused:
             self.count_refusal(tenant)
             model_label = body.model if body.model in self._models else OTHER_MODEL
@@ -367,11 +379,15 @@ class Gateway:
         if method == "chat":
             return self._prompt_tokens.count_chat(model_id, [m if isinstance(m, dict) else dict(m)
                                                              for m in body.messages])
+        if method == "embeddings":
+            return self._prompt_tokens.count_completion(model_id, body.input)
         return self._prompt_tokens.count_completion(model_id, body.prompt)
 
     def _limit_output(self, body: OpenAIRequest, tenant: Tenant, prompt_tokens: int) -> int:
         """The most tokens the request may generate, for its reservation; a tenant's cap
-        becomes the request's ``max_tokens`` when it names none."""
+        becomes the request's ``max_tokens`` when it names none. An embedding generates none."""
+        if not hasattr(body, "max_tokens"):
+            return 0
         asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
         if asked is not None:
             return asked
@@ -391,7 +407,7 @@ def _ask_for_usage(body: OpenAIRequest) -> tuple[bool, bool]:
         (the client did not ask for usage: drop the usage event; the client did not ask for
         continuous usage: cut it out of the other events).
     """
-    if not body.stream:
+    if not getattr(body, "stream", False):
         return False, False
     options = body.stream_options
     wants_usage = bool(options is not None and options.include_usage)

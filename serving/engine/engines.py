@@ -19,7 +19,7 @@ from serving.records import tracing
 from serving.engine.cpu_affinity import POOL_NICE_ENV
 from serving.config import (BUILTIN_SCHEME, OBJECT_STORE_SCHEMES, POOL_RESOURCE_PER_REPLICA, ModelSpec,
                             PlatformConfig, PoolSpec)
-from serving.engine.default_model import DEFAULT_MODEL_NAME, ModelPrepareError, default_model_dir, verify_model_dir
+from serving.engine.default_model import ModelPrepareError, builtin_model_dir, builtin_models, verify_model_dir
 from serving.config.energy_specs import EnergySpec
 from serving.engine.energy_sampler import ENERGY_KEY, EnergySettings
 from serving.engine.llm_server import MAX_REQUEST_S_KEY, FabriekLLMServer
@@ -43,6 +43,11 @@ class EngineDeployment:
     def engine_args(self) -> dict[str, Any]:
         return self.llm_config.engine_kwargs
 
+    @property
+    def is_embedding(self) -> bool:
+        """Whether it serves embeddings (vLLM's pooling runner), not chat and completions."""
+        return is_embedding_model(self.engine_args)
+
     def bind(self, deployment_cls: type[FabriekLLMServer] = FabriekLLMServer, **kwargs: Any) -> Application:
         """The deployment, named ``<pool>--<model>``, of ``deployment_cls`` (``FabriekLLMServer``,
         or a subclass that is also the domain's front door, given ``kwargs``)."""
@@ -59,15 +64,20 @@ def resolve_model_source(model: ModelSpec) -> str | dict[str, str]:
     source = model.source
     if source.startswith(BUILTIN_SCHEME):
         name = source.removeprefix(BUILTIN_SCHEME)
-        if name != DEFAULT_MODEL_NAME:
+        if name not in builtin_models():
             raise ModelPrepareError(f"models[{model.id}].source: unknown built-in model {name!r}; "
-                                    f"the only one is {DEFAULT_MODEL_NAME!r}")
-        path = default_model_dir()
+                                    f"the built-in models are {sorted(builtin_models())}")
+        path = builtin_model_dir(name)
         verify_model_dir(path)
         return str(path)
     if source.startswith(OBJECT_STORE_SCHEMES):
         return {"bucket_uri": source}
     return str(Path(source).expanduser().resolve())
+
+
+def is_embedding_model(engine_args: dict[str, Any]) -> bool:
+    """Whether engine arguments run vLLM's pooling runner (``runner: pooling``): an embedding model."""
+    return engine_args.get("runner") == "pooling"
 
 
 def engine_args_for(pool: PoolSpec, model: ModelSpec) -> dict[str, Any]:

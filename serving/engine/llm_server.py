@@ -240,6 +240,10 @@ class FabriekLLMServer(LLMServer):
         """``LLMServer.completions``, its first item stamped with this replica's identity."""
         return self._stamped(await super().completions(request, _with_trace_headers(raw_request_info)))
 
+    async def embeddings(self, request, raw_request_info=None) -> AsyncGenerator[Any, None]:
+        """``LLMServer.embeddings`` (one whole response), stamped with this replica's identity."""
+        return self._stamped(await super().embeddings(request, _with_trace_headers(raw_request_info)))
+
     async def probe_engine(self) -> None:
         """A health probe that reaches vLLM's engine core process and back.
 

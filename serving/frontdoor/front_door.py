@@ -25,6 +25,7 @@ from ray import serve
 from ray.exceptions import TaskCancelledError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
+from ray.llm._internal.serve.core.configs.openai_api_models import EmbeddingCompletionRequest
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -81,6 +82,7 @@ class FrontDoorSettings:
         tokenizer_files: model id -> its ``tokenizer.json`` on this node, for token counting.
         ledger: where the usage ledger is (its URL is resolved in the replica).
         quotas: tenant id -> its quota (caps, and whose prompts to count).
+        embedding_models: the model ids served by a pooling runner (``/v1/embeddings``).
     """
 
     model_cards: Mapping[str, dict]
@@ -93,6 +95,7 @@ class FrontDoorSettings:
     key_reload_interval_s: float = 1.0
     tokenizer_files: Mapping[str, str] = field(default_factory=dict)
     quotas: Mapping[str, QuotaLimits] = field(default_factory=dict)
+    embedding_models: frozenset[str] = frozenset()
 
 
 class FrontDoor:
@@ -116,7 +119,8 @@ class FrontDoor:
                                 key_reload_interval_s=settings.key_reload_interval_s,
                                 admission_controller=admission_controller, ledger=settings.ledger,
                                 token_counter=token_counter, quotas=settings.quotas,
-                                max_model_lens={m: c.get("max_model_len") for m, c in self._model_cards.items()})
+                                max_model_lens={m: c.get("max_model_len") for m, c in self._model_cards.items()},
+                                embedding_models=settings.embedding_models)
         self._max_request_bytes = settings.max_request_bytes
         self._grpc = InferenceService(self._gateway, self._model_cards, token_counter)
         self._replica_id = serve.get_replica_context().replica_id.unique_id
@@ -129,6 +133,8 @@ class FrontDoor:
         app.add_api_route("/v1/chat/completions", self.http_chat, methods=["POST"], **completion_route_docs("chat"))
         app.add_api_route("/v1/completions", self.http_completions, methods=["POST"],
                           **completion_route_docs("completions"))
+        app.add_api_route("/v1/embeddings", self.http_embeddings, methods=["POST"],
+                          **completion_route_docs("embeddings"))
         app.add_api_route("/v1/models", self.http_models, methods=["GET"], response_model=ModelList,
                           **tenant_route_docs())
         app.add_api_route("/v1/models/{model_id:path}", self.http_model, methods=["GET"], response_model=ModelCard,
@@ -157,6 +163,10 @@ class FrontDoor:
     async def http_completions(self, request: Request) -> Response:
         """OpenAI text completions, streamed (SSE) or not."""
         return await self._relay(request, CompletionRequest, "completions")
+
+    async def http_embeddings(self, request: Request) -> Response:
+        """OpenAI embeddings of one text or a list of them."""
+        return await self._relay(request, EmbeddingCompletionRequest, "embeddings")
 
     async def http_models(self, request: Request) -> ModelList:
         """The models the calling tenant may use."""
@@ -196,7 +206,7 @@ class FrontDoor:
         tenant = await self._gateway.authenticate(request.headers.get("authorization"))  # before the body
         try:
             data = await read_json_object(request, self._max_request_bytes)
-            body, shape = validate_openai_request(data, model, method, self._gateway.max_sequences(tenant))
+            body, shape = validate_openai_request(data, model, method, self._gateway.max_sequences(tenant, method))
             if method == "chat":
                 try:
                     body = _sanitize_chat_completion_request(body)
@@ -267,6 +277,10 @@ class FrontDoor:
                           grpc_context: RayServegRPCContext) -> pb.CountTokensResponse:
         """RPC ``CountTokens``: tokens of a text under the model's tokenizer."""
         return await self._grpc.count_tokens(request, grpc_context)
+
+    async def Embed(self, request: pb.EmbedRequest, grpc_context: RayServegRPCContext) -> pb.EmbedResponse:  # noqa: N802
+        """RPC ``Embed``: embedding vectors of texts."""
+        return await self._grpc.embed(request, grpc_context)
 
 
 def energy_text(joules: float) -> str:

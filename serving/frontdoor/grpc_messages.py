@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from ray.llm._internal.serve.core.configs.openai_api_models import EmbeddingCompletionRequest
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 # Ray's workaround for a pydantic bug that leaves unpicklable iterators in chat
@@ -158,6 +159,30 @@ def completion_request(message: pb.CompletionRequest, *, stream: bool,
     refuse_unknown_fields(message)
     return validate_openai_request(_body(message, stream, prompt=message.prompt), CompletionRequest,
                                    "completions", max_sequences)
+
+
+def embed_request(message: pb.EmbedRequest, *, stream: bool = False,
+                  max_sequences: int) -> tuple[EmbeddingCompletionRequest, Any]:
+    """vLLM's embedding request for ``message``, and its shape (``routers.request_shape``).
+
+    Raises:
+        APIError: 400 for no inputs or a field vLLM refuses.
+    """
+    refuse_unknown_fields(message)
+    if not message.inputs:
+        raise APIError(400, "inputs: at least one text is required", param="inputs")
+    body: dict[str, Any] = {"model": message.model or None, "input": list(message.inputs)}
+    if message.HasField("dimensions"):
+        body["dimensions"] = message.dimensions
+    return validate_openai_request(body, EmbeddingCompletionRequest, "embeddings", max_sequences)
+
+
+def embed_response(response: Any) -> pb.EmbedResponse:
+    """``pb.EmbedResponse`` from vLLM's ``EmbeddingResponse`` (float vectors)."""
+    vectors = sorted(response.data, key=lambda d: d.index)
+    return pb.EmbedResponse(id=response.id, model=response.model,
+                            embeddings=[pb.Embedding(values=v.embedding) for v in vectors],
+                            usage=usage(response.usage))
 
 
 # The OpenAI name of max_tokens per request kind (chat deprecates `max_tokens`).

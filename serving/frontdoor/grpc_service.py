@@ -34,7 +34,7 @@ ENERGY_KEY = "x-fabriek-energy-j"  # joules, where measured (as the HTTP header)
 
 StreamMessage = pb.ChatStreamResponse | pb.CompletionStreamResponse
 # The request message of each engine method, as the RPCs send it.
-REQUEST_MESSAGES = {"chat": pb.ChatRequest, "completions": pb.CompletionRequest}
+REQUEST_MESSAGES = {"chat": pb.ChatRequest, "completions": pb.CompletionRequest, "embeddings": pb.EmbedRequest}
 
 
 class InferenceService:
@@ -60,6 +60,11 @@ class InferenceService:
         """A whole text completion."""
         return await self._unary(request, context, "completions", grpc_messages.completion_request,
                                  grpc_messages.completion_response, pb.CompletionResponse)
+
+    async def embed(self, request: pb.EmbedRequest, context: RayServegRPCContext) -> pb.EmbedResponse:
+        """Embedding vectors of the request's texts."""
+        return await self._unary(request, context, "embeddings", grpc_messages.embed_request,
+                                 grpc_messages.embed_response, pb.EmbedResponse)
 
     def chat_stream(self, request: pb.ChatRequest, context: RayServegRPCContext) -> AsyncIterator[StreamMessage]:
         """A chat answer, streamed batch by batch as the engine produces it."""
@@ -117,7 +122,7 @@ class InferenceService:
             set_refused(context, refused)
             return None
         try:
-            body, shape = build(request, stream=stream, max_sequences=self._gateway.max_sequences(tenant))
+            body, shape = build(request, stream=stream, max_sequences=self._gateway.max_sequences(tenant, method))
         except APIError as err:
             self._gateway.count_refusal(tenant)
             set_error(context, code_for_http_status(err.status), err.message)

@@ -19,6 +19,7 @@ from serving.admission.tenant_access import Refused
 CODE_BY_REASON = {
     RejectionReason.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     RejectionReason.MODEL_REQUIRED: grpc.StatusCode.INVALID_ARGUMENT,
+    RejectionReason.WRONG_ENDPOINT: grpc.StatusCode.INVALID_ARGUMENT,
     RejectionReason.MODEL_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     RejectionReason.NO_POOL: grpc.StatusCode.PERMISSION_DENIED,
     RejectionReason.POOL_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,

@@ -111,9 +111,10 @@ def test_serve_config_passes_ray_serves_schema_and_builds_every_domains_app(rend
         *((d, route_prefix(d), "serving.app:build_app", d) for d in domains),
         ("fabriek-power", None, "serving.app:build_power_app", None)]
     if name == "local-cpu":
-        from serving.engine.default_model import prepare_default_model
+        from serving.engine.default_model import builtin_models, prepare_builtin_model
 
-        prepare_default_model(show_progress=False)
+        for builtin in builtin_models():
+            prepare_builtin_model(builtin, show_progress=False)
     try:
         for app in schema.applications:
             module, attr = app.import_path.split(":")
