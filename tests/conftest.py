@@ -35,6 +35,9 @@ QUOTA_TENANTS = {
     # tests/serving/test_e2e_fuzz.py: answers capped so that fuzzed requests finish fast.
     "fuzz": {"max_tokens": 16, "max_prompt_tokens": 256},
 }
+# Government test tenants of the embedding model (tests/serving/test_e2e_apps.py).
+EMBEDDING_MODEL_ID = "multilingual-e5-small"
+GOV_QUOTA_TENANTS = {"gov-embed-tpm": {"tokens_per_minute": 200}}
 # The package power of the session's energy counter (tests/serving/test_e2e_energy.py).
 PACKAGE_WATTS = 50.0
 
@@ -170,9 +173,10 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
     import yaml
 
     from serving.config import DEFAULT_CONFIG_PATH
-    from serving.engine.default_model import prepare_default_model
+    from serving.engine.default_model import builtin_models, prepare_builtin_model
 
-    prepare_default_model(show_progress=False)
+    for name in builtin_models():
+        prepare_builtin_model(name, show_progress=False)
     config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
     config["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
     home = tmp_path_factory.mktemp("config")
@@ -189,6 +193,8 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
     config["power_caps"] = [{"name": "grid-connection", "watts": "1MW", "scope": "platform"}]
     config["tenants"] += [{"id": tenant, "class": "commercial", "models": [MODEL_ID], "quota": quota}
                           for tenant, quota in QUOTA_TENANTS.items()]
+    config["tenants"] += [{"id": tenant, "class": "government", "models": [EMBEDDING_MODEL_ID], "quota": quota}
+                          for tenant, quota in GOV_QUOTA_TENANTS.items()]
     config_path = home / "platform.yaml"
     config_path.write_text(yaml.safe_dump(config))
     server = FabriekServer(
@@ -208,7 +214,7 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
 
     loaded = load_config(config_path)
     server.domain_of = {t.id: loaded.domain_of(t.id).name for t in loaded.tenants}
-    for tenant in (*DEMO_TENANTS, *QUOTA_TENANTS):
+    for tenant in (*DEMO_TENANTS, *QUOTA_TENANTS, *GOV_QUOTA_TENANTS):
         server.keys[tenant] = server.cli("keys", "create", "--tenant", tenant).splitlines()[-1]
     ready = threading.Event()
     threading.Thread(target=_collect_output, args=(server, ready), daemon=True).start()

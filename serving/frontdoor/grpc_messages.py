@@ -65,6 +65,10 @@ def refuse_unknown_fields(message: Message) -> None:
     for field, value in message.ListFields():
         if field.message_type is None:
             continue
+        if field.message_type.GetOptions().map_entry:  # a map (a Struct's fields): its values
+            if field.message_type.fields_by_name["value"].message_type is None:
+                continue
+            value = value.values()
         for item in (value if field.is_repeated else [value]):
             refuse_unknown_fields(item)
 
