@@ -335,6 +335,10 @@ def one_core_config(core: int, logs: Path, name: str) -> Path:
     config["pools"] = [pool]
     for spec in config["classes"].values():
         spec["pools"] = [pool["name"]]
+    # Only the pool's models (the chat model): the embedding pool is gone.
+    config["models"] = [m for m in config["models"] if m["id"] in pool["models"]]
+    for tenant in config["tenants"]:
+        tenant["models"] = [m for m in tenant["models"] if m in pool["models"]]
     config["local"]["system_cpus"] = str(core)
     own_files_and_ports(config, logs, name)
     path = logs / f"{name}-platform.yaml"

@@ -36,7 +36,12 @@ def local_cpu_values() -> dict[str, Any]:
     from serving.config import DEFAULT_CONFIG_PATH
 
     platform = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    return {"platform": platform, "workerGroups": {p["name"]: CPU_WORKER_GROUP for p in platform["pools"]}}
+    defaults = chart_defaults()["workerGroups"]
+    # A pool the chart has no default group for (government-embeddings) gets empty settings:
+    # null only removes a default that is there.
+    empty = {"nodeSelector": {}, "tolerations": [], "volumes": [], "volumeMounts": [], "envFrom": []}
+    return {"platform": platform, "workerGroups": {p["name"]: CPU_WORKER_GROUP if p["name"] in defaults
+                                                   else {**CPU_WORKER_GROUP, **empty} for p in platform["pools"]}}
 
 
 def chart_defaults() -> dict[str, Any]:

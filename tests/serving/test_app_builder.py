@@ -71,7 +71,12 @@ def _front_door_of(app: Application) -> tuple[set[str], FrontDoorSettings, Appli
     args, kwargs = _bound(app)
     if app._bound_deployment.func_or_class.__name__ == "OpenAIIngress":
         return {route.pool for route in args[0]}, kwargs["settings"], kwargs["admission_controller"]
-    return {kwargs["pool"]}, kwargs["front_door"], kwargs["admission_controller"]
+    others = {route.pool for route in (kwargs.get("other_engines") or {})}
+    return {kwargs["pool"], *others}, kwargs["front_door"], kwargs["admission_controller"]
+
+
+# The shipped config's pools per domain (government's document search has a pool of its own).
+OWN_POOLS = {"government": {"government", "government-embeddings"}, "commercial": {"commercial"}}
 
 
 @pytest.mark.parametrize("layout", ["direct", "relay"])
@@ -83,7 +88,7 @@ def test_a_domains_app_holds_only_its_own_tenants_pools_and_secrets(layout):
         app = build_app({"domain": domain, **({"config": _relay_config()} if layout == "relay" else {})})
         pools, settings, controller = _front_door_of(app)
         assert app._bound_deployment.name == (f"{domain}--{MODEL}" if layout == "direct" else "OpenAIIngress")
-        assert pools == {domain}
+        assert pools == OWN_POOLS[domain]
         assert settings.domain == domain
         assert settings.key_file == home / "domains" / domain / "api-keys.json"
         assert settings.cache_salt_secret_file == home / "domains" / domain / "cache-salt.secret"
@@ -93,7 +98,7 @@ def test_a_domains_app_holds_only_its_own_tenants_pools_and_secrets(layout):
         assert set(settings.quotas) == set(tenancy.tenants)
         controller_args, _ = _bound(controller)
         assert set(controller_args[0]) == set(tenancy.tenants)  # quotas: its own tenants only
-        assert {route.pool for route in controller_args[1]} == {domain}
+        assert {route.pool for route in controller_args[1]} == OWN_POOLS[domain]
         # Nothing anywhere in what the domain's processes are given names the other domain.
         assert f"domains/{other}" not in repr(_bound(app))
 
@@ -106,7 +111,7 @@ def test_a_domain_with_two_routes_keeps_the_relay_front_door():
     government = build_app({"config": inline, "domain": "government"})
     assert government._bound_deployment.name == "OpenAIIngress"
     pools, settings, _ = _front_door_of(government)
-    assert set(settings.model_cards) == {MODEL, "second-model"}
+    assert set(settings.model_cards) == {MODEL, "second-model", "multilingual-e5-small"}
     assert build_app({"config": inline, "domain": "commercial"})._bound_deployment.name == f"commercial--{MODEL}"
 
 
@@ -131,6 +136,17 @@ def test_front_door_is_placed_on_its_domains_nodes_and_cores():
         assert _bound(kwargs["admission_controller"])[1] == {"cores": frozenset({core}), "cpu_nice": nice}
 
 
+def test_the_direct_front_door_reaches_its_domains_embedding_engine_over_a_handle():
+    app = build_app({"domain": "government"})
+    assert app._bound_deployment.name == f"government--{MODEL}"
+    _, kwargs = _bound(app)
+    [(route, embedding)] = kwargs["other_engines"].items()
+    assert (route.pool, route.model_id) == ("government-embeddings", "multilingual-e5-small")
+    assert embedding._bound_deployment.name == "government-embeddings--multilingual-e5-small"
+    assert kwargs["front_door"].embedding_models == {"multilingual-e5-small"}
+    assert _bound(build_app({"domain": "commercial"}))[1]["other_engines"] == {}
+
+
 def test_builder_refuses_unknown_or_conflicting_args():
     with pytest.raises(ValueError, match="`config` or `config_path`"):
         build_app({"config_file": "x.yaml"})
@@ -140,10 +156,11 @@ def test_builder_refuses_unknown_or_conflicting_args():
 
 def test_one_model_on_two_pools_gives_two_deployments_pinned_to_their_pool():
     engines = engine_deployments(load_config(DEFAULT_CONFIG_PATH))
-    assert [(e.pool, e.model_id) for e in engines] == [("government", MODEL), ("commercial", MODEL)]
-    for engine, core in zip(engines, ["0", "1"]):
+    assert [(e.pool, e.model_id) for e in engines if not e.is_embedding] == [("government", MODEL),
+                                                                              ("commercial", MODEL)]
+    for engine, core in zip(engines, ["0", "0", "1"]):
         deployment = engine.bind()._bound_deployment
-        assert deployment.name == f"{engine.pool}--{MODEL}"
+        assert deployment.name == f"{engine.pool}--{engine.model_id}"
         # Every bundle, the replica's included, needs the pool's resource: nothing of the
         # pool can be placed on another pool's nodes.
         bundles = deployment._replica_config.placement_group_bundles

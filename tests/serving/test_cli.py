@@ -15,7 +15,7 @@ def test_serve_defaults_to_the_shipped_config():
 
 def test_config_check_reports_a_valid_config(capsys):
     assert main(["config", "check"]) == 0
-    assert "valid (1 model(s), 2 pool(s))" in capsys.readouterr().out
+    assert "valid (2 model(s), 3 pool(s))" in capsys.readouterr().out
 
 
 def test_config_check_names_the_problem_and_exits_2(tmp_path, capsys):
@@ -99,7 +99,7 @@ def test_config_check_warns_when_government_shares_a_domain_with_commercial(tmp_
     path.write_text(yaml.safe_dump(config))
     assert main(["config", "check", str(path)]) == 0
     captured = capsys.readouterr()
-    assert "  commercial-government: classes commercial, government; pools government, commercial" in captured.out
+    assert "  commercial-government: classes commercial, government; pools government, government-embeddings, commercial" in captured.out
     assert "domain 'commercial-government' holds both government and commercial tenants" in captured.err
 
 

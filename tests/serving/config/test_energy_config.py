@@ -34,7 +34,7 @@ def test_caps_take_watts_with_units_and_resolve_their_scope():
         {"name": "one", "watts": "1.2 MW", "scope": "pool:government"}]))
     grid, evening, one = config.power_caps
     assert grid.watts == 2500 and one.watts == 1.2e6
-    assert config.pools_in_scope(grid.scope) == {"government", "commercial"}
+    assert config.pools_in_scope(grid.scope) == {"government", "government-embeddings", "commercial"}
     assert config.pools_in_scope(evening.scope) == {"commercial"}
     assert evening.until_timestamp() is not None and grid.until_timestamp() is None
     # A domain's own cut carries no caps: they span domains and the power governor keeps them.

