@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import message_factory, text_format
+from google.protobuf import message_factory, struct_pb2, text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, Phase, given, settings
@@ -36,12 +36,23 @@ SERVICE = "fabriek.v1.InferenceService"
 RPCS: dict[str, tuple[type[Message], bool]] = {
     "Chat": (pb.ChatRequest, False), "ChatStream": (pb.ChatRequest, True),
     "Complete": (pb.CompletionRequest, False), "CompleteStream": (pb.CompletionRequest, True),
-    "ListModels": (pb.ListModelsRequest, False), "CountTokens": (pb.CountTokensRequest, False)}
+    "ListModels": (pb.ListModelsRequest, False), "CountTokens": (pb.CountTokensRequest, False),
+    "Embed": (pb.EmbedRequest, False)}
 FORBIDDEN = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS})
 _KEY_SHOWN = "$FABRIEK_KEY"
 _TIMEOUT_S = 120
 # Protobuf strings are UTF-8: no surrogates (the client refuses to serialize them).
 _TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=48)
+# JSON values for a google.protobuf.Struct (tool parameters, a response format's schema).
+_JSON = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | _TEXT,
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+                     max_leaves=8)
+
+
+def _struct(value: dict) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct
 # Metadata keys gRPC accepts from a client: lower case, not reserved (grpc-*), no pseudo-headers.
 _META_KEY = st.from_regex(r"\A[a-z0-9][a-z0-9_.-]{0,15}\Z").filter(
     lambda k: not k.startswith("grpc-") and k not in {"te", "content-type", "user-agent", "host"})
@@ -54,7 +65,9 @@ def message_strategy(descriptor: Descriptor, model: str | None, depth: int = 0) 
 
 
 def _field_strategy(field: FieldDescriptor, model: str | None, depth: int) -> st.SearchStrategy:
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
+    if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.full_name == "google.protobuf.Struct":
+        one = st.dictionaries(_TEXT, _JSON, max_size=4).map(_struct)
+    elif field.type == FieldDescriptor.TYPE_MESSAGE:
         message_class = message_factory.GetMessageClass(field.message_type)
         one = (message_strategy(field.message_type, model, depth + 1).map(lambda kw: message_class(**kw))
                if depth < 3 else st.just(message_class()))

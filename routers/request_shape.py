@@ -37,6 +37,12 @@ ALLOWED_FIELDS: Mapping[str, frozenset[str]] = {
         "reasoning_effort", "add_generation_prompt", "continue_final_message", "chat_template_kwargs",
         "include_reasoning"}),
     "completions": _SHARED_OPENAI | _SHARED_VLLM | frozenset({"prompt", "suffix"}),
+    # OpenAI's Responses fields that need no stored state, and vLLM's sampling extensions.
+    "responses": frozenset({
+        "model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream", "tools",
+        "tool_choice", "parallel_tool_calls", "text", "user", "metadata", "store", "truncation", "top_k",
+        "min_p", "seed", "stop", "presence_penalty", "frequency_penalty", "repetition_penalty",
+        "structured_outputs"}),
     # OpenAI's embedding fields, and vLLM's truncation (a long document is cut, not refused).
     "embeddings": frozenset({"model", "input", "encoding_format", "dimensions", "user", "truncate_prompt_tokens"}),
 }
@@ -52,6 +58,10 @@ REFUSED_FIELDS: Mapping[str, str] = {
     "chat_template": "would run a template of the caller's choosing in the engine",
     "prompt_embeds": "raw tensors into the engine",
     "prompt_logprobs": "a vocabulary-wide distribution per prompt token",
+    "previous_response_id": "no response is stored on this platform: send the conversation in `input`",
+    "background": "needs a stored response; none is stored on this platform",
+    "previous_input_messages": "send the conversation in `input`",
+    "prompt_cache_key": "the platform keeps each tenant's prefix cache to itself",
 }
 
 # The forms of vLLM's ``structured_outputs`` the platform offers (docs/api.md): each is
@@ -124,7 +134,7 @@ def check_shape(method: str, data: Mapping[str, Any], max_sequences: int) -> Req
     model = data.get("model")
     if isinstance(model, str) and len(model) > MAX_MODEL_ID_CHARS:
         return ShapeError("model", f"`model` is longer than {MAX_MODEL_ID_CHARS} characters.")
-    for name in ("n", "max_tokens", "max_completion_tokens", "min_tokens", "seed", "top_k",
+    for name in ("n", "max_tokens", "max_completion_tokens", "max_output_tokens", "min_tokens", "seed", "top_k",
                  "logprobs", "top_logprobs", "truncate_prompt_tokens"):
         error = _check_int(data, name)
         if error is not None:
@@ -211,6 +221,14 @@ def _check_sizes(data: Mapping[str, Any]) -> ShapeError | None:
         value = data.get(name)
         if value is not None and _json_size(value) > limit:
             return ShapeError(name, f"`{name}` is larger than {limit} bytes as JSON.")
+    if data.get("store") is True:
+        # OpenAI's default is to store; vLLM's store is off here (every class): an app that
+        # asks for it explicitly is told, rather than finding nothing later.
+        return ShapeError("store", "`store: true` is not offered: this platform keeps no response state; "
+                          "send the conversation in `input` (or leave `store` out).")
+    text = data.get("text")
+    if text is not None and _json_size(text) > MAX_COMPILED_BYTES:
+        return ShapeError("text", f"`text` is larger than {MAX_COMPILED_BYTES} bytes as JSON.")
     return _check_structured_outputs(data.get("structured_outputs")) or _check_tool_choice(data)
 
 
@@ -232,15 +250,16 @@ def _check_structured_outputs(value: Any) -> ShapeError | None:
 def _check_tool_choice(data: Mapping[str, Any]) -> ShapeError | None:
     """A named tool choice must name a tool the request defines (vLLM answers 500 otherwise)."""
     choice = data.get("tool_choice")
-    if not isinstance(choice, dict):
+    if not isinstance(choice, dict) or choice.get("type", "function") != "function":
         return None
+    # Chat names it as {"function": {"name": ...}}, the Responses API as {"name": ...}.
     function = choice.get("function")
-    name = function.get("name") if isinstance(function, dict) else None
+    name = function.get("name") if isinstance(function, dict) else choice.get("name")
     if not isinstance(name, str):
-        return ShapeError("tool_choice", "a named `tool_choice` must give `function.name`.")
-    tools = data.get("tools") or []
-    defined = {t.get("function", {}).get("name") for t in tools if isinstance(t, dict)
-               and isinstance(t.get("function"), dict)}
+        return ShapeError("tool_choice", "a named `tool_choice` must give the function's name.")
+    tools = data.get("tools") if isinstance(data.get("tools"), list) else []
+    defined = {(t["function"].get("name") if isinstance(t.get("function"), dict) else t.get("name"))
+               for t in tools if isinstance(t, dict)}
     if name not in defined:
         shown = name if len(name) <= 64 else name[:64] + "..."
         return ShapeError("tool_choice", f"`tool_choice` names the tool `{shown}`, which `tools` does not define.")

@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from routers import Route
 
 # Engine methods of FabriekLLMServer that answer OpenAI requests.
-ENGINE_METHODS = ("chat", "completions", "embeddings")
+ENGINE_METHODS = ("chat", "completions", "embeddings", "responses")
 
 
 class EngineStream(Protocol):

@@ -22,6 +22,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from ray.llm._internal.serve.core.configs.openai_api_models import EmbeddingCompletionRequest
+from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
@@ -39,15 +40,15 @@ from serving.engine.llm_server import Stamped
 from serving.records.metrics import PlatformMetrics
 from serving.admission.prompt_tokens import PromptTokenCounter
 from serving.admission.readiness import EngineReadiness
-from serving.admission.stream_usage import usage_of
+from serving.admission.stream_usage import answer_tokens, usage_of
 from serving.admission.tenant_access import Refused, TenantAccess
 from serving.admission.token_counter import TokenCounter
 
 logger = logging.getLogger("fabriek.gateway")
 
-OpenAIRequest = ChatCompletionRequest | CompletionRequest | EmbeddingCompletionRequest
+OpenAIRequest = ChatCompletionRequest | CompletionRequest | EmbeddingCompletionRequest | ResponsesRequest
 # Engine methods of FabriekLLMServer that answer OpenAI requests, and their GenAI operation names.
-OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
+OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings", "responses": "chat"}
 # The metric label of a model the domain does not serve: client-chosen strings never
 # become label values (each would be a new Prometheus series).
 OTHER_MODEL = "other"
@@ -92,6 +93,7 @@ class EngineAnswer:
     completion_tokens: int = 0
     energy_j: float | None = None
     energy_closed: bool = False
+    counted_prompt_tokens: int = 0  # the prompt as counted at admission (0: not counted)
 
     def settle(self, status: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         """Says how the answer ended, for its accounting when the request's block is left.
@@ -147,7 +149,8 @@ class Gateway:
         # Which models answer which endpoints: embeddings, or chat and completions.
         self._endpoint_models = {"embeddings": frozenset(embedding_models),
                                  "chat": self._models - embedding_models,
-                                 "completions": self._models - embedding_models}
+                                 "completions": self._models - embedding_models,
+                                 "responses": self._models - embedding_models}
         self._access = TenantAccess(tenancy, engines.routes, key_file=key_file,
                                     cache_salt_secret_file=cache_salt_secret_file,
                                     key_reload_interval_s=key_reload_interval_s)
@@ -275,8 +278,7 @@ class Gateway:
             answer.rest.cancel()
             if answer.status is None:
                 if answer.is_complete:  # produced in full, sent or not: charged as answered
-                    usage = getattr(answer.first, "usage", None)
-                    answer.settle(200, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+                    answer.settle(200, *answer_tokens(answer.first))
                 elif left_early:
                     answer.settle(CLIENT_CLOSED, *answer.produced())
                 else:
@@ -305,8 +307,10 @@ class Gateway:
         apply_tenant_fields(body, admission)
         body.request_id = request_id  # the engine's logs and metrics carry the same id
         route = admission.route
+        # A Responses stream has no running usage: what it charges a client that leaves early
+        # starts from the prompt counted here.
         prompt_tokens = (self._count_prompt(route.model_id, body, method)
-                         if tenant.id in self._counts_prompts else 0)
+                         if tenant.id in self._counts_prompts or method == "responses" else 0)
         max_tokens = self._limit_output(body, tenant, prompt_tokens) * sequences
         strips_usage, strips_continuous_usage = _ask_for_usage(body)
         tracing.mark_admitted(span, request_id=request_id, pool=route.pool,
@@ -335,6 +339,7 @@ class Gateway:
             raise
         answer.strips_usage, answer.strips_continuous_usage = strips_usage, strips_continuous_usage
         answer.sequences = sequences
+        answer.counted_prompt_tokens = prompt_tokens
         if answer.error is not None:
             answer.settle(answer.error.error.code)
         else:
@@ -381,19 +386,26 @@ class Gateway:
                                                              for m in body.messages])
         if method == "embeddings":
             return self._prompt_tokens.count_completion(model_id, body.input)
+        if method == "responses":
+            items = [{"role": "user", "content": body.input}] if isinstance(body.input, str) else [
+                item if isinstance(item, dict) else item.model_dump() for item in body.input]
+            if body.instructions:
+                items.append({"role": "system", "content": body.instructions})
+            return self._prompt_tokens.count_chat(model_id, items)
         return self._prompt_tokens.count_completion(model_id, body.prompt)
 
     def _limit_output(self, body: OpenAIRequest, tenant: Tenant, prompt_tokens: int) -> int:
         """The most tokens the request may generate, for its reservation; a tenant's cap
         becomes the request's ``max_tokens`` when it names none. An embedding generates none."""
-        if not hasattr(body, "max_tokens"):
+        field = "max_output_tokens" if isinstance(body, ResponsesRequest) else "max_tokens"
+        if not hasattr(body, field):
             return 0
-        asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        asked = getattr(body, "max_completion_tokens", None) or getattr(body, field)
         if asked is not None:
             return asked
         cap = self._max_tokens_caps.get(tenant.id)
         if cap is not None:
-            body.max_tokens = cap
+            setattr(body, field, cap)
             return cap
         max_model_len = self._max_model_lens.get(body.model)
         return max(0, max_model_len - prompt_tokens) if max_model_len else 0
@@ -407,7 +419,8 @@ def _ask_for_usage(body: OpenAIRequest) -> tuple[bool, bool]:
         (the client did not ask for usage: drop the usage event; the client did not ask for
         continuous usage: cut it out of the other events).
     """
-    if not getattr(body, "stream", False):
+    if not getattr(body, "stream", False) or isinstance(body, ResponsesRequest):
+        # A Responses stream always ends with its usage (`response.completed`).
         return False, False
     options = body.stream_options
     wants_usage = bool(options is not None and options.include_usage)

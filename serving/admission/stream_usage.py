@@ -11,6 +11,7 @@ of each event by position (``without_usage``), still without a parse.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 # The final usage event of a stream is the one chunk without choices.
 USAGE_ONLY = '"choices":[]'
@@ -39,6 +40,21 @@ def usage_of(event: str | None) -> tuple[int, int] | None:
     if not isinstance(usage, dict):
         return None
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+def answer_tokens(answer: Any) -> tuple[int, int]:
+    """(prompt, completion) tokens of a whole answer: its ``usage``, as chat and embeddings
+    name them (``prompt_tokens``) or as the Responses API does (``input_tokens``)."""
+    usage = getattr(answer, "usage", None)
+    if usage is None:
+        return 0, 0
+    prompt = getattr(usage, "prompt_tokens", None)
+    if prompt is None:
+        prompt = getattr(usage, "input_tokens", 0)
+    completion = getattr(usage, "completion_tokens", None)
+    if completion is None:
+        completion = getattr(usage, "output_tokens", 0)
+    return int(prompt or 0), int(completion or 0)
 
 
 def without_usage(event: str) -> str:

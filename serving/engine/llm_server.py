@@ -29,6 +29,7 @@ from typing import Any, AsyncGenerator, AsyncIterator, Generic, TypeVar
 from ray import serve
 from ray.llm._internal.serve.core.protocol import RawRequestInfo  # not re-exported by ray.serve.llm
 from ray.serve.llm import LLMServer
+from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 from vllm.utils.gc_utils import freeze_gc_heap
 
 from serving.config.energy_specs import GOVERNOR_DEPLOYMENT, POWER_APP
@@ -244,6 +245,26 @@ class FabriekLLMServer(LLMServer):
         """``LLMServer.embeddings`` (one whole response), stamped with this replica's identity."""
         return self._stamped(await super().embeddings(request, _with_trace_headers(raw_request_info)))
 
+    async def responses(self, request, raw_request_info=None) -> AsyncGenerator[Any, None]:
+        """The Responses API by vLLM's own serving object (Ray Serve LLM has no method for it):
+        a whole ``ResponsesResponse``, an ``ErrorResponse``, or batches of SSE events
+        (``event: <type>`` and its JSON, as vLLM's server writes them), stamped like chat."""
+        return self._stamped(self._responses(request))
+
+    async def _responses(self, request) -> AsyncGenerator[Any, None]:
+        # Ray's VLLMEngine keeps vLLM's app state here (tests/serving/engine/test_private_hooks.py).
+        serving = getattr(self.engine._app_state, "openai_serving_responses", None)
+        if serving is None:
+            yield ErrorResponse(error=ErrorInfo(message="This model does not serve the Responses API.",
+                                                type="NotFoundError", code=404))
+            return
+        answer = await serving.create_responses(request, raw_request=None)
+        if not isinstance(answer, AsyncGenerator):
+            yield answer  # a whole response, or an error
+            return
+        async for batch in self._batch_output_stream(_responses_events(answer)):
+            yield batch
+
     async def probe_engine(self) -> None:
         """A health probe that reaches vLLM's engine core process and back.
 
@@ -274,6 +295,13 @@ class FabriekLLMServer(LLMServer):
     def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
         # Ray's setting (experimental_configs.stream_batching_interval_ms, 50 ms default).
         return FirstChunkBatcher(generator, self._get_batch_interval_ms() / 1000).stream()
+
+
+async def _responses_events(events: AsyncIterator[Any]) -> AsyncGenerator[str, None]:
+    """vLLM's Responses stream events as server-sent events (vLLM's own router's format)."""
+    async for event in events:
+        data = event.model_dump_json(indent=None, by_alias=True)
+        yield f"event: {getattr(event, 'type', 'unknown')}\ndata: {data}\n\n"
 
 
 class _GovernorReports:

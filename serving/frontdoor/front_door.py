@@ -26,6 +26,7 @@ from ray.exceptions import TaskCancelledError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 from ray.llm._internal.serve.core.configs.openai_api_models import EmbeddingCompletionRequest
+from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -133,6 +134,8 @@ class FrontDoor:
         app.add_api_route("/v1/chat/completions", self.http_chat, methods=["POST"], **completion_route_docs("chat"))
         app.add_api_route("/v1/completions", self.http_completions, methods=["POST"],
                           **completion_route_docs("completions"))
+        app.add_api_route("/v1/responses", self.http_responses, methods=["POST"],
+                          **completion_route_docs("responses"))
         app.add_api_route("/v1/embeddings", self.http_embeddings, methods=["POST"],
                           **completion_route_docs("embeddings"))
         app.add_api_route("/v1/models", self.http_models, methods=["GET"], response_model=ModelList,
@@ -163,6 +166,10 @@ class FrontDoor:
     async def http_completions(self, request: Request) -> Response:
         """OpenAI text completions, streamed (SSE) or not."""
         return await self._relay(request, CompletionRequest, "completions")
+
+    async def http_responses(self, request: Request) -> Response:
+        """OpenAI Responses, streamed (SSE) or not; no response is stored."""
+        return await self._relay(request, ResponsesRequest, "responses")
 
     async def http_embeddings(self, request: Request) -> Response:
         """OpenAI embeddings of one text or a list of them."""
@@ -235,8 +242,10 @@ class FrontDoor:
             if answer.error is not None:
                 error = answer.error.error
                 return error_response(error.code, error.message, param=error.param, headers=headers)
-            # A complete, non-streamed response; serialize once, here.
-            return Response(answer.first.model_dump_json(), media_type="application/json", headers=headers)
+            # A complete, non-streamed response; serialize once, here (the Responses API's
+            # models have aliased fields, as vLLM's server writes them).
+            return Response(answer.first.model_dump_json(by_alias=method == "responses"),
+                            media_type="application/json", headers=headers)
         return StreamingResponse(lifecycle, media_type="text/event-stream", headers=headers)
 
     async def _answer_events(self, tenant, body: OpenAIRequest, method: str, sequences: int) -> AsyncIterator:
@@ -244,7 +253,8 @@ class FrontDoor:
         async with self._gateway.request(tenant, body, method, "http", sequences) as answer:
             yield answer
             if answer.error is None and not answer.is_complete:
-                async for packet in _server_sent_events(answer, self._gateway.close_energy):
+                relay = _response_events if method == "responses" else _server_sent_events
+                async for packet in relay(answer, self._gateway.close_energy):
                     yield packet
 
     # --- gRPC: fabriek.v1.InferenceService (serving/protos/fabriek/v1/inference.proto) ---
@@ -331,6 +341,47 @@ async def _server_sent_events(answer: EngineAnswer,
         answer.settle(error_status_in(batch) or 500, *answer.produced())
     if not is_done:
         yield "data: [DONE]\n\n"
+
+
+# The events that end a Responses stream, with the response's usage.
+_RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed")
+
+
+async def _response_events(answer: EngineAnswer,
+                           close_energy: Callable[[EngineAnswer, int, int], float | None]) -> AsyncIterator[str]:
+    """Relay a Responses stream (``event: <type>`` SSE) batch by batch; settle it from its
+    last event's usage. A stream that ends early is charged the prompt counted at admission
+    and one token per text delta relayed (vLLM sends a delta per generated token)."""
+    produced, final, status = 0, None, 500
+    batch = answer.first
+    while True:
+        for event in batch:
+            kind = event[len("event: "):event.find("\n")] if event.startswith("event: ") else ""
+            if kind.endswith(".delta"):
+                produced += 1
+            elif kind in _RESPONSE_ENDS:
+                usage = json.loads(event[event.find("data: ") + len("data: "):]).get("response", {}).get("usage") or {}
+                final = (usage.get("input_tokens", 0), usage.get("output_tokens", 0))
+                status = 500 if kind == "response.failed" else 200
+        answer.progress_event = ('data: {"usage": {"prompt_tokens": %d, "completion_tokens": %d}}'
+                                 % (answer.counted_prompt_tokens, produced))
+        if final is not None and not answer.energy_closed:
+            joules = close_energy(answer, *final)
+            if joules is not None:
+                batch = [*batch, f": {ENERGY_HEADER}={energy_text(joules)}\n\n"]
+        yield "".join(batch)
+        try:
+            batch = await answer.rest.__anext__()
+        except StopAsyncIteration:
+            break
+        except (TaskCancelledError, asyncio.CancelledError):
+            if not answer.timed_out:
+                raise  # the client left: Gateway.request settles it
+            answer.settle(504, *answer.produced())
+            yield ('event: error\ndata: {"type":"error","code":"504","message":"The request exceeded its time '
+                   'limit."}\n\n')
+            return
+    answer.settle(status, *(final or answer.produced()))
 
 
 def _before_done(batch: list[str], event: str) -> list[str]:

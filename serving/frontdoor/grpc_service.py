@@ -20,6 +20,7 @@ from routers import Tenant
 from serving.frontdoor import grpc_messages
 from serving.frontdoor.errors import APIError
 from serving.admission.refusals import CLIENT_CLOSED
+from serving.admission.stream_usage import answer_tokens
 from serving.admission.gateway import EngineAnswer, Gateway, OpenAIRequest
 from serving.frontdoor.grpc_messages import EngineStreamError, StreamDecoder
 from serving.frontdoor.grpc_status import code_for_http_status, set_error, set_refused
@@ -140,9 +141,7 @@ class InferenceService:
                 if answer.error is not None:
                     _set_engine_error(context, answer)
                     return empty()
-                usage = getattr(answer.first, "usage", None)
-                self._gateway.close_energy(answer, usage.prompt_tokens if usage else 0,
-                                           usage.completion_tokens if usage else 0)
+                self._gateway.close_energy(answer, *answer_tokens(answer.first))
                 context.set_trailing_metadata(_where(answer))
                 return convert(answer.first)
         except Refused as refused:

@@ -16,13 +16,15 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from ray.llm._internal.serve.core.configs.openai_api_models import EmbeddingCompletionRequest
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
 from routers.request_shape import ALLOWED_FIELDS
 
 # The request model of each completion method, as the ingress validates it.
 REQUEST_MODELS: Mapping[str, type[BaseModel]] = {"chat": ChatCompletionRequest, "completions": CompletionRequest,
-                                                  "embeddings": EmbeddingCompletionRequest}
+                                                  "embeddings": EmbeddingCompletionRequest,
+                                                  "responses": ResponsesRequest}
 # Fields the document requires beyond the model's own: vLLM's completions accept
 # `prompt_embeds` instead of `prompt`, but the platform does not offer them.
 _ALSO_REQUIRED = {"completions": ("prompt",), "embeddings": ("input",)}
@@ -75,6 +77,7 @@ EXAMPLES = {
              "max_tokens": 16},
     "completions": {"prompt": "The capital of the Netherlands is", "max_tokens": 16},
     "embeddings": {"input": "query: Waar kan ik een paspoort aanvragen?"},
+    "responses": {"input": "What is the capital of the Netherlands?", "max_output_tokens": 16},
 }
 
 

@@ -14,6 +14,8 @@ import httpx
 import psutil
 import pytest
 
+from tests.conftest import EMBEDDING_MODEL_ID
+
 from serving.protos.fabriek.v1 import inference_pb2 as pb
 from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub
 
@@ -98,7 +100,8 @@ def _grpc_call(fabriek_server, metadata):
 
 @pytest.mark.parametrize("tenant", list(DOMAINS.values()))
 def test_grpc_reaches_the_domain_its_application_names(fabriek_server, tenant):
-    assert [m.id for m in _grpc_call(fabriek_server, fabriek_server.grpc_metadata(tenant)).models] == [MODEL]
+    expected = [EMBEDDING_MODEL_ID, MODEL] if tenant == "gov-demo" else [MODEL]
+    assert [m.id for m in _grpc_call(fabriek_server, fabriek_server.grpc_metadata(tenant)).models] == expected
 
 
 def test_grpc_key_at_another_domains_application_is_unauthenticated(fabriek_server):

@@ -45,7 +45,7 @@ def greedy(max_tokens: int = 24) -> pb.SamplingParams:
 
 def test_list_models(stub, fabriek_server):
     response = stub.ListModels(pb.ListModelsRequest(), metadata=key(fabriek_server), timeout=10)
-    assert [(m.id, m.max_model_len) for m in response.models] == [(MODEL, 2048)]
+    assert [(m.id, m.max_model_len) for m in response.models] == [("multilingual-e5-small", 512), (MODEL, 2048)]
 
 
 @pytest.mark.parametrize("tenant", ["gov-demo", "pilot-demo"])
@@ -238,7 +238,10 @@ def test_example_client_generated_from_the_proto_streams_a_chat(fabriek_server, 
     from grpc_tools import protoc
 
     root = Path(__file__).resolve().parents[2]
-    assert protoc.main(["protoc", f"-I{root / 'serving/protos'}", f"--python_out={tmp_path}",
+    import grpc_tools
+
+    well_known = Path(grpc_tools.__file__).parent / "_proto"  # google/protobuf/struct.proto
+    assert protoc.main(["protoc", f"-I{root / 'serving/protos'}", f"-I{well_known}", f"--python_out={tmp_path}",
                         f"--grpc_python_out={tmp_path}", str(root / "serving/protos/fabriek/v1/inference.proto")]) == 0
     run = functools.partial(
         subprocess.run, [sys.executable, str(root / "examples/grpc_chat.py"), "--target", fabriek_server.grpc_target,

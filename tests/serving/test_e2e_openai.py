@@ -74,14 +74,16 @@ def test_health_reports_the_domains_own_pools_ready(fabriek_server, domain):
     response = httpx.get(f"{fabriek_server.base_url(domain)}/health", timeout=10,
                          headers={"Authorization": f"Bearer {fabriek_server.keys[tenant]}"})
     # Each front door knows only its own domain's pools.
-    assert response.json() == {"status": "ok", "pools": {domain: {MODEL: "ready"}}}
+    own = {domain: {MODEL: "ready"}, **({"government-embeddings": {"multilingual-e5-small": "ready"}}
+                                         if domain == "government" else {})}
+    assert response.json() == {"status": "ok", "pools": own}
 
 
 @pytest.mark.parametrize("tenant", ["gov-demo", "pilot-demo"])
 def test_models_lists_the_tenants_models(fabriek_server, tenant):
     models = openai_client(fabriek_server, fabriek_server.keys[tenant], tenant).models.list().data
-    assert [m.id for m in models] == [MODEL]
-    assert models[0].owned_by == "fabriek"
+    assert [m.id for m in models] == (["multilingual-e5-small", MODEL] if tenant == "gov-demo" else [MODEL])
+    assert {m.owned_by for m in models} == {"fabriek"}
 
 
 @pytest.mark.parametrize("tenant", ["gov-demo", "pilot-demo"])
