@@ -30,6 +30,7 @@ from ray import serve
 from ray.llm._internal.serve.core.protocol import RawRequestInfo  # not re-exported by ray.serve.llm
 from ray.serve.llm import LLMServer
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
+from vllm.exceptions import VLLMClientError
 from vllm.utils.gc_utils import freeze_gc_heap
 
 from serving.config.energy_specs import GOVERNOR_DEPLOYMENT, POWER_APP
@@ -258,7 +259,13 @@ class FabriekLLMServer(LLMServer):
             yield ErrorResponse(error=ErrorInfo(message="This model does not serve the Responses API.",
                                                 type="NotFoundError", code=404))
             return
-        answer = await serving.create_responses(request, raw_request=None)
+        try:
+            answer = await serving.create_responses(request, raw_request=None)
+        except (ValueError, VLLMClientError) as err:  # a request vLLM refuses (Ray's methods do the same)
+            message = str(err.args[0]) if err.args else type(err).__name__
+            yield ErrorResponse(error=ErrorInfo(message=message[:200], type="BadRequestError", code=400,
+                                                param=getattr(err, "parameter", None)))
+            return
         if not isinstance(answer, AsyncGenerator):
             yield answer  # a whole response, or an error
             return

@@ -315,3 +315,45 @@ def test_grpc_embed_errors(stub, fabriek_server, tenant, request_, code):
     with pytest.raises(grpc.RpcError) as failed:
         stub.Embed(request_, metadata=metadata(fabriek_server, tenant), timeout=60)
     assert failed.value.code() == code
+
+
+# --- the Responses API ---------------------------------------------------------------------
+
+def test_responses_answer_and_are_not_stored(gov, fabriek_server):
+    raw = gov.responses.with_raw_response.create(model=MODEL_ID, input="What is the capital of the Netherlands?",
+                                                 max_output_tokens=16, temperature=0)
+    answer = raw.parse()
+    assert answer.output_text and answer.status in ("completed", "incomplete")
+    assert answer.id and not raw.http_response.json().get("store")  # no response state on this platform
+    record = finished_record(fabriek_server, "gov-demo", raw.headers["x-fabriek-request-id"])
+    assert (record.prompt_tokens, record.completion_tokens) == (answer.usage.input_tokens,
+                                                                answer.usage.output_tokens)
+
+
+def test_streamed_responses_end_with_their_usage_in_the_ledger(gov, fabriek_server):
+    since = time.time()
+    events = list(gov.responses.create(model=MODEL_ID, input="Name a Dutch city.", max_output_tokens=12,
+                                       temperature=0, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete")
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    usage = events[-1].response.usage
+    assert text and usage.output_tokens > 0
+    record = finished_record(fabriek_server, "gov-demo", since=since, protocol="http")
+    assert (record.prompt_tokens, record.completion_tokens) == (usage.input_tokens, usage.output_tokens)
+
+
+@pytest.mark.parametrize("fields, param", [({"previous_response_id": "resp_123"}, "previous_response_id"),
+                                           ({"store": True}, "store"), ({"background": True}, "background"),
+                                           ({"cache_salt": "x"}, "cache_salt")])
+def test_responses_state_and_platform_fields_are_refused(gov, fields, param):
+    with pytest.raises(openai.BadRequestError) as refused:
+        gov.responses.create(model=MODEL_ID, input="hi", max_output_tokens=4, extra_body=fields)
+    assert refused.value.body["param"] == param
+
+
+def test_responses_for_an_embedding_model_or_anothers_model(fabriek_server, gov):
+    with pytest.raises(openai.BadRequestError, match="does not answer this endpoint"):
+        gov.responses.create(model=EMBEDDING_MODEL, input="hi")
+    with pytest.raises(openai.NotFoundError):
+        client(fabriek_server, "pilot-demo").responses.create(model=EMBEDDING_MODEL, input="hi")

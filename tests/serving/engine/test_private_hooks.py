@@ -71,3 +71,17 @@ def test_vllm_output_processor_keeps_what_the_energy_accountant_reads():
     other.request_id, other.external_req_id = "chatcmpl-4b7e-0", "chatcmpl-4b7e"  # not fabriek's
     holder.output_processor.request_states.update({twin.request_id: twin, other.request_id: other})
     assert read() == {rid: (6, 10)}
+
+
+def test_ray_vllm_engine_keeps_vllms_app_state_with_the_responses_server():
+    """FabriekLLMServer.responses reaches vLLM's own Responses serving object through Ray's
+    engine (Ray Serve LLM has no Responses method)."""
+    from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
+    from vllm.entrypoints.openai.responses.serving import OpenAIServingResponses
+
+    assert "self._app_state = state" in inspect.getsource(VLLMEngine)
+    import vllm.entrypoints.generate.api_router as router
+
+    assert "state.openai_serving_responses" in inspect.getsource(router)
+    assert list(inspect.signature(OpenAIServingResponses.create_responses).parameters)[:3] == [
+        "self", "request", "raw_request"]
