@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import httpx
+import logging
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--client-cores", default="1")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench-embeddings.json")
     args = parser.parse_args()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # vLLM's import logs every request at INFO
     logs = args.out.parent / "bench-embeddings-logs"
     logs.mkdir(parents=True, exist_ok=True)
 
