@@ -94,6 +94,9 @@ class EngineAnswer:
     energy_j: float | None = None
     energy_closed: bool = False
     counted_prompt_tokens: int = 0  # the prompt as counted at admission (0: not counted)
+    # (prompt, completion) of a stream whose events carry no running usage (the Responses
+    # API), as the front door counts them; preferred over ``progress_event``.
+    progress_tokens: tuple[int, int] | None = None
 
     def settle(self, status: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         """Says how the answer ended, for its accounting when the request's block is left.
@@ -108,7 +111,7 @@ class EngineAnswer:
 
         Usage on an event counts one sequence: a request of several is charged that many
         times the furthest one (its reservation bounds it)."""
-        usage = usage_of(self.progress_event)
+        usage = self.progress_tokens or usage_of(self.progress_event)
         if usage is None:
             return 0, 0
         return usage[0], usage[1] * self.sequences

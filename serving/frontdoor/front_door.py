@@ -325,14 +325,11 @@ async def _server_sent_events(answer: EngineAnswer,
         packet = "".join(batch)
         is_done = is_done or packet.rstrip().endswith("data: [DONE]")
         yield packet
-        try:
-            batch = await answer.rest.__anext__()
-        except StopAsyncIteration:
-            break
-        except (TaskCancelledError, asyncio.CancelledError):
-            if not answer.timed_out:
-                raise  # the client left: Gateway.request settles it
-            answer.settle(504, *answer.produced())
+        following = await _next_batch(answer)
+        if following is None:
+            break  # `batch` stays the last one: its error event, if any, is the outcome
+        batch = following
+        if batch is _TIMED_OUT:
             yield _TIMED_OUT_EVENT + ("" if is_done else "data: [DONE]\n\n")
             return
     if final is not None:
@@ -363,25 +360,41 @@ async def _response_events(answer: EngineAnswer,
                 usage = json.loads(event[event.find("data: ") + len("data: "):]).get("response", {}).get("usage") or {}
                 final = (usage.get("input_tokens", 0), usage.get("output_tokens", 0))
                 status = 500 if kind == "response.failed" else 200
-        answer.progress_event = ('data: {"usage": {"prompt_tokens": %d, "completion_tokens": %d}}'
-                                 % (answer.counted_prompt_tokens, produced))
+        answer.progress_tokens = (answer.counted_prompt_tokens, produced)
         if final is not None and not answer.energy_closed:
             joules = close_energy(answer, *final)
             if joules is not None:
                 batch = [*batch, f": {ENERGY_HEADER}={energy_text(joules)}\n\n"]
         yield "".join(batch)
-        try:
-            batch = await answer.rest.__anext__()
-        except StopAsyncIteration:
+        batch = await _next_batch(answer)
+        if batch is None:
             break
-        except (TaskCancelledError, asyncio.CancelledError):
-            if not answer.timed_out:
-                raise  # the client left: Gateway.request settles it
-            answer.settle(504, *answer.produced())
+        if batch is _TIMED_OUT:
             yield ('event: error\ndata: {"type":"error","code":"504","message":"The request exceeded its time '
                    'limit."}\n\n')
             return
     answer.settle(status, *(final or answer.produced()))
+
+
+_TIMED_OUT: list[str] = []  # a sentinel of _next_batch (compared by identity)
+
+
+async def _next_batch(answer: EngineAnswer) -> list[str] | None:
+    """The engine's next batch; None at the end; ``_TIMED_OUT`` (the answer settled 504,
+    charged what it produced) when the class's time limit cancelled the engine call.
+
+    Raises:
+        CancelledError: the client left (``Gateway.request`` settles it).
+    """
+    try:
+        return await answer.rest.__anext__()
+    except StopAsyncIteration:
+        return None
+    except (TaskCancelledError, asyncio.CancelledError):
+        if not answer.timed_out:
+            raise
+        answer.settle(504, *answer.produced())
+        return _TIMED_OUT
 
 
 def _before_done(batch: list[str], event: str) -> list[str]:

