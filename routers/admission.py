@@ -48,7 +48,8 @@ class AdmissionPipeline:
         """
         mine = tenant.model_ids if endpoint_models is None else tenant.model_ids & endpoint_models
         if model_id is not None:
-            if model_id in tenant.model_ids and model_id not in mine:
+            model = tenant.base_of(model_id) or model_id  # an adapter answers as its base model
+            if model in tenant.model_ids and model not in mine:
                 return Rejection(RejectionReason.WRONG_ENDPOINT, "model",
                                  f"The model `{model_id}` does not answer this endpoint: embedding models "
                                  "answer `/v1/embeddings`, the others chat and completions.")
@@ -64,16 +65,19 @@ class AdmissionPipeline:
         Returns:
             The admission, or a rejection naming the filter that left no candidate.
         """
+        base = request.tenant.base_of(request.model_id)
+        if base is not None:  # the tenant's own adapter: its base model's engines serve it
+            request = AdmissionRequest(request.tenant, base, adapter=request.model_id)
         remaining = list(candidates)
         for step in self._filters:
             remaining = step.filter(request, remaining)
             if not remaining:
                 return Rejection(step.reason, step.name,
-                                 _MESSAGES[step.reason].format(model=request.model_id))
+                                 _MESSAGES[step.reason].format(model=request.adapter or request.model_id))
         # Candidates come in config order and every survivor is equally entitled; Ray Serve
         # balances load across the replicas of the chosen deployment.
         chosen = remaining[0]
         tenant = request.tenant
         salt = self._salts.get(tenant.id) or cache_salt_for(self._secret, tenant.id)
         return Admission(tenant=tenant, route=chosen.route,
-                         priority=self._tenancy.priority_for(tenant), cache_salt=salt)
+                         priority=self._tenancy.priority_for(tenant), cache_salt=salt, adapter=request.adapter)

@@ -33,10 +33,15 @@ class Candidate:
 
 @dataclass(frozen=True)
 class AdmissionRequest:
-    """Per-request input of the pipeline: an authenticated tenant and the model it asks for."""
+    """Per-request input of the pipeline: an authenticated tenant and the model it asks for.
+
+    ``model_id`` is the model whose engines serve the request: an adapter's base model when
+    the tenant asked for one of its adapters (``adapter``).
+    """
 
     tenant: Tenant
     model_id: str
+    adapter: str | None = None
 
 
 class RejectionReason(StrEnum):
@@ -80,12 +85,19 @@ class Admission:
         route: the engine deployment that serves it.
         priority: vLLM request priority (lower is scheduled first).
         cache_salt: vLLM prefix-cache salt, the same for all requests of the tenant only.
+        adapter: the tenant's LoRA adapter the request runs with, on the route's base model.
     """
 
     tenant: Tenant
     route: Route
     priority: int
     cache_salt: str
+    adapter: str | None = None
+
+    @property
+    def served_model(self) -> str:
+        """What the engine is asked for: the adapter (vLLM's LoRA name), else the route's model."""
+        return self.adapter or self.route.model_id
 
 
 class Filter(Protocol):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Mapping
+from typing import Collection, Mapping
 
 from routers.request_shape import DEFAULT_MAX_EMBEDDING_INPUTS, DEFAULT_MAX_SEQUENCES
 
@@ -25,11 +25,24 @@ class Tenant:
         id: stable tenant id; it also becomes the OpenAI ``user`` of every request.
         tenant_class: decides the pools (see ``ClassPolicy``).
         model_ids: public model ids this tenant may use.
+        adapters: (adapter id, base model id) of the LoRA adapters the tenant owns: only it
+            may list and use them, each on its base model's engines (whose model it may use).
     """
 
     id: str
     tenant_class: TenantClass
     model_ids: frozenset[str]
+    adapters: frozenset[tuple[str, str]] = frozenset()
+
+    def base_of(self, model_id: str) -> str | None:
+        """The base model of the tenant's adapter ``model_id``; None: not an adapter of its own."""
+        return next((base for adapter, base in self.adapters if adapter == model_id), None)
+
+    def models_in(self, served: Collection[str]) -> list[tuple[str, str | None]]:
+        """(model id, its base model for an adapter, else None) of what the tenant may use
+        among the ``served`` models and the adapters on them, sorted by id."""
+        models = [(m, None) for m in self.model_ids if m in served]
+        return sorted(models + [(a, base) for a, base in self.adapters if base in served])
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,11 @@ QUOTA_TENANTS = {
 # Government test tenants of the embedding model (tests/serving/test_e2e_apps.py).
 EMBEDDING_MODEL_ID = "multilingual-e5-small"
 GOV_QUOTA_TENANTS = {"gov-embed-tpm": {"tokens_per_minute": 200}}
+# A government tenant with LoRA adapters of its own (tests/serving/test_e2e_adapters.py):
+# one made by tests/lora_adapter.py, one whose directory does not exist (it never loads).
+ADAPTER_TENANT = "gov-ministry"
+ADAPTER_ID = "gov-ministry-permits"
+UNLOADABLE_ADAPTER_ID = "gov-ministry-unloadable"
 # The package power of the session's energy counter (tests/serving/test_e2e_energy.py).
 PACKAGE_WATTS = 50.0
 
@@ -92,6 +97,7 @@ class FabriekServer:
     metrics_port: int
     keys: dict[str, str]  # tenant id -> API key, made by `fabriek keys create`
     domain_of: dict[str, str] = field(default_factory=dict)  # tenant id -> its isolation domain
+    adapter_dir: Path | None = None  # ADAPTER_ID's directory (tests/lora_adapter.py)
     lines: list[str] = field(default_factory=list)
     is_ready: bool = False
 
@@ -173,7 +179,7 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
     import yaml
 
     from serving.config import DEFAULT_CONFIG_PATH
-    from serving.engine.default_model import builtin_models, prepare_builtin_model
+    from serving.engine.default_model import builtin_model_dir, builtin_models, prepare_builtin_model
 
     for name in builtin_models():
         prepare_builtin_model(name, show_progress=False)
@@ -195,6 +201,12 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
                           for tenant, quota in QUOTA_TENANTS.items()]
     config["tenants"] += [{"id": tenant, "class": "government", "models": [EMBEDDING_MODEL_ID], "quota": quota}
                           for tenant, quota in GOV_QUOTA_TENANTS.items()]
+    from tests.lora_adapter import make_adapter
+
+    adapter_dir = make_adapter(builtin_model_dir(MODEL_ID), home / "adapters" / "permits")
+    config["tenants"].append({"id": ADAPTER_TENANT, "class": "government", "models": [MODEL_ID], "adapters": [
+        {"id": ADAPTER_ID, "base": MODEL_ID, "source": str(adapter_dir)},
+        {"id": UNLOADABLE_ADAPTER_ID, "base": MODEL_ID, "source": str(home / "adapters" / "missing")}]})
     config_path = home / "platform.yaml"
     config_path.write_text(yaml.safe_dump(config))
     server = FabriekServer(
@@ -214,7 +226,8 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
 
     loaded = load_config(config_path)
     server.domain_of = {t.id: loaded.domain_of(t.id).name for t in loaded.tenants}
-    for tenant in (*DEMO_TENANTS, *QUOTA_TENANTS, *GOV_QUOTA_TENANTS):
+    server.adapter_dir = adapter_dir
+    for tenant in (*DEMO_TENANTS, *QUOTA_TENANTS, *GOV_QUOTA_TENANTS, ADAPTER_TENANT):
         server.keys[tenant] = server.cli("keys", "create", "--tenant", tenant).splitlines()[-1]
     ready = threading.Event()
     threading.Thread(target=_collect_output, args=(server, ready), daemon=True).start()

@@ -70,8 +70,9 @@ class AdmissionGate:
             sequences: sequences it runs at once (each takes a slot of quota and pool).
         """
         route, tenant = admission.route, admission.tenant
+        # The ledger names the adapter a request ran with; metrics keep the base model's label.
         start = RequestStart(request_id, tenant.id, str(tenant.tenant_class), route.pool,
-                             route.model_id, protocol, reserved_tokens=prompt_tokens + max_tokens,
+                             admission.served_model, protocol, reserved_tokens=prompt_tokens + max_tokens,
                              trace_id=current_trace_id())
         started = time.monotonic()
         decision, written = await asyncio.gather(

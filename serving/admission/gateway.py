@@ -314,7 +314,7 @@ class Gateway:
         # starts from the prompt counted here.
         prompt_tokens = (self._count_prompt(route.model_id, body, method)
                          if tenant.id in self._counts_prompts or method == "responses" else 0)
-        max_tokens = self._limit_output(body, tenant, prompt_tokens) * sequences
+        max_tokens = self._limit_output(body, tenant, route.model_id, prompt_tokens) * sequences
         strips_usage, strips_continuous_usage = _ask_for_usage(body)
         tracing.mark_admitted(span, request_id=request_id, pool=route.pool,
                               tenant_class=str(tenant.tenant_class), model=route.model_id,
@@ -397,7 +397,7 @@ class Gateway:
             return self._prompt_tokens.count_chat(model_id, items)
         return self._prompt_tokens.count_completion(model_id, body.prompt)
 
-    def _limit_output(self, body: OpenAIRequest, tenant: Tenant, prompt_tokens: int) -> int:
+    def _limit_output(self, body: OpenAIRequest, tenant: Tenant, model_id: str, prompt_tokens: int) -> int:
         """The most tokens the request may generate, for its reservation; a tenant's cap
         becomes the request's ``max_tokens`` when it names none. An embedding generates none."""
         field = "max_output_tokens" if isinstance(body, ResponsesRequest) else "max_tokens"
@@ -410,7 +410,7 @@ class Gateway:
         if cap is not None:
             setattr(body, field, cap)
             return cap
-        max_model_len = self._max_model_lens.get(body.model)
+        max_model_len = self._max_model_lens.get(model_id)
         return max(0, max_model_len - prompt_tokens) if max_model_len else 0
 
 
@@ -441,10 +441,11 @@ def _expire(answer: EngineAnswer) -> None:
 def apply_tenant_fields(body: OpenAIRequest, admission: Admission) -> None:
     """Overwrite what the engine must know of the tenant; whatever the client sent is ignored.
 
+    ``model`` is the route's model, or the tenant's own adapter on it (vLLM's LoRA name);
     ``cache_salt`` keeps the tenant's prefix-cache entries to itself, ``priority`` is its
     class's band, ``user`` names the tenant (for the engine's own accounting).
     """
-    body.model = admission.route.model_id
+    body.model = admission.served_model
     body.cache_salt = admission.cache_salt
     body.priority = admission.priority
     body.user = admission.tenant.id

@@ -76,14 +76,36 @@ class ModelSpec(_Frozen):
     @field_validator("source")
     @classmethod
     def _source_is_local_or_object_store(cls, value: str) -> str:
-        if value.startswith(BUILTIN_SCHEME) or value.startswith(OBJECT_STORE_SCHEMES):
-            return value
-        if value.startswith(("/", "./", "../", "~")):
-            return value
-        raise ValueError(
-            f"{value!r} is neither a local path nor an object-store URI; fabriek never "
-            "downloads from a model hub. Use an absolute path, ./relative path, "
-            f"{BUILTIN_SCHEME}NAME, or one of {', '.join(OBJECT_STORE_SCHEMES)}")
+        return _local_or_object_store(value, BUILTIN_SCHEME)
+
+
+def _local_or_object_store(value: str, *schemes: str) -> str:
+    if value.startswith(schemes + OBJECT_STORE_SCHEMES):
+        return value
+    if value.startswith(("/", "./", "../", "~")):
+        return value
+    raise ValueError(
+        f"{value!r} is neither a local path nor an object-store URI; fabriek never "
+        "downloads from a model hub. Use an absolute path, ./relative path, "
+        f"{''.join(f'{s}NAME, ' for s in schemes)}or one of {', '.join(OBJECT_STORE_SCHEMES)}")
+
+
+class AdapterSpec(_Frozen):
+    """A LoRA adapter a tenant owns (a ministry's fine-tune): only that tenant lists and uses it."""
+
+    id: DnsName = Field(description=(
+        "Model id the tenant sends as `model`; unique among all models and adapters."))
+    base: str = Field(description="The model (one of the tenant's `models`) the adapter was trained on.")
+    source: str = Field(description=(
+        "A directory in PEFT's format (adapter_config.json, adapter_model.safetensors): an "
+        "absolute or ./relative local path on every engine node of the base model's pools, or "
+        "an object-store URI (s3://, gs://, abfss://, azure://), copied onto the node at start. "
+        "Never a hub id."))
+
+    @field_validator("source")
+    @classmethod
+    def _source_is_local_or_object_store(cls, value: str) -> str:
+        return _local_or_object_store(value)
 
 
 
@@ -171,6 +193,9 @@ class TenantSpec(_Frozen):
     weight: float = Field(1.0, gt=0, description=(
         "Fair share within a pool relative to the other tenants there: a tenant of weight 2 "
         "gets twice the running requests of one of weight 1 when both have requests waiting."))
+    adapters: list[AdapterSpec] = Field(default_factory=list, description=(
+        "LoRA adapters of the tenant's own, served by its class's engines of their base model; "
+        "other tenants cannot list or use them (404)."))
 
 
 
@@ -270,6 +295,8 @@ class PlatformConfig(_Frozen):
                                 f"classes[{tenant_class}].priority: pool {pool!r} must set engine "
                                 "argument `scheduling_policy: priority` for priorities to apply")
         _no_duplicates("tenants", [t.id for t in self.tenants])
+        _no_duplicates("models and adapters", [m.id for m in self.models] +
+                       [a.id for t in self.tenants for a in t.adapters])
         for tenant in self.tenants:
             spec = self.classes.get(tenant.tenant_class)
             if spec is None:
@@ -281,6 +308,29 @@ class PlatformConfig(_Frozen):
                     raise ValueError(
                         f"tenants[{tenant.id}].models[{j}]: {model_id!r} is served by no pool of "
                         f"class {str(tenant.tenant_class)!r} (pools {spec.pools}); add it to one of them")
+            for adapter in tenant.adapters:
+                self._check_adapter(tenant, adapter, [pools[p] for p in spec.pools])
+
+    def _check_adapter(self, tenant: TenantSpec, adapter: AdapterSpec, class_pools: list[PoolSpec]) -> None:
+        where = f"tenants[{tenant.id}].adapters[{adapter.id}]"
+        if adapter.base not in tenant.models:
+            raise ValueError(f"{where}.base: {adapter.base!r} is not one of the tenant's models {tenant.models}")
+        for pool in class_pools:
+            if adapter.base in pool.models:
+                args = {**self.model(adapter.base).engine_args, **pool.engine_args}
+                if args.get("runner") == "pooling":
+                    raise ValueError(f"{where}.base: {adapter.base!r} is an embedding model; adapters "
+                                     "apply to chat and completion models")
+                if args.get("enable_lora") is False:
+                    raise ValueError(f"{where}: pool {pool.name!r} sets `enable_lora: false`; remove it "
+                                     "(fabriek enables LoRA on the engines that serve adapters)")
+
+    def adapters_on(self, pool: str, model_id: str) -> dict[str, str]:
+        """Adapter id -> source of the adapters an engine of ``model_id`` on ``pool`` serves:
+        those of the tenants whose class may use the pool (no adapter reaches another domain)."""
+        return {a.id: a.source for t in self.tenants
+                if pool in (self.classes[t.tenant_class].pools if t.tenant_class in self.classes else ())
+                for a in t.adapters if a.base == model_id}
 
     def ray_env(self) -> dict[str, str]:
         """Environment variables every Ray process of this platform needs: the Serve
@@ -291,7 +341,8 @@ class PlatformConfig(_Frozen):
     def tenancy(self) -> Tenancy:
         """The tenants and class policies as the policy core (``routers``) takes them."""
         return Tenancy(
-            tenants={t.id: Tenant(t.id, t.tenant_class, frozenset(t.models)) for t in self.tenants},
+            tenants={t.id: Tenant(t.id, t.tenant_class, frozenset(t.models),
+                                  frozenset((a.id, a.base) for a in t.adapters)) for t in self.tenants},
             classes={c: ClassPolicy(frozenset(s.pools), s.priority, s.max_sequences_per_request, s.max_request_s,
                                          s.max_embedding_inputs_per_request)
                      for c, s in self.classes.items()})

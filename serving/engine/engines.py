@@ -23,6 +23,7 @@ from serving.engine.default_model import ModelPrepareError, builtin_model_dir, b
 from serving.config.energy_specs import EnergySpec
 from serving.engine.energy_sampler import ENERGY_KEY, EnergySettings
 from serving.engine.llm_server import MAX_REQUEST_S_KEY, FabriekLLMServer
+from serving.engine.lora_adapters import ADAPTERS_KEY
 
 # Engine replicas never reach a model hub: weights come from the config's source.
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -75,6 +76,12 @@ def resolve_model_source(model: ModelSpec) -> str | dict[str, str]:
     return str(Path(source).expanduser().resolve())
 
 
+def resolve_adapter_source(source: str) -> str:
+    """An adapter's local directory as an absolute path; an object-store URI as it is (the
+    engine copies it onto its node when it starts)."""
+    return source if source.startswith(OBJECT_STORE_SCHEMES) else str(Path(source).expanduser().resolve())
+
+
 def is_embedding_model(engine_args: dict[str, Any]) -> bool:
     """Whether engine arguments run vLLM's pooling runner (``runner: pooling``): an embedding model."""
     return engine_args.get("runner") == "pooling"
@@ -90,16 +97,21 @@ def engine_args_for(pool: PoolSpec, model: ModelSpec) -> dict[str, Any]:
 
 
 def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[str, str],
-                   max_request_s: float | None = None, energy: EnergySpec | None = None) -> LLMConfig:
+                   max_request_s: float | None = None, energy: EnergySpec | None = None,
+                   adapters: dict[str, str] | None = None) -> LLMConfig:
     """Build the Ray Serve LLM config of `model` on `pool`.
 
     Args:
+        adapters: adapter id -> source of the tenants' LoRA adapters this engine serves
+            (``PlatformConfig.adapters_on``); it loads them when it starts (vLLM's LoRA).
         max_request_s: the engine's own bound on one request (see ``stamp_first``).
         energy: how the engine meters itself (``serving.engine.energy_sampler``); None: it does not.
     """
     # Read where the app is built: the launcher, or the Serve controller in the cluster.
     tracing_args, tracing_env = tracing.vllm_tracing(os.environ)
     engine_kwargs = {**engine_args_for(pool, model), **tracing_args}
+    if adapters:
+        engine_kwargs["enable_lora"] = True
     # Ray merges runtime_env one level deep: keep the pool's own env_vars beside ours.
     actor_options = pool.deployment.get("ray_actor_options") or {}
     pool_env = dict((actor_options.get("runtime_env") or {}).get("env_vars") or {})
@@ -122,6 +134,8 @@ def llm_config_for(pool: PoolSpec, model: ModelSpec, model_source: str | dict[st
         log_engine_metrics=True,
         experimental_configs={
             **({} if max_request_s is None else {MAX_REQUEST_S_KEY: max_request_s}),
+            **({ADAPTERS_KEY: {name: resolve_adapter_source(src) for name, src in adapters.items()}}
+               if adapters else {}),
             **({} if energy is None else {ENERGY_KEY: EnergySettings(
                 pool.name, pool.accelerator, pool.power.counters, energy.sample_interval_s,
                 energy.prefill_weight, energy.powercap_root).as_dict()}),
@@ -145,6 +159,6 @@ def engine_deployments(config: PlatformConfig) -> list[EngineDeployment]:
     sources = {m.id: resolve_model_source(m) for m in config.models}
     return [EngineDeployment(pool.name, model_id, llm_config_for(pool, config.model(model_id), sources[model_id],
                                                                  engine_time_limit_s(config, pool.name),
-                                                                 config.energy),
+                                                                 config.energy, config.adapters_on(pool.name, model_id)),
                              sources[model_id])
             for pool in config.pools for model_id in pool.models]

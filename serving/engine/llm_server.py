@@ -39,6 +39,7 @@ from serving.engine.cpu_affinity import pin_to_pool_cores, take_pool_niceness
 from serving.engine.energy_accountant import EnergyAccountant, vllm_progress
 from serving.engine.energy_meter import engine_meter
 from serving.engine.energy_sampler import ENERGY_KEY, EngineEnergy, EnergySettings
+from serving.engine.lora_adapters import ADAPTERS_KEY, load_adapters
 
 logger = logging.getLogger("fabriek.engine")
 
@@ -192,11 +193,12 @@ class FabriekLLMServer(LLMServer):
     """``LLMServer`` whose streams send their first chunk at once and name their replica."""
 
     async def start(self) -> None:
-        """Pin to the pool's cores, start the engine, then freeze the start-up heap out of
-        the garbage collector."""
+        """Pin to the pool's cores, start the engine and load the tenants' adapters it serves,
+        then freeze the start-up heap out of the garbage collector."""
         pin_to_pool_cores()  # before vLLM starts its processes: they inherit both
         take_pool_niceness()
         await super().start()
+        await load_adapters(self.engine, self._llm_config.experimental_configs.get(ADAPTERS_KEY) or {})
         try:
             self._energy = self._start_energy()
         except Exception:  # metering never keeps an engine from serving: its energy is null
@@ -271,6 +273,13 @@ class FabriekLLMServer(LLMServer):
             return
         async for batch in self._batch_output_stream(_responses_events(answer)):
             yield batch
+
+    async def _maybe_resolve_lora_from_multiplex(self) -> None:
+        """Nothing: a request never loads an adapter. Ray Serve LLM would load one named by
+        the client's ``serve_multiplexed_model_id`` header; fabriek's adapters are the
+        tenants' own, loaded when the engine starts, and the front door alone names the one a
+        request runs with (its owner's ``model``). Without this the header, which any client
+        can send, would fail requests (no Ray ``lora_config``) or fetch adapters by name."""
 
     async def probe_engine(self) -> None:
         """A health probe that reaches vLLM's engine core process and back.

@@ -38,7 +38,7 @@ from vllm.utils.gc_utils import freeze_gc_heap
 # malformed content is a check the direct layout keeps too.
 from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
 
-from routers import Tenancy
+from routers import Tenancy, Tenant
 from routers.quota import QuotaLimits
 from serving.frontdoor.body_limit import BodySizeLimit
 from serving.config.admission_specs import LedgerSpec
@@ -178,17 +178,23 @@ class FrontDoor:
     async def http_models(self, request: Request) -> ModelList:
         """The models the calling tenant may use."""
         tenant = await self._gateway.authenticate(request.headers.get("authorization"))
-        return ModelList(data=[ModelCard(id=m, owned_by="fabriek", root=m, **self._model_cards[m])
-                               for m in sorted(tenant.model_ids) if m in self._model_cards])
+        return ModelList(data=[self._card(tenant, m, base) for m, base in tenant.models_in(self._model_cards)])
 
     async def http_model(self, model_id: str, request: Request) -> ModelCard:
         """One model the calling tenant may use; any other id is 404, whether it exists or
-        not (no tenant learns of another's models)."""
+        not (no tenant learns of another's models or adapters)."""
         tenant = await self._gateway.authenticate(request.headers.get("authorization"))
-        if model_id not in tenant.model_ids or model_id not in self._model_cards:
-            shown = model_id if len(model_id) <= 64 else model_id[:64] + "..."
-            raise APIError(404, f"The model `{shown}` does not exist.", param="model")
-        return ModelCard(id=model_id, owned_by="fabriek", root=model_id, **self._model_cards[model_id])
+        for model, base in tenant.models_in(self._model_cards):
+            if model == model_id:
+                return self._card(tenant, model, base)
+        shown = model_id if len(model_id) <= 64 else model_id[:64] + "..."
+        raise APIError(404, f"The model `{shown}` does not exist.", param="model")
+
+    def _card(self, tenant: Tenant, model_id: str, base: str | None) -> ModelCard:
+        """A model's card; an adapter is the tenant's own, with its base model as ``parent``."""
+        if base is None:
+            return ModelCard(id=model_id, owned_by="fabriek", root=model_id, **self._model_cards[model_id])
+        return ModelCard(id=model_id, owned_by=tenant.id, root=model_id, parent=base, **self._model_cards[base])
 
     async def http_health(self, request: Request) -> JSONResponse:
         """200 when every engine of this domain's pools answers its health probe, else 503.

@@ -86,8 +86,8 @@ class InferenceService:
             set_refused(context, refused)
             return pb.ListModelsResponse()
         return pb.ListModelsResponse(models=[
-            pb.Model(id=m, max_model_len=self._model_cards[m].get("max_model_len") or 0)
-            for m in sorted(tenant.model_ids) if m in self._model_cards])
+            pb.Model(id=m, max_model_len=self._model_cards[base or m].get("max_model_len") or 0, parent=base or "")
+            for m, base in tenant.models_in(self._model_cards)])
 
     async def count_tokens(self, request: bytes, context: RayServegRPCContext) -> pb.CountTokensResponse:
         """Tokens of a text under the model's tokenizer; the tenant must be allowed the model."""

@@ -85,3 +85,18 @@ def test_ray_vllm_engine_keeps_vllms_app_state_with_the_responses_server():
     assert "state.openai_serving_responses" in inspect.getsource(router)
     assert list(inspect.signature(OpenAIServingResponses.create_responses).parameters)[:3] == [
         "self", "request", "raw_request"]
+
+
+def test_ray_lora_hooks_fabriek_uses_and_overrides():
+    # serving.engine.lora_adapters: adapters load through VLLMEngine.resolve_lora with Ray's
+    # DiskMultiplexConfig, and object-store ones are copied by Ray's LoRA download.
+    from ray.llm._internal.common.utils.lora_utils import sync_files_with_lock
+    from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
+
+    assert inspect.iscoroutinefunction(VLLMEngine.resolve_lora)
+    assert {"model_id", "local_path", "max_total_tokens", "lora_assigned_int_id"} <= set(DiskMultiplexConfig.model_fields)
+    assert list(inspect.signature(sync_files_with_lock).parameters)[:2] == ["bucket_uri", "local_path"]
+    # FabriekLLMServer._maybe_resolve_lora_from_multiplex is a no-op: every request of
+    # LLMServer passes through it, so a client's multiplexing header loads nothing.
+    assert "self._maybe_resolve_lora_from_multiplex()" in inspect.getsource(LLMServer._run_request)
+    assert inspect.iscoroutinefunction(LLMServer._maybe_resolve_lora_from_multiplex)
