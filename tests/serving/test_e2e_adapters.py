@@ -127,6 +127,14 @@ def test_streamed_chat_with_the_adapter(ministry):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
 
 
+def test_the_responses_api_runs_the_adapter_and_embeddings_refuse_it(ministry):
+    answer = ministry.responses.create(model=ADAPTER_ID, input=PROMPT, max_output_tokens=TOKENS, temperature=0)
+    assert answer.model == ADAPTER_ID and answer.usage.output_tokens > 0
+    with pytest.raises(openai.BadRequestError) as refused:
+        ministry.embeddings.create(model=ADAPTER_ID, input="passage: x")
+    assert "does not answer this endpoint" in str(refused.value)
+
+
 def test_a_multiplexing_header_changes_nothing(fabriek_server, reference):
     """Ray Serve's model-multiplexing header cannot pick an adapter, or break a request."""
     for tenant, model in (("gov-demo", MODEL_ID), (ADAPTER_TENANT, ADAPTER_ID)):
