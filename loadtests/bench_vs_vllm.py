@@ -96,15 +96,19 @@ def start(cmd: list[str], log: Path, env: dict[str, str] | None = None,
 
 
 def stop(process: subprocess.Popen) -> None:
+    """Stop a server as its operator would: SIGTERM to the server alone, which shuts its
+    engines down; then SIGKILL whatever of its session is left. (SIGTERM to the whole group
+    at once killed Ray's replicas before they could stop their vLLM engine cores, which then
+    ran on as orphans.)"""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
     try:
-        os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=120)
-    except ProcessLookupError:  # its whole group has exited already
-        process.wait()
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 900) -> float:
