@@ -58,8 +58,8 @@ REFUSED_FIELDS: Mapping[str, str] = {
     "chat_template": "would run a template of the caller's choosing in the engine",
     "prompt_embeds": "raw tensors into the engine",
     "prompt_logprobs": "a vocabulary-wide distribution per prompt token",
-    "previous_response_id": "no response is stored on this platform: send the conversation in `input`",
-    "background": "needs a stored response; none is stored on this platform",
+    "previous_response_id": "your tenant's class keeps no responses: send the conversation in `input`",
+    "background": "the platform runs no request after its client has left",
     "previous_input_messages": "send the conversation in `input`",
     "prompt_cache_key": "the platform keeps each tenant's prefix cache to itself",
 }
@@ -111,9 +111,18 @@ class RequestShape:
     prompts: int = 1
 
 
-def check_fields(method: str, data: Mapping[str, Any]) -> ShapeError | None:
-    """The first field of ``data`` the platform does not offer for ``method``, if any."""
+# Fields of the Responses API that a class storing responses offers (``ClassPolicy.store_responses``).
+STORED_RESPONSE_FIELDS = frozenset({"previous_response_id"})
+
+
+def check_fields(method: str, data: Mapping[str, Any], stores_responses: bool = False) -> ShapeError | None:
+    """The first field of ``data`` the platform does not offer for ``method``, if any.
+
+    ``stores_responses``: the tenant's class keeps its responses (``previous_response_id``
+    is offered)."""
     allowed = ALLOWED_FIELDS[method]
+    if stores_responses and method == "responses":
+        allowed = allowed | STORED_RESPONSE_FIELDS
     for name in data:
         if name not in allowed:
             why = REFUSED_FIELDS.get(name)
@@ -123,13 +132,15 @@ def check_fields(method: str, data: Mapping[str, Any]) -> ShapeError | None:
     return None
 
 
-def check_shape(method: str, data: Mapping[str, Any], max_sequences: int) -> RequestShape | ShapeError:
+def check_shape(method: str, data: Mapping[str, Any], max_sequences: int,
+                stores_responses: bool = False) -> RequestShape | ShapeError:
     """Bounds of a request whose fields passed ``check_fields``.
 
     Args:
         method: ``chat`` or ``completions``.
         data: the request's JSON fields.
         max_sequences: the class's bound on sequences per request.
+        stores_responses: the tenant's class keeps its responses (``store: true`` is offered).
     """
     model = data.get("model")
     if isinstance(model, str) and len(model) > MAX_MODEL_ID_CHARS:
@@ -168,7 +179,7 @@ def check_shape(method: str, data: Mapping[str, Any], max_sequences: int) -> Req
         value = data.get(name)
         if limit is not None and isinstance(value, int) and not isinstance(value, bool) and value > limit:
             return ShapeError(name, f"`{name}` is {value}; at most {limit} is allowed.")
-    return _check_sizes(data) or RequestShape(sequences, prompts)
+    return _check_sizes(data, stores_responses) or RequestShape(sequences, prompts)
 
 
 def _is_text_or_tokens(value: Any) -> bool:
@@ -193,7 +204,7 @@ def _check_int(data: Mapping[str, Any], name: str) -> ShapeError | None:
     return None
 
 
-def _check_sizes(data: Mapping[str, Any]) -> ShapeError | None:
+def _check_sizes(data: Mapping[str, Any], stores_responses: bool) -> ShapeError | None:
     stop = data.get("stop")
     if isinstance(stop, list):
         if len(stop) > MAX_STOP_SEQUENCES:
@@ -221,11 +232,14 @@ def _check_sizes(data: Mapping[str, Any]) -> ShapeError | None:
         value = data.get(name)
         if value is not None and _json_size(value) > limit:
             return ShapeError(name, f"`{name}` is larger than {limit} bytes as JSON.")
-    if data.get("store") is True:
-        # OpenAI's default is to store; vLLM's store is off here (every class): an app that
-        # asks for it explicitly is told, rather than finding nothing later.
-        return ShapeError("store", "`store: true` is not offered: this platform keeps no response state; "
-                          "send the conversation in `input` (or leave `store` out).")
+    if data.get("store") is True and not stores_responses:
+        # OpenAI's default is to store; a class that keeps no responses says so to an app that
+        # asks for it explicitly, rather than letting it find nothing later.
+        return ShapeError("store", "`store: true` is not offered: your tenant's class keeps no response "
+                          "state; send the conversation in `input` (or leave `store` out).")
+    previous = data.get("previous_response_id")
+    if previous is not None and (not isinstance(previous, str) or not 0 < len(previous) <= MAX_MODEL_ID_CHARS):
+        return ShapeError("previous_response_id", "`previous_response_id` must be a response id.")
     text = data.get("text")
     if text is not None and _json_size(text) > MAX_COMPILED_BYTES:
         return ShapeError("text", f"`text` is larger than {MAX_COMPILED_BYTES} bytes as JSON.")

@@ -55,6 +55,9 @@ class ClassPolicy:
         max_sequences: sequences one request may ask for (``n``, beam width, prompt lists).
         max_request_s: longest a request may run, queueing included; None: no limit.
         max_embedding_inputs: texts one embeddings request may send (each a sequence).
+        store_responses: the class's Responses are kept (in its domain's own database), so
+            that a tenant may continue, retrieve and delete its own.
+        responses_kept_s: how long a stored response is kept.
     """
 
     pools: frozenset[str]
@@ -62,6 +65,8 @@ class ClassPolicy:
     max_sequences: int = DEFAULT_MAX_SEQUENCES
     max_request_s: float | None = None
     max_embedding_inputs: int = DEFAULT_MAX_EMBEDDING_INPUTS
+    store_responses: bool = False
+    responses_kept_s: float = 30 * 86_400.0
 
 
 @dataclass(frozen=True)

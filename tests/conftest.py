@@ -222,6 +222,9 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
                           for tenant, quota in QUOTA_TENANTS.items()]
     config["tenants"] += [{"id": tenant, "class": "government", "models": [EMBEDDING_MODEL_ID], "quota": quota}
                           for tenant, quota in GOV_QUOTA_TENANTS.items()]
+    # The commercial class keeps its Responses (tests/serving/test_e2e_stored_responses.py);
+    # the government class keeps none, as shipped.
+    config["classes"]["commercial"]["store_responses"] = True
     from tests.lora_adapter import make_adapter
 
     adapter_dir = make_adapter(builtin_model_dir(MODEL_ID), home / "adapters" / "permits")

@@ -175,6 +175,13 @@ class ClassSpec(_Frozen):
     max_embedding_inputs_per_request: int = Field(DEFAULT_MAX_EMBEDDING_INPUTS, ge=1, le=2048, description=(
         "Texts one embeddings request may send (`input` as a list); each is a sequence in the "
         "engine's batch and counts in the tenant's reservations, fair share and concurrency."))
+    store_responses: bool = Field(False, description=(
+        "Keep the class's Responses API answers (unless a request says `store: false`) in its "
+        "domain's own database, so that its tenants can continue a conversation "
+        "(`previous_response_id`), retrieve and delete their own responses. Off: nothing is "
+        "kept, and `store: true` and `previous_response_id` are refused."))
+    responses_kept_s: float = Field(30 * 86_400, gt=0, description=(
+        "How long a stored response is kept (default 30 days); then it is gone."))
     max_request_s: float = Field(600.0, gt=0, le=86_400, description=(
         "Longest a request may take, queueing included; then it ends with 504 (gRPC: "
         "DEADLINE_EXCEEDED) and is charged for what it produced."))
@@ -344,7 +351,7 @@ class PlatformConfig(_Frozen):
             tenants={t.id: Tenant(t.id, t.tenant_class, frozenset(t.models),
                                   frozenset((a.id, a.base) for a in t.adapters)) for t in self.tenants},
             classes={c: ClassPolicy(frozenset(s.pools), s.priority, s.max_sequences_per_request, s.max_request_s,
-                                         s.max_embedding_inputs_per_request)
+                                         s.max_embedding_inputs_per_request, s.store_responses, s.responses_kept_s)
                      for c, s in self.classes.items()})
 
     def domains(self) -> tuple[IsolationDomain, ...]:

@@ -15,10 +15,11 @@ Streamed answers are written batch by batch as the engine produces them (see
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable, Mapping
+from typing import AsyncIterator, Awaitable, Callable, Mapping
 
 from fastapi import FastAPI
 from ray import serve
@@ -46,6 +47,7 @@ from serving.frontdoor.errors import REQUEST_ID_HEADER, APIError, error_response
 from serving.admission.engine_calls import EngineCalls
 from serving.admission.gateway import EngineAnswer, Gateway, OpenAIRequest
 from serving.frontdoor.grpc_service import InferenceService
+from serving.frontdoor.stored_responses import Keeper, StoredResponses
 from serving.frontdoor.openai_requests import read_json_object, validate_openai_request
 from serving.frontdoor.openapi_schema import (completion_route_docs, health_route_docs, install_openapi,
                                               tenant_route_docs)
@@ -123,6 +125,7 @@ class FrontDoor:
                                 max_model_lens={m: c.get("max_model_len") for m, c in self._model_cards.items()},
                                 embedding_models=settings.embedding_models)
         self._max_request_bytes = settings.max_request_bytes
+        self._stored = StoredResponses(settings.tenancy, settings.ledger.resolved_url(settings.domain))
         self._grpc = InferenceService(self._gateway, self._model_cards, token_counter)
         self._replica_id = serve.get_replica_context().replica_id.unique_id
 
@@ -136,6 +139,10 @@ class FrontDoor:
                           **completion_route_docs("completions"))
         app.add_api_route("/v1/responses", self.http_responses, methods=["POST"],
                           **completion_route_docs("responses"))
+        app.add_api_route("/v1/responses/{response_id}", self.http_stored_response, methods=["GET"],
+                          **tenant_route_docs(404))
+        app.add_api_route("/v1/responses/{response_id}", self.http_delete_stored_response, methods=["DELETE"],
+                          **tenant_route_docs(404))
         app.add_api_route("/v1/embeddings", self.http_embeddings, methods=["POST"],
                           **completion_route_docs("embeddings"))
         app.add_api_route("/v1/models", self.http_models, methods=["GET"], response_model=ModelList,
@@ -156,6 +163,9 @@ class FrontDoor:
         gateway = getattr(self, "_gateway", None)  # absent if __init__ failed
         if gateway is not None:
             gateway.close()
+        stored = getattr(self, "_stored", None)
+        if stored is not None:
+            stored.close()
 
     # --- HTTP ---------------------------------------------------------------------------
 
@@ -170,6 +180,16 @@ class FrontDoor:
     async def http_responses(self, request: Request) -> Response:
         """OpenAI Responses, streamed (SSE) or not; no response is stored."""
         return await self._relay(request, ResponsesRequest, "responses")
+
+    async def http_stored_response(self, response_id: str, request: Request) -> JSONResponse:
+        """One of the tenant's stored responses (a class that keeps them); any other id is 404."""
+        tenant = await self._gateway.authenticate(request.headers.get("authorization"))
+        return JSONResponse(await self._stored.retrieve(tenant, response_id))
+
+    async def http_delete_stored_response(self, response_id: str, request: Request) -> JSONResponse:
+        """Delete one of the tenant's stored responses; any other id is 404."""
+        tenant = await self._gateway.authenticate(request.headers.get("authorization"))
+        return JSONResponse(await self._stored.delete(tenant, response_id))
 
     async def http_embeddings(self, request: Request) -> Response:
         """OpenAI embeddings of one text or a list of them."""
@@ -217,9 +237,16 @@ class FrontDoor:
 
     async def _relay(self, request: Request, model: type[OpenAIRequest], method: str) -> Response:
         tenant = await self._gateway.authenticate(request.headers.get("authorization"))  # before the body
+        keeper = None
         try:
             data = await read_json_object(request, self._max_request_bytes)
-            body, shape = validate_openai_request(data, model, method, self._gateway.max_sequences(tenant, method))
+            stores = method == "responses" and self._stored.stores(tenant)
+            max_sequences = self._gateway.max_sequences(tenant, method)
+            body, shape = validate_openai_request(data, model, method, max_sequences, stores)
+            if stores:  # a continued conversation goes to the engine whole, and is checked whole
+                expanded, keeper = await self._stored.prepare(tenant, data)
+                if expanded is not data:
+                    body, shape = validate_openai_request(expanded, model, method, max_sequences, stores)
             if method == "chat":
                 try:
                     body = _sanitize_chat_completion_request(body)
@@ -229,13 +256,14 @@ class FrontDoor:
         except APIError:
             self._gateway.count_refusal(tenant)
             raise
-        return await self._answer(tenant, body, method, shape.sequences)
+        return await self._answer(tenant, body, method, shape.sequences, keeper)
 
-    async def _answer(self, tenant, body: OpenAIRequest, method: str, sequences: int) -> Response:
+    async def _answer(self, tenant, body: OpenAIRequest, method: str, sequences: int,
+                      keeper: Keeper | None = None) -> Response:
         # The request's lifecycle is one async generator: its `async with` opens the request
         # (first item in hand) and, however the generator ends, settles it. An unstreamed
         # answer ends it here; a stream ends it when the response stops iterating it.
-        lifecycle = self._answer_events(tenant, body, method, sequences)
+        lifecycle = self._answer_events(tenant, body, method, sequences, keeper)
         answer = await lifecycle.__anext__()
         headers = {POOL_HEADER: answer.route.pool, REQUEST_ID_HEADER: answer.request_id,
                    INGRESS_HEADER: self._replica_id}
@@ -248,19 +276,27 @@ class FrontDoor:
             if answer.error is not None:
                 error = answer.error.error
                 return error_response(error.code, error.message, param=error.param, headers=headers)
+            if keeper is not None:
+                answer.first.store = True
+                await self._stored.keep(keeper, answer.first.model_dump(mode="json", by_alias=True))
             # A complete, non-streamed response; serialize once, here (the Responses API's
             # models have aliased fields, as vLLM's server writes them).
             return Response(answer.first.model_dump_json(by_alias=method == "responses"),
                             media_type="application/json", headers=headers)
         return StreamingResponse(lifecycle, media_type="text/event-stream", headers=headers)
 
-    async def _answer_events(self, tenant, body: OpenAIRequest, method: str, sequences: int) -> AsyncIterator:
+    async def _answer_events(self, tenant, body: OpenAIRequest, method: str, sequences: int,
+                             keeper: Keeper | None) -> AsyncIterator:
         """Yields the answer, then (for a stream) its SSE packets; settles it on the way out."""
         async with self._gateway.request(tenant, body, method, "http", sequences) as answer:
             yield answer
             if answer.error is None and not answer.is_complete:
-                relay = _response_events if method == "responses" else _server_sent_events
-                async for packet in relay(answer, self._gateway.close_energy):
+                if method == "responses":
+                    keep = None if keeper is None else functools.partial(self._stored.keep, keeper)
+                    packets = _response_events(answer, self._gateway.close_energy, keep)
+                else:
+                    packets = _server_sent_events(answer, self._gateway.close_energy)
+                async for packet in packets:
                     yield packet
 
     # --- gRPC: fabriek.v1.InferenceService (serving/protos/fabriek/v1/inference.proto) ---
@@ -348,24 +384,39 @@ async def _server_sent_events(answer: EngineAnswer,
 
 # The events that end a Responses stream, with the response's usage.
 _RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed")
+# Events before the end that carry the response object (its `store` flag among the rest).
+_RESPONSE_STARTS = ("response.created", "response.in_progress")
 
 
-async def _response_events(answer: EngineAnswer,
-                           close_energy: Callable[[EngineAnswer, int, int], float | None]) -> AsyncIterator[str]:
+async def _response_events(answer: EngineAnswer, close_energy: Callable[[EngineAnswer, int, int], float | None],
+                           keep: Callable[[dict], Awaitable[None]] | None = None) -> AsyncIterator[str]:
     """Relay a Responses stream (``event: <type>`` SSE) batch by batch; settle it from its
     last event's usage. A stream that ends early is charged the prompt counted at admission
-    and one token per text delta relayed (vLLM sends a delta per generated token)."""
+    and one token per text delta relayed (vLLM sends a delta per generated token).
+
+    ``keep``: stores the completed response (a class that keeps them); the events that carry
+    the response object then say ``store: true``."""
     produced, final, status = 0, None, 500
     batch = answer.first
     while True:
-        for event in batch:
+        completed = None
+        for i, event in enumerate(batch):
             kind = event[len("event: "):event.find("\n")] if event.startswith("event: ") else ""
             if kind.endswith(".delta"):
                 produced += 1
-            elif kind in _RESPONSE_ENDS:
-                usage = json.loads(event[event.find("data: ") + len("data: "):]).get("response", {}).get("usage") or {}
-                final = (usage.get("input_tokens", 0), usage.get("output_tokens", 0))
-                status = 500 if kind == "response.failed" else 200
+                continue
+            if kind in _RESPONSE_ENDS or (keep is not None and kind in _RESPONSE_STARTS):
+                data = json.loads(event[event.find("data: ") + len("data: "):])
+                if keep is not None and isinstance(data.get("response"), dict):
+                    data["response"]["store"] = True
+                    batch = [*batch[:i], f"event: {kind}\ndata: {json.dumps(data)}\n\n", *batch[i + 1:]]
+                if kind in _RESPONSE_ENDS:
+                    usage = data.get("response", {}).get("usage") or {}
+                    final = (usage.get("input_tokens", 0), usage.get("output_tokens", 0))
+                    status = 500 if kind == "response.failed" else 200
+                    completed = data.get("response") if kind == "response.completed" else None
+        if completed is not None and keep is not None:
+            await keep(completed)
         answer.progress_tokens = (answer.counted_prompt_tokens, produced)
         if final is not None and not answer.energy_closed:
             joules = close_energy(answer, *final)

@@ -66,18 +66,20 @@ def _has_lone_surrogate(data: dict) -> bool:
 
 
 def validate_openai_request(data: dict, model: type[RequestModel], method: str,
-                            max_sequences: int) -> tuple[RequestModel, RequestShape]:
+                            max_sequences: int, stores_responses: bool = False) -> tuple[RequestModel, RequestShape]:
     """Check request fields (from a JSON body or a gRPC message) against the platform's
     allowlist and bounds, then validate them as ``model``.
 
     Args:
         method: ``chat`` or ``completions``.
         max_sequences: the tenant class's bound on sequences per request.
+        stores_responses: the tenant class keeps its responses (``routers.request_shape``).
 
     Raises:
         APIError: 400 naming the first field refused or invalid.
     """
-    shape = check_fields(method, data) or check_shape(method, data, max_sequences)
+    shape = (check_fields(method, data, stores_responses)
+             or check_shape(method, data, max_sequences, stores_responses))
     if isinstance(shape, ShapeError):
         raise APIError(400, shape.message, param=shape.param)
     try:
