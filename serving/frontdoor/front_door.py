@@ -399,7 +399,7 @@ async def _response_events(answer: EngineAnswer, close_energy: Callable[[EngineA
     produced, final, status = 0, None, 500
     batch = answer.first
     while True:
-        completed = None
+        ended = None
         for i, event in enumerate(batch):
             kind = event[len("event: "):event.find("\n")] if event.startswith("event: ") else ""
             if kind.endswith(".delta"):
@@ -414,9 +414,9 @@ async def _response_events(answer: EngineAnswer, close_energy: Callable[[EngineA
                     usage = data.get("response", {}).get("usage") or {}
                     final = (usage.get("input_tokens", 0), usage.get("output_tokens", 0))
                     status = 500 if kind == "response.failed" else 200
-                    completed = data.get("response") if kind == "response.completed" else None
-        if completed is not None and keep is not None:
-            await keep(completed)
+                    ended = data.get("response") if kind != "response.failed" else None
+        if ended is not None and keep is not None:
+            await keep(ended)
         answer.progress_tokens = (answer.counted_prompt_tokens, produced)
         if final is not None and not answer.energy_closed:
             joules = close_energy(answer, *final)

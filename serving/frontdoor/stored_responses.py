@@ -101,8 +101,9 @@ class StoredResponses:
         return data, Keeper(tenant, conversation, self._tenancy.policy_for(tenant).responses_kept_s)
 
     async def keep(self, keeper: Keeper, response: dict[str, Any]) -> None:
-        """Store a complete answer; a failure is logged, never the client's (it has its answer)."""
-        if response.get("status") != "completed" or not response.get("id"):
+        """Store an answer that ended (completed, or cut at its token limit: it can be continued);
+        a failure to store is logged, never the client's (it has its answer)."""
+        if response.get("status") not in ("completed", "incomplete") or not response.get("id"):
             return
         try:
             await asyncio.to_thread(self._opened().put, keeper.tenant.id, response,

@@ -64,8 +64,8 @@ def test_a_continued_request_carries_the_whole_conversation(tmp_path):
         assert missing.value.status == 404
         _, keeper = await responses.prepare(tenant, {"input": "x", "store": False})
         assert keeper is None
-        await responses.keep(await _keeper(responses, tenant), {**ANSWER, "id": "resp_9", "status": "incomplete"})
-        with pytest.raises(APIError):  # only completed answers are kept
+        await responses.keep(await _keeper(responses, tenant), {**ANSWER, "id": "resp_9", "status": "failed"})
+        with pytest.raises(APIError):  # a failed answer is not kept
             await responses.retrieve(tenant, "resp_9")
         assert (await responses.delete(tenant, "resp_1"))["deleted"] is True
         with pytest.raises(APIError):
