@@ -22,6 +22,7 @@ from serving.engine.default_model import builtin_model_dir
 from serving.protos.fabriek.v1 import inference_pb2 as pb
 from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub
 from tests.conftest import ADAPTER_ID, ADAPTER_TENANT, MODEL_ID, UNLOADABLE_ADAPTER_ID
+from tests.serving.test_e2e_apps import client
 from tests.serving.test_e2e_hostile import finished_record
 
 pytestmark = pytest.mark.e2e
@@ -33,13 +34,9 @@ TOKENS = 8
 LOGPROB_TOLERANCE = 0.3
 
 
-def client(server, tenant: str = ADAPTER_TENANT) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url(tenant)}/v1", api_key=server.keys[tenant], max_retries=0)
-
-
 @pytest.fixture(scope="module")
 def ministry(fabriek_server) -> openai.OpenAI:
-    return client(fabriek_server)
+    return client(fabriek_server, ADAPTER_TENANT)
 
 
 @pytest.fixture(scope="module")

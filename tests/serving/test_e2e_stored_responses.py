@@ -9,15 +9,12 @@ import openai
 import pytest
 
 from tests.conftest import MODEL_ID
+from tests.serving.test_e2e_apps import client
 from tests.serving.test_e2e_hostile import finished_record
 
 pytestmark = pytest.mark.e2e
 
 QUESTION = "What is the capital of the Netherlands?"
-
-
-def client(server, tenant: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url(tenant)}/v1", api_key=server.keys[tenant], max_retries=0)
 
 
 @pytest.fixture(scope="module")
