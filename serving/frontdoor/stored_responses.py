@@ -17,7 +17,7 @@ from typing import Any
 
 from routers import Tenancy, Tenant
 from serving.frontdoor.errors import APIError
-from serving.records.response_store import ResponseStore
+from serving.records.response_store import ResponseStore, response_store_url
 
 logger = logging.getLogger("fabriek.frontdoor")
 
@@ -58,12 +58,13 @@ class StoredResponses:
 
     Args:
         tenancy: the class policies (``store_responses``, ``responses_kept_s``).
-        url: the domain's database (its ledger's); opened on first use, by a class that stores.
+        url: the domain's ledger database; the store is beside it (``response_store_url``),
+            opened on first use, by a class that stores.
     """
 
     def __init__(self, tenancy: Tenancy, url: str):
         self._tenancy = tenancy
-        self._url = url
+        self._url = response_store_url(url)
         self._store: ResponseStore | None = None
 
     def stores(self, tenant: Tenant) -> bool:

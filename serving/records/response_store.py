@@ -1,5 +1,5 @@
 """Stored Responses: the conversations of the classes that keep them, in their domain's own
-database (the one its usage ledger is in, in a table of its own), for their tenants only.
+database (``response_store_url``: beside its usage ledger), for their tenants only.
 
 A stored response is its answer (the JSON the client got) and the conversation that led to
 it: the input items of every request in its chain, with each answer's output items. A
@@ -19,10 +19,25 @@ import json
 import time
 from typing import Any
 
+from pathlib import Path
+
 from sqlalchemy import Float, String, Text, create_engine, delete, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from serving.records.ledger import _connect_args, _create_private_sqlite_file, _tune_sqlite
+
+
+def response_store_url(ledger_url: str) -> str:
+    """Where a domain keeps its responses, given its ledger's URL: a SQLite ledger gets a file
+    of its own beside it (``responses.db``: content stays out of the accounting file, and its
+    writes never wait for the ledger's lock); a database server, the ledger's database."""
+    parsed = make_url(ledger_url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" \
+            or database.startswith("file:"):
+        return ledger_url
+    return parsed.set(database=str(Path(database).with_name("responses.db"))).render_as_string(hide_password=False)
 
 
 class _Base(DeclarativeBase):

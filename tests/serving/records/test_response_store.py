@@ -10,7 +10,7 @@ import pytest
 from routers import ClassPolicy, Tenancy, Tenant, TenantClass
 from serving.frontdoor.errors import APIError
 from serving.frontdoor.stored_responses import StoredResponses, output_items
-from serving.records.response_store import ResponseStore
+from serving.records.response_store import ResponseStore, response_store_url
 
 ANSWER = {"id": "resp_1", "status": "completed", "output": [
     {"type": "reasoning", "summary": []},
@@ -34,6 +34,12 @@ def test_a_response_is_its_tenants_until_it_expires(tmp_path):
     assert store.get("ministry", "resp_2", now=0.0) is None
     assert stat.S_IMODE((tmp_path / "db" / "usage.db").stat().st_mode) == 0o600
     store.close()
+
+
+def test_a_sqlite_ledger_gets_a_response_file_beside_it():
+    assert response_store_url("sqlite:////srv/fabriek/government/usage.db") == "sqlite:////srv/fabriek/government/responses.db"
+    url = "postgresql+psycopg://fabriek_government:pw@db/fabriek_government"
+    assert response_store_url(url) == url
 
 
 def test_an_answers_output_becomes_the_next_requests_input():
@@ -90,4 +96,4 @@ def test_a_class_that_keeps_nothing_never_opens_the_store(tmp_path):
             await responses.delete(tenant, "resp_1")
 
     asyncio.run(run())
-    assert not (tmp_path / "usage.db").exists()
+    assert not (tmp_path / "responses.db").exists()
