@@ -111,6 +111,11 @@ class RequestShape:
     prompts: int = 1
 
 
+def shown(value: str, limit: int = 64) -> str:
+    """A client's string as an error message quotes it: at most ``limit`` characters."""
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
 # Fields of the Responses API that a class storing responses offers (``ClassPolicy.store_responses``).
 STORED_RESPONSE_FIELDS = frozenset({"previous_response_id"})
 
@@ -126,8 +131,8 @@ def check_fields(method: str, data: Mapping[str, Any], stores_responses: bool = 
     for name in data:
         if name not in allowed:
             why = REFUSED_FIELDS.get(name)
-            shown = name if len(name) <= 64 else name[:64] + "..."
-            return ShapeError(shown, f"Unrecognized request argument supplied: {shown}"
+            quoted = shown(name)
+            return ShapeError(quoted, f"Unrecognized request argument supplied: {quoted}"
                               + (f" ({why})" if why else ""))
     return None
 
@@ -275,8 +280,7 @@ def _check_tool_choice(data: Mapping[str, Any]) -> ShapeError | None:
     defined = {(t["function"].get("name") if isinstance(t.get("function"), dict) else t.get("name"))
                for t in tools if isinstance(t, dict)}
     if name not in defined:
-        shown = name if len(name) <= 64 else name[:64] + "..."
-        return ShapeError("tool_choice", f"`tool_choice` names the tool `{shown}`, which `tools` does not define.")
+        return ShapeError("tool_choice", f"`tool_choice` names the tool `{shown(name)}`, which `tools` does not define.")
     return None
 
 

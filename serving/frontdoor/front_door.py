@@ -41,6 +41,7 @@ from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion
 
 from routers import Tenancy, Tenant
 from routers.quota import QuotaLimits
+from routers.request_shape import shown
 from serving.frontdoor.body_limit import BodySizeLimit
 from serving.config.admission_specs import LedgerSpec
 from serving.frontdoor.errors import REQUEST_ID_HEADER, APIError, error_response, install_error_handlers
@@ -207,8 +208,7 @@ class FrontDoor:
         for model, base in tenant.models_in(self._model_cards):
             if model == model_id:
                 return self._card(tenant, model, base)
-        shown = model_id if len(model_id) <= 64 else model_id[:64] + "..."
-        raise APIError(404, f"The model `{shown}` does not exist.", param="model")
+        raise APIError(404, f"The model `{shown(model_id)}` does not exist.", param="model")
 
     def _card(self, tenant: Tenant, model_id: str, base: str | None) -> ModelCard:
         """A model's card; an adapter is the tenant's own, with its base model as ``parent``."""

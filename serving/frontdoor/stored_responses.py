@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from routers import Tenancy, Tenant
+from routers.request_shape import shown
 from serving.frontdoor.errors import APIError
 from serving.records.response_store import ResponseStore, response_store_url
 
@@ -90,8 +91,7 @@ class StoredResponses:
         if previous is not None:
             found = await asyncio.to_thread(self._opened().get, tenant.id, previous)
             if found is None:
-                shown = previous if len(previous) <= 64 else previous[:64] + "..."
-                raise APIError(404, f"Response with id '{shown}' not found.", param="previous_response_id")
+                raise _not_found(previous, "previous_response_id")
             conversation = found[0]
             data = {key: value for key, value in data.items() if key != "previous_response_id"}
         conversation = conversation + input_items(data.get("input"))
@@ -139,6 +139,5 @@ class StoredResponses:
             self._store.close()
 
 
-def _not_found(response_id: str) -> APIError:
-    shown = response_id if len(response_id) <= 64 else response_id[:64] + "..."
-    return APIError(404, f"Response with id '{shown}' not found.", param="response_id")
+def _not_found(response_id: str, param: str = "response_id") -> APIError:
+    return APIError(404, f"Response with id '{shown(response_id)}' not found.", param=param)
