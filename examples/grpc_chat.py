@@ -8,12 +8,13 @@ Generate the client from the contract (the only reference) once, next to this fi
 
 then run it with a key of your tenant (`fabriek keys create --tenant ...` prints one):
 
-    FABRIEK_API_KEY=fk_... python grpc_chat.py --target 127.0.0.1:9000 --domain commercial \\
+    FABRIEK_API_KEY=fk_... python grpc_chat.py --target 127.0.0.1:9001 --domain commercial \\
         "What is the capital of the Netherlands?"
 
-Every call names the isolation domain of your tenant in the `application` metadata
-(`government`, `commercial`, ...: `fabriek config check` lists them); that picks your
-domain's own front door, and a key shown at another domain's door is refused as unknown.
+Each isolation domain has its own gRPC port (`fabriek config check` lists them: locally
+9000 for `government`, 9001 for `commercial`), and every call names the domain of your
+tenant in the `application` metadata; a key shown at another domain's door is refused as
+unknown.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from loadtests.bench_vs_vllm import engine_flags, start, stop, wait_ready  # noqa: E402
-from loadtests.front_doors import base_url, create_key, free_port, health_urls, own_files_and_ports  # noqa: E402
+from loadtests.front_doors import base_url, create_key, free_port, free_ports, health_urls, own_files_and_ports  # noqa: E402
 from loadtests.percentiles import percentile  # noqa: E402
 from loadtests.process_cpu import cpu_by_role  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
@@ -121,10 +121,10 @@ def main() -> None:
     model = loaded.model(MODEL_ID)
     engine_args = engine_args_for(pool, model)
     engine_args.pop("enable_log_requests", None)
-    fabriek_port, vllm_port = free_port(), free_port()
+    fabriek_port, vllm_port = free_ports(2), free_port()
     servers = {
         "fabriek": start([sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path),
-                          "--http-port", str(fabriek_port), "--dashboard-port", str(free_port())],
+                          "--http-port", str(fabriek_port), "--dashboard-port", str(free_ports(2))],
                          logs / "fabriek.log"),
         "vllm": start([sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                        "--model", str(resolve_model_source(model)), "--served-model-name", MODEL_ID,

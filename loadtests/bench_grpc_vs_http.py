@@ -32,7 +32,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loadtests.bench_vs_vllm import PROMPTS, free_port, one_request, stop  # noqa: E402  (shared with the vLLM bench)
+from loadtests.bench_vs_vllm import PROMPTS, free_port, free_ports, one_request, stop  # noqa: E402  (shared with the vLLM bench)
 from loadtests.percentiles import percentile  # noqa: E402
 from loadtests.front_doors import create_key  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
@@ -144,16 +144,16 @@ def start_fabriek(logs: Path) -> tuple[subprocess.Popen, int, int, str, str]:
     config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
     config["auth"].update(key_file=str(logs / "bench-{domain}-keys.json"),
                           cache_salt_secret_file=str(logs / "bench-{domain}-salt.secret"))
-    config["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
+    config["serve"].update(haproxy_stats_port=free_ports(2), haproxy_metrics_port=free_ports(2))
     config_path = logs / "bench-platform.yaml"
     config_path.write_text(yaml.safe_dump(config))
     tenant = load_config(config_path).tenants[0].id
     api_key, domain = create_key(config, tenant), load_config(config_path).domain_of(tenant).name
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = free_ports(2), free_ports(2)
     log = logs / "fabriek.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path), "--http-port", str(http_port),
-         "--grpc-port", str(grpc_port), "--dashboard-port", str(free_port())],
+         "--grpc-port", str(grpc_port), "--dashboard-port", str(free_ports(2))],
         stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
     started = time.monotonic()
     while time.monotonic() - started < 900:

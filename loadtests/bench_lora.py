@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from loadtests.bench_vs_vllm import start, stop, wait_ready  # noqa: E402
-from loadtests.front_doors import base_url, create_key, free_port, health_urls, own_files_and_ports  # noqa: E402
+from loadtests.front_doors import base_url, create_key, free_port, free_ports, health_urls, own_files_and_ports  # noqa: E402
 from loadtests.percentiles import percentile  # noqa: E402
 from loadtests.process_cpu import cpu_by_role  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH  # noqa: E402
@@ -103,9 +103,9 @@ def main() -> None:
                               "adapters": [{"id": ADAPTER_ID, "base": MODEL_ID, "source": str(adapter)}]})
     config_path = logs / "bench-platform.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    port = free_port()
+    port = free_ports(2)
     server = start([sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path),
-                    "--http-port", str(port), "--dashboard-port", str(free_port())], logs / "fabriek.log")
+                    "--http-port", str(port), "--dashboard-port", str(free_ports(2))], logs / "fabriek.log")
     try:
         for url in health_urls(config, port):
             wait_ready(url, server, logs / "fabriek.log")

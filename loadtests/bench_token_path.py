@@ -373,7 +373,7 @@ def cores_arg(value: str) -> set[int]:
 def run_one(server: str, round_: int, args, ctx: dict) -> dict:
     """Start ``server``, drive it from the load generator's cores, stop it."""
     from loadtests.bench_vs_vllm import CLEAN_ENV, PROMPTS, engine_flags, start, stop, wait_ready
-    from loadtests.front_doors import base_url, free_port, health_urls
+    from loadtests.front_doors import base_url, free_port, free_ports, health_urls
 
     name = f"{server}-{round_}"
     log = ctx["logs"] / f"{name}.log"
@@ -385,9 +385,9 @@ def run_one(server: str, round_: int, args, ctx: dict) -> dict:
         base, ready_urls, api_key = f"http://127.0.0.1:{port}", [f"http://127.0.0.1:{port}/v1/models"], None
         env, cores = ctx["vllm_env"], ctx["vllm_cores"]
     else:
-        port = free_port()
+        port = free_ports(2)
         cmd = [sys.executable, "-m", "serving.cli", "serve", "--http-port", str(port),
-               "--dashboard-port", str(free_port()), "--config", str(ctx["fabriek_config"])]
+               "--dashboard-port", str(free_ports(2)), "--config", str(ctx["fabriek_config"])]
         base, ready_urls = base_url(ctx["fabriek_dict"], ctx["tenant"], port), health_urls(ctx["fabriek_dict"], port)
         api_key, env, cores = ctx["api_key"], ctx["fabriek_env"], None  # the config places it
         cmd[cmd.index("--config") + 1] = str(ctx["fabriek_configs"][server])

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from loadtests.percentiles import percentile  # noqa: E402
-from loadtests.front_doors import (base_url, create_key, free_port, health_urls,  # noqa: E402,F401
+from loadtests.front_doors import (base_url, create_key, free_port, free_ports, health_urls,  # noqa: E402,F401
                                    own_files_and_ports)
 from serving.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
 from serving.engine.engines import engine_args_for, resolve_model_source  # noqa: E402
@@ -237,9 +237,9 @@ def run_fabriek(model_id: str, args, logs: Path, env: dict[str, str] | None = No
     config_path.write_text(yaml.safe_dump(config))
     tenant = load_config(config_path).tenants[0].id
     args.api_key = create_key(config, tenant)
-    port = free_port()
+    port = free_ports(2)
     cmd = [sys.executable, "-m", "serving.cli", "serve", "--http-port", str(port),
-           "--dashboard-port", str(free_port()), "--config", str(config_path)]
+           "--dashboard-port", str(free_ports(2)), "--config", str(config_path)]
     return run_server(name, cmd, base_url(config, tenant, port), health_urls(config, port), model_id, args,
                       logs, env, measure_with)
 

@@ -29,6 +29,25 @@ def free_port() -> int:
             return port
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` TCP ports in a row that nothing listens on now and that Ray will
+    not take by default (``fabriek serve`` gives the n-th domain each configured port + n)."""
+    while True:
+        first = free_port()
+        ports = range(first, first + count)
+        if ports[-1] <= 65535 and not set(ports) & RAY_DEFAULT_PORTS and all(_is_free(p) for p in ports):
+            return first
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def own_files_and_ports(config: dict, logs: Path, name: str) -> None:
     """Gives a platform config (as loaded from YAML) key, salt and ledger files under
     ``logs``, one set per isolation domain, and free ports of its own, so that it runs beside
@@ -36,9 +55,13 @@ def own_files_and_ports(config: dict, logs: Path, name: str) -> None:
     config["auth"] = {"key_file": str(logs / f"{name}-{{domain}}-keys.json"),
                       "cache_salt_secret_file": str(logs / f"{name}-{{domain}}-salt.secret")}
     config["ledger"] = {"url": f"sqlite:///{logs / f'{name}-{{domain}}-usage.db'}"}
-    config["grpc"]["port"] = free_port()
-    config["local"]["metrics_export_port"] = free_port()
-    config["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
+    # The n-th domain's cluster takes each port + n.
+    domains = len(load_config(config, check_library_settings=False).domains())
+    config["grpc"]["port"] = free_ports(domains)
+    config["local"].update(metrics_export_port=free_ports(domains), gcs_port=free_ports(domains),
+                           dashboard_port=free_ports(domains),
+                           ray_token_file=str(logs / f"{name}-{{domain}}-ray-token"))
+    config["serve"].update(haproxy_stats_port=free_ports(domains), haproxy_metrics_port=free_ports(domains))
 
 
 def create_key(config: dict, tenant: str) -> str:
@@ -49,9 +72,13 @@ def create_key(config: dict, tenant: str) -> str:
     return key
 
 
-def base_url(config: dict, tenant: str, port: int) -> str:
-    """The front door of ``tenant``'s domain on a server at ``port``: ``http://127.0.0.1:PORT/<domain>``."""
-    return f"http://127.0.0.1:{port}/{load_config(config).domain_of(tenant).name}"
+def base_url(config: dict, tenant: str, port: int | None = None) -> str:
+    """The front door of ``tenant``'s domain: ``http://127.0.0.1:PORT/<domain>``, where PORT is
+    the domain's own (the first domain's ``port``, or ``http.port``, + the domain's index)."""
+    loaded = load_config(config)
+    domain = loaded.domain_of(tenant).name
+    index = [d.name for d in loaded.domains()].index(domain)
+    return f"http://127.0.0.1:{(port or loaded.http.port) + index}/{domain}"
 
 
 def ledger_url(config: dict, tenant: str) -> str:
@@ -60,6 +87,13 @@ def ledger_url(config: dict, tenant: str) -> str:
     return loaded.ledger.resolved_url(loaded.domain_of(tenant).name)
 
 
+def grpc_target(config: dict, tenant: str) -> str:
+    """The gRPC address of ``tenant``'s domain: ``grpc.port`` + the domain's index."""
+    loaded = load_config(config)
+    index = [d.name for d in loaded.domains()].index(loaded.domain_of(tenant).name)
+    return f"127.0.0.1:{loaded.grpc.port + index}"
+
+
 def health_urls(config: dict, port: int) -> list[str]:
     """Every domain's ``/health``: the server is ready when all answer 200."""
-    return [f"http://127.0.0.1:{port}/{d.name}/health" for d in load_config(config).domains()]
+    return [f"http://127.0.0.1:{port + n}/{d.name}/health" for n, d in enumerate(load_config(config).domains())]

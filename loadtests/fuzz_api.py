@@ -36,7 +36,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loadtests.front_doors import base_url, create_key, free_port, health_urls, own_files_and_ports  # noqa: E402
+from loadtests.front_doors import base_url, create_key, free_port, free_ports, grpc_target, health_urls, own_files_and_ports  # noqa: E402
 from loadtests.fuzz_grpc import run_grpc_fuzz  # noqa: E402
 from loadtests.fuzz_http import run_http_fuzz  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH, load_config  # noqa: E402
@@ -80,10 +80,10 @@ def with_own_server(args) -> dict:
     path = logs / "platform.yaml"
     path.write_text(yaml.safe_dump(config))
     key = create_key(config, FUZZ_TENANT)
-    port = free_port()
+    port = free_ports(2)
     log = logs / "serve.log"
     process = start([sys.executable, "-m", "serving.cli", "serve", "--config", str(path),
-                     "--http-port", str(port), "--dashboard-port", str(free_port())], log)
+                     "--http-port", str(port), "--dashboard-port", str(free_ports(2))], log)
     loaded = load_config(config)
     domain = loaded.domain_of(FUZZ_TENANT).name
     try:
@@ -91,7 +91,7 @@ def with_own_server(args) -> dict:
         print(f"server ready in {ready_s:.0f} s (log: {log})", flush=True)
         args.model = args.model or config["models"][0]["id"]
         others = tuple(d.name for d in loaded.domains() if d.name != domain)
-        result = fuzz(base_url(config, FUZZ_TENANT, port), key, f"127.0.0.1:{config['grpc']['port']}",
+        result = fuzz(base_url(config, FUZZ_TENANT, port), key, grpc_target(config, FUZZ_TENANT),
                       domain, args, others)
     finally:
         stop(process)

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from loadtests.bench_vs_vllm import start, stop, wait_ready  # noqa: E402
-from loadtests.front_doors import base_url, create_key, free_port, health_urls, ledger_url, own_files_and_ports  # noqa: E402
+from loadtests.front_doors import base_url, create_key, free_port, free_ports, health_urls, ledger_url, own_files_and_ports  # noqa: E402
 from loadtests.isolation_clients import FLOOD_WORKERS, POOL_CAPACITY  # noqa: E402
 from loadtests.percentiles import percentile  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH  # noqa: E402
@@ -147,11 +147,11 @@ def run(name: str, config: dict, args, logs: Path) -> dict:
     path.write_text(yaml.safe_dump(config))
     # Each tenant's key in its own domain's key file; each client at its own domain's door.
     keys = {t: create_key(config, t) for t in ("gov-demo", "pilot-demo")}
-    port = free_port()
+    port = free_ports(2)
     bases = {t: base_url(config, t, port) for t in keys}
     log = logs / f"{name}.log"
     process = start([sys.executable, "-m", "serving.cli", "serve", "--config", str(path),
-                     "--http-port", str(port), "--dashboard-port", str(free_port())], log)
+                     "--http-port", str(port), "--dashboard-port", str(free_ports(2))], log)
     try:
         ready_s = sum(wait_ready(url, process, log) for url in health_urls(config, port))
         print(f"{name}: ready in {ready_s:.0f} s", flush=True)

@@ -51,7 +51,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loadtests.bench_vs_vllm import (PROMPTS, free_port, measure, one_request, own_files_and_ports,  # noqa: E402
+from loadtests.bench_vs_vllm import (PROMPTS, free_port, free_ports, measure, one_request, own_files_and_ports,  # noqa: E402
                                      run_fabriek, start, stop, wait_ready)  # (clean server env first)
 from loadtests.percentiles import percentile  # noqa: E402
 from loadtests.process_cpu import cpu_by_role  # noqa: E402
@@ -362,9 +362,9 @@ def main_paired(args, model_id: str, logs: Path) -> None:
                     config = one_core_config(core, logs, name)
                     platform_config = yaml.safe_load(config.read_text())
                     key = create_key(platform_config, "gov-demo")
-                    port = free_port()
+                    port = free_ports(2)
                     cmd = [sys.executable, "-m", "serving.cli", "serve", "--config", str(config),
-                           "--http-port", str(port), "--dashboard-port", str(free_port())]
+                           "--http-port", str(port), "--dashboard-port", str(free_ports(2))]
                     servers[setting] = {"core": core, "port": port, "key": key, "log": logs / f"{name}.log",
                                         "base": base_url(platform_config, "gov-demo", port),
                                         "health": health_urls(platform_config, port)}

@@ -24,18 +24,13 @@ from routers.power_budget import SHED_ORDER, PoolPowerSpec, PowerCap
 from routers.quota import QuotaLimits
 from serving.admission.admission_controller import AdmissionController
 from serving.config import PlatformConfig, load_config
-from serving.config.domains import FrontDoorPlacement, domain_config, front_door_placement
+from serving.config.domains import FrontDoorPlacement, domain_config, front_door_placement, route_prefix
 from serving.config.energy_specs import GOVERNOR_DEPLOYMENT
 from serving.engine.engines import EngineDeployment, engine_args_for, engine_deployments, is_embedding_model
 from serving.frontdoor.direct_server import FrontDoorLLMServer
 from serving.frontdoor.front_door import FrontDoorSettings
 from serving.frontdoor.ingress import OpenAIIngress
 from serving.power.governor import PowerGovernor
-
-
-def route_prefix(domain: str) -> str:
-    """Where a domain's front door listens: ``/<domain>`` (its OpenAI base URL is ``/<domain>/v1``)."""
-    return f"/{domain}"
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -66,14 +61,23 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 
 def build_power_app(args: dict[str, Any] | None = None) -> Application:
-    """Build the platform's power governor application (``serving.power.governor``) from
-    ``args`` (``config_path`` or ``config``, as ``build_app``); Serve application
-    ``fabriek-power``, no route prefix."""
+    """Build one domain's power governor application (``serving.power.governor``) from
+    ``args`` (``config_path`` or ``config``, and ``domain``, as ``build_app``); Serve
+    application ``fabriek-power`` in the domain's own cluster, no route prefix. It governs
+    the domain's pools only, under its share of any platform cap."""
     args = dict(args or {})
-    unknown = set(args) - {"config", "config_path"}
-    if unknown or len(args) > 1:
-        raise ValueError(f"build_power_app takes `config` or `config_path`; got {sorted(args)}")
-    return bind_power_governor(load_config(args.get("config", args.get("config_path"))))
+    unknown = set(args) - {"config", "config_path", "domain"}
+    if unknown or ("config" in args and "config_path" in args):
+        raise ValueError(f"build_power_app takes `config` or `config_path`, and `domain`; got {sorted(args)}")
+    config = load_config(args.get("config", args.get("config_path")))
+    domains = [d.name for d in config.domains()]
+    name = args.get("domain")
+    if name is None:
+        if len(domains) != 1:
+            raise ValueError(f"build_power_app: the config has the isolation domains {domains}; "
+                             "pass `domain` (one power governor per domain's cluster)")
+        name = domains[0]
+    return bind_power_governor(domain_config(config, name))
 
 
 def bind_power_governor(config: PlatformConfig) -> Application:

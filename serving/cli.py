@@ -24,15 +24,34 @@ def _models_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redacted(url: str) -> str:
+    """A database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _config_check(args: argparse.Namespace) -> int:
     from serving.config import load_config
+    from serving.config.cluster_layout import local_clusters
+    from serving.config.domains import route_prefix
 
     config = load_config(args.config)
     print(f"{args.config or 'default config'}: valid "
           f"({len(config.models)} model(s), {len(config.pools)} pool(s))")
-    print("isolation domains (each its own front door, admission controller, ledger, keys and salt):")
+    print("isolation domains (each its own Ray cluster: head, Serve controller, dashboard, token, "
+          "front door, admission controller, ledger, keys and salt):")
+    clusters = {c.domain: c for c in local_clusters(config)}
     for domain in config.domains():
+        cluster = clusters[domain.name]
         print(f"  {domain.name}: classes {', '.join(sorted(domain.classes))}; pools {', '.join(domain.pools)}")
+        print(f"    cluster: Ray head {cluster.gcs_address()}, dashboard :{cluster.dashboard_port}, "
+              f"metrics :{cluster.metrics_export_port} (locally; on Kubernetes the RayService "
+              f"<release>-{domain.name})")
+        print(f"    front door: HTTP :{cluster.http_port}{route_prefix(domain.name)}/v1, gRPC :{cluster.grpc_port}")
+        print(f"    secrets: Ray token {cluster.token_file}; API keys {config.auth.resolved_key_file(domain.name)}; "
+              f"cache salt {config.auth.resolved_cache_salt_secret_file(domain.name)}; "
+              f"ledger {_redacted(config.ledger.resolved_url(domain.name))}")
         if domain.is_mixing_government_and_commercial:
             print(f"fabriek: warning: domain {domain.name!r} holds both government and commercial "
                   "tenants: their requests share pools and front-door processes; give each class "
@@ -150,44 +169,99 @@ def _usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _power_clusters(args: argparse.Namespace):
+    """The config, and the Ray clusters of the domains a `fabriek power` command addresses."""
+    from serving.config.cluster_layout import local_clusters
+
+    config = _bookkeeping_config(args)
+    clusters = local_clusters(config)
+    if args.domain is not None:
+        clusters = [c for c in clusters if c.domain == args.domain]
+        if not clusters:
+            raise SystemExit(f"fabriek power: no domain {args.domain!r}; the config has "
+                             f"{', '.join(d.name for d in config.domains())}")
+    return config, clusters
+
+
 def _power_cap(args: argparse.Namespace) -> int:
     import datetime
 
     from routers.power_budget import parse_until, parse_watts
-    from serving.power.client import call, describe_status, governor
+    from serving.power.client import call_domain, describe_status
 
     try:
         watts = parse_watts(args.watts)
         until = None if args.until is None else parse_until(args.until, datetime.datetime.now().astimezone())
-    except ValueError as err:
+        config, clusters = _power_clusters(args)
+        if args.scope == "platform":
+            # The operator's side of a facility-wide cap: each domain's governor gets a share,
+            # split by what each draws now, and keeps it if this command is never run again.
+            statuses = {c.domain: call_domain(c, "status") for c in clusters}
+            drawn = {d: _drawn_watts(status) for d, status in statuses.items()}
+            shares = _shares(config, watts, drawn)
+            targets = [(c, shares[c.domain], f"domain:{c.domain}") for c in clusters]
+        else:
+            owner = _scope_domain(config, args.scope)
+            targets = [(c, watts, args.scope) for c in clusters if c.domain == owner]
+        end = None if until is None else until.timestamp()
+        for cluster, share, scope in targets:
+            cap = call_domain(cluster, "set_cap", args.name, share, scope, end)
+            ends = "until lifted" if until is None else f"until {until:%Y-%m-%d %H:%M %Z}"
+            print(f"{cluster.domain} domain: power cap {cap['name']}: {share:.0f} W over "
+                  f"{', '.join(cap['pools'])}, {ends}")
+            print(describe_status(call_domain(cluster, "status")))
+    except ValueError as err:  # a bad value, or a governor's refusal (an unknown scope)
         print(f"fabriek power cap: {err}", file=sys.stderr)
         return 2
-    handle = governor(args.address)
-    try:
-        cap = call(handle, "set_cap", args.name, watts, args.scope, None if until is None else until.timestamp())
-    except ValueError as err:  # the governor's refusal (an unknown scope), raised here by Ray
-        print(f"fabriek power cap: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
-        return 2
-    ends = "until lifted" if until is None else f"until {until:%Y-%m-%d %H:%M %Z}"
-    print(f"power cap {cap['name']}: {watts:.0f} W over {', '.join(cap['pools'])}, {ends}")
-    print(describe_status(call(handle, "status")))
     return 0
 
 
-def _power_lift(args: argparse.Namespace) -> int:
-    from serving.power.client import call, governor
+def _shares(config, watts: float, drawn: dict) -> dict[str, float]:
+    """Each domain's share of a platform cap of ``watts``, given what each draws now."""
+    from routers.power_shares import split_cap
+    from serving.config.domains import domain_power_demand
 
-    if not call(governor(args.address), "lift", args.name):
+    demands = [domain_power_demand(config, d.name, drawn.get(d.name)) for d in config.domains()]
+    return split_cap(watts, demands, headroom=config.energy.headroom)
+
+
+def _drawn_watts(status: dict) -> float | None:
+    """What a domain drew over its governor's last interval; None if no pool was metered."""
+    watts = [p["watts"] for p in status["pools"].values() if p["watts"] is not None]
+    return sum(watts) if watts else None
+
+
+def _scope_domain(config, scope: str) -> str:
+    """The domain whose governor keeps a `domain:` or `pool:` cap."""
+    kind, _, name = scope.partition(":")
+    if kind == "domain" and name in {d.name for d in config.domains()}:
+        return name
+    if kind == "pool":
+        for domain in config.domains():
+            if name in domain.pools:
+                return domain.name
+    raise ValueError(f"unknown scope {scope!r}: use `platform`, `domain:NAME` or `pool:NAME` of a served pool")
+
+
+def _power_lift(args: argparse.Namespace) -> int:
+    from serving.power.client import call_domain
+
+    _, clusters = _power_clusters(args)
+    lifted = [c.domain for c in clusters if call_domain(c, "lift", args.name)]
+    if not lifted:
         print(f"fabriek power lift: no power cap named {args.name!r}", file=sys.stderr)
         return 1
-    print(f"power cap {args.name} lifted")
+    print(f"power cap {args.name} lifted ({', '.join(lifted)} domain)")
     return 0
 
 
 def _power_status(args: argparse.Namespace) -> int:
-    from serving.power.client import call, describe_status, governor
+    from serving.power.client import call_domain, describe_status
 
-    print(describe_status(call(governor(args.address), "status")))
+    _, clusters = _power_clusters(args)
+    for cluster in clusters:
+        print(f"== {cluster.domain} domain (Ray cluster {cluster.gcs_address()}) ==")
+        print(describe_status(call_domain(cluster, "status")))
     return 0
 
 
@@ -273,9 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     power = commands.add_parser("power", help="power caps of a running platform (a grid operator's curtailment)"
                                 ).add_subparsers(dest="action", required=True)
-    address = argparse.ArgumentParser(add_help=False)
-    address.add_argument("--address", default="auto",
-                         help="the platform's Ray cluster (default: the one on this machine)")
+    address = argparse.ArgumentParser(add_help=False, parents=[config_option])
+    address.add_argument("--domain", default=None,
+                         help="only this domain's cluster (default: every domain's; each is reached "
+                              "with its own Ray token)")
     cap = power.add_parser("cap", parents=[address], help="keep the platform's measured power under a cap")
     cap.add_argument("watts", help="the cap, e.g. 800W, 2.5kW, 1.2MW")
     cap.add_argument("--scope", default="platform",

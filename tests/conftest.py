@@ -15,7 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from loadtests.front_doors import free_port  # one definition: it skips the ports Ray takes later
+from loadtests.front_doors import free_port, free_ports  # one definition: skips the ports Ray takes
+from serving.config.cluster_layout import DomainCluster, local_clusters
 
 # Start-up of the default model's two pools on a 2-core CPU machine takes ~1.5 min; allow
 # slack for a loaded CI machine.
@@ -107,29 +108,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @dataclass
 class FabriekServer:
-    """A `fabriek serve` process and what it printed."""
+    """A `fabriek serve` process and what it printed. Each isolation domain is a Ray cluster
+    of its own, with ports of its own (``clusters``)."""
 
     process: subprocess.Popen
-    http_port: int
-    grpc_port: int
-    dashboard_port: int
+    http_port: int  # the first domain's; see ``clusters`` for every domain's ports
     config_path: Path
     ledger_url_template: str  # with {domain}
-    metrics_port: int
     keys: dict[str, str]  # tenant id -> API key, made by `fabriek keys create`
+    clusters: dict[str, DomainCluster] = field(default_factory=dict)  # domain -> its Ray cluster
     domain_of: dict[str, str] = field(default_factory=dict)  # tenant id -> its isolation domain
     adapter_dir: Path | None = None  # ADAPTER_ID's directory (tests/lora_adapter.py)
     lines: list[str] = field(default_factory=list)
     is_ready: bool = False
 
-    @property
-    def root_url(self) -> str:
-        """The HTTP address before any domain's prefix."""
-        return f"http://127.0.0.1:{self.http_port}"
+    def cluster(self, tenant_or_domain: str = "gov-demo") -> DomainCluster:
+        """The Ray cluster of a tenant's (or a named) domain."""
+        return self.clusters[self.domain_of.get(tenant_or_domain, tenant_or_domain)]
+
+    def root_url(self, tenant_or_domain: str = "gov-demo") -> str:
+        """The HTTP address of a domain before its prefix."""
+        return f"http://127.0.0.1:{self.cluster(tenant_or_domain).http_port}"
 
     def base_url(self, tenant_or_domain: str = "gov-demo") -> str:
         """The front door of a tenant's (or a named) domain: ``http://...:PORT/<domain>``."""
-        return f"{self.root_url}/{self.domain_of.get(tenant_or_domain, tenant_or_domain)}"
+        return f"{self.root_url(tenant_or_domain)}/{self.cluster(tenant_or_domain).domain}"
+
+    def grpc_target(self, tenant_or_domain: str = "gov-demo") -> str:
+        """The gRPC address of a tenant's (or a named) domain."""
+        return f"127.0.0.1:{self.cluster(tenant_or_domain).grpc_port}"
+
+    def metrics_url(self, tenant_or_domain: str = "gov-demo") -> str:
+        """The Prometheus endpoint of a tenant's (or a named) domain's Ray cluster."""
+        return f"http://127.0.0.1:{self.cluster(tenant_or_domain).metrics_export_port}/metrics"
 
     def ledger_url(self, tenant_or_domain: str = "gov-demo") -> str:
         """The usage ledger of a tenant's (or a named) domain."""
@@ -140,21 +151,17 @@ class FabriekServer:
         (the tenant's domain) that routes a gRPC call to its domain's front door."""
         return [("authorization", f"Bearer {key or self.keys[tenant]}"), ("application", self.domain_of[tenant])]
 
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def ray_address(self) -> str:
-        """The GCS address of the server's Ray head, as `fabriek serve` printed it."""
-        [line] = [line for line in self.lines if line.startswith("fabriek: Ray address:")]
+    def ray_address(self, domain: str = "government") -> str:
+        """The GCS address of a domain's Ray head, as `fabriek serve` printed it."""
+        [line] = [line for line in self.lines
+                  if line.startswith("fabriek: Ray address:") and f"({domain} domain;" in line]
         return line.split(":", 2)[2].split()[0]
 
-    @property
-    def ray_logs_dir(self) -> Path:
-        """The Ray session's log directory, as `fabriek serve` printed it."""
-        [line] = [line for line in self.lines if line.startswith("fabriek: Ray logs:")]
-        return Path(line.split(":", 2)[2].strip())
+    def ray_logs_dir(self, domain: str = "government") -> Path:
+        """A domain's Ray session log directory, as `fabriek serve` printed it."""
+        [line] = [line for line in self.lines
+                  if line.startswith("fabriek: Ray logs:") and line.rstrip().endswith(f"({domain} domain)")]
+        return Path(line.split(":", 2)[2].strip().rsplit(" (", 1)[0])
 
     def cli(self, *args: str) -> str:
         """Run a `fabriek` command against this server's config; return its stdout."""
@@ -167,6 +174,54 @@ class FabriekServer:
 
     def output(self, last: int = 60) -> str:
         return "".join(self.lines[-last:])
+
+
+class DomainStubs:
+    """``InferenceServiceStub`` over one channel per domain: each call goes to the door of the
+    domain its ``application`` metadata names, as each domain's clients are configured with
+    their own domain's address (another name, or none: the first domain's door)."""
+
+    def __init__(self, server: FabriekServer):
+        import grpc
+
+        from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub
+
+        self._channels = {d: grpc.insecure_channel(server.grpc_target(d)) for d in server.clusters}
+        self._stubs = {d: InferenceServiceStub(c) for d, c in self._channels.items()}
+        self._first = next(iter(self._stubs))
+
+    def wait_until_ready(self, timeout_s: float) -> "DomainStubs":
+        import grpc
+
+        for channel in self._channels.values():
+            grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        return self
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+    def __getattr__(self, method: str):
+        return _RoutedMethod(self, method)
+
+    def pick(self, method: str, metadata) -> object:
+        application = dict(metadata or ()).get("application")
+        return getattr(self._stubs.get(application, self._stubs[self._first]), method)
+
+
+@dataclass
+class _RoutedMethod:
+    stubs: DomainStubs
+    method: str
+
+    def __call__(self, request, **kwargs):
+        return self.stubs.pick(self.method, kwargs.get("metadata"))(request, **kwargs)
+
+    def with_call(self, request, **kwargs):
+        return self.stubs.pick(self.method, kwargs.get("metadata")).with_call(request, **kwargs)
+
+    def future(self, request, **kwargs):
+        return self.stubs.pick(self.method, kwargs.get("metadata")).future(request, **kwargs)
 
 
 def _collect_output(server: FabriekServer, ready: threading.Event) -> None:
@@ -205,7 +260,10 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
     for name in builtin_models():
         prepare_builtin_model(name, show_progress=False)
     config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    config["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
+    # Each domain's cluster takes each port + its index: two free ports in a row each.
+    config["serve"].update(haproxy_stats_port=free_ports(2), haproxy_metrics_port=free_ports(2))
+    config["local"].update(gcs_port=free_ports(2), dashboard_port=free_ports(2))
+    config["http"]["port"], config["grpc"]["port"] = free_ports(2), free_ports(2)
     home = tmp_path_factory.mktemp("config")
     # One key file, salt and ledger per isolation domain, as the config requires.
     config["auth"].update(key_file=str(home / "{domain}" / "api-keys.json"),
@@ -213,7 +271,9 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
     for domain in ("government", "commercial"):
         (home / domain).mkdir()
     config["ledger"] = {"url": (ledger_url := f"sqlite:///{home / '{domain}' / 'usage.db'}")}
-    config["local"]["metrics_export_port"] = metrics_port = free_port()
+    config["local"]["metrics_export_port"] = free_ports(2)
+    # Each domain cluster's own Ray token, the session's (not those of a `make serve` here).
+    config["local"]["ray_token_file"] = str(home / "{domain}" / "ray-token")
     package = PowercapPackage(home / "powercap", PACKAGE_WATTS)
     config["energy"] = {"powercap_root": str(home / "powercap"), "sample_interval_s": 0.5}
     # A standing grid connection limit that never binds (the cap metrics exist from the start).
@@ -235,20 +295,18 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
     config_path.write_text(yaml.safe_dump(config))
     server = FabriekServer(
         process=subprocess.Popen(
-            [sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path),
-             "--http-port", str(http_port := free_port()), "--grpc-port", str(grpc_port := free_port()),
-             "--dashboard-port", str(dashboard_port := free_port())],
+            [sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1",
                                          "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_collector.endpoint,
                                          "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_BSP_SCHEDULE_DELAY": "200",
                                          # Ray exports metrics every 10 s by default.
                                          "RAY_metrics_report_interval_ms": "2000"}),
-        http_port=http_port, grpc_port=grpc_port, dashboard_port=dashboard_port, config_path=config_path,
-        ledger_url_template=ledger_url, metrics_port=metrics_port, keys={})
+        http_port=config["http"]["port"], config_path=config_path, ledger_url_template=ledger_url, keys={})
     from serving.config import load_config
 
     loaded = load_config(config_path)
+    server.clusters = {c.domain: c for c in local_clusters(loaded)}
     server.domain_of = {t.id: loaded.domain_of(t.id).name for t in loaded.tenants}
     server.adapter_dir = adapter_dir
     for tenant in (*DEMO_TENANTS, *QUOTA_TENANTS, *GOV_QUOTA_TENANTS, ADAPTER_TENANT):

@@ -48,8 +48,8 @@ def test_kernels_imports_vllm_only_in_its_plugin():
 # serving's rooms by role, lowest first: each may import only rooms below it (and the
 # generated protos); the entry points above them (app builder, launcher, CLI) may import
 # any room, and no room imports an entry point.
-SERVING_ROOMS = ("config", "records", "engine", "admission", "power", "frontdoor")
-SERVING_ENTRY_POINTS = {"app", "launcher", "cli"}
+SERVING_ROOMS = ("config", "records", "engine", "admission", "power", "frontdoor", "local")
+SERVING_ENTRY_POINTS = {"app", "launcher", "domain_cluster", "cli"}
 
 
 def serving_imports(path: Path) -> set[str]:

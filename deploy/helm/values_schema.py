@@ -20,7 +20,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -145,9 +145,10 @@ class RayAuth(_Values):
     """Ray's token authentication of the dashboard and the cluster's control plane (Ray >= 2.52)."""
 
     mode: Literal["token", "disabled"] = Field(description=(
-        "token: KubeRay sets the token (key `auth_token` of the shared Secret RELEASE-fabriek-secrets) on every Ray "
-        "container and the dashboard asks for it; disabled: anyone who reaches the dashboard "
-        "can run code on the cluster."))
+        "token: each domain's Ray cluster has its own token (key `auth_token` of the Secret "
+        "RELEASE-fabriek-<domain>-ray, generated once), which KubeRay sets on every Ray container "
+        "of that cluster and its dashboard asks for; disabled: anyone who reaches a dashboard "
+        "can run code on that cluster."))
 
 
 class Grpc(_Values):
@@ -270,6 +271,10 @@ class ChartValues(_Values):
         "One entry per pool of `platform.pools`, keyed by pool name: its worker group."))
     autoscaling: Autoscaling
     secret: Secret
+    domainNamespaces: dict[DomainName, Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]] = Field(default_factory=dict, description=(
+        "Namespace of each isolation domain's objects (its RayService, Secrets, Services, "
+        "NetworkPolicies), keyed by domain name; a domain left out: the release's namespace. "
+        "The namespaces must exist."))
     rayAuth: RayAuth
     rayPorts: RayPorts
     grpc: Grpc

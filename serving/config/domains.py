@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from routers import IsolationDomain
+from routers.power_budget import SHED_ORDER
+from routers.power_shares import DomainPowerDemand, split_cap
 from serving.config.home import DOMAIN_PLACEHOLDER
 from serving.config.cpu_lists import cores_of
 from serving.config.schema import PlatformConfig, load_config
@@ -22,6 +24,11 @@ DOMAIN_RESOURCE_PER_REPLICA = 0.001
 # The niceness Ray starts its workers at. Ray sets it on the worker's main thread after some
 # of its threads exist, which keep 0: a front door takes it on every thread explicitly.
 RAY_WORKER_NICENESS = 15
+
+
+def route_prefix(domain: str) -> str:
+    """Where a domain's front door listens: ``/<domain>`` (its OpenAI base URL is ``/<domain>/v1``)."""
+    return f"/{domain}"
 
 
 def domain_resource(name: str) -> str:
@@ -50,9 +57,33 @@ def domain_config(config: PlatformConfig, name: str) -> PlatformConfig:
                     "key_reload_interval_s": auth.key_reload_interval_s}
     if config.ledger.url is not None:
         data["ledger"]["url"] = config.ledger.url.replace(DOMAIN_PLACEHOLDER, name)
-    # Power caps span domains; the platform's power governor keeps them (serving.power).
-    data["power_caps"] = []
+    # Each domain's power governor keeps the caps over its own pools, and its share of each
+    # platform cap (routers.power_shares); a cap over another domain is not its business.
+    shares = platform_cap_shares(config)
+    data["power_caps"] = [
+        {**cap.model_dump(exclude_none=True), "scope": f"domain:{name}", "watts": shares[cap.name][name]}
+        if cap.scope == "platform" else cap.model_dump(exclude_none=True)
+        for cap in config.power_caps
+        if cap.scope == "platform" or config.pools_in_scope(cap.scope) <= set(domain.pools)]
     return load_config(data)
+
+
+def platform_cap_shares(config: PlatformConfig,
+                        drawn_watts: dict[str, float | None] | None = None) -> dict[str, dict[str, float]]:
+    """Platform cap name -> domain -> its share of the cap's watts, given what each domain
+    draws now (None or absent: not measured, as at start-up)."""
+    demands = [domain_power_demand(config, d.name, (drawn_watts or {}).get(d.name)) for d in config.domains()]
+    return {cap.name: split_cap(cap.watts, demands, headroom=config.energy.headroom)
+            for cap in config.power_caps if cap.scope == "platform"}
+
+
+def domain_power_demand(config: PlatformConfig, name: str, drawn_watts: float | None) -> DomainPowerDemand:
+    """Domain ``name`` as the split of a platform cap sees it: its most protected class,
+    and its pools' idle draw as its floor."""
+    domain = config.domain(name)
+    pools = [p for p in config.pools if p.name in domain.pools]
+    floor = sum(p.power.idle_watts * len(p.models) for p in pools)
+    return DomainPowerDemand(name, max(domain.classes, key=SHED_ORDER.index), floor, drawn_watts)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from serving.config.library_settings import check_deployment_options
 
@@ -92,7 +92,11 @@ class ServeRuntimeSpec(_Frozen):
 
 
 class LocalClusterSpec(_Frozen):
-    """How `fabriek serve` starts its single-machine Ray head."""
+    """How `fabriek serve` starts one Ray cluster per isolation domain on one machine.
+
+    Every port here (and `http.port`, `grpc.port`, `serve.haproxy_*_port`) is the first
+    domain's; the n-th domain in `fabriek config check`'s order takes that port + n, so no
+    two domains' clusters share a listening socket (serving.config.cluster_layout)."""
 
     num_cpus: int | None = Field(8, ge=1, description=(
         "Logical CPUs declared to Ray; more than the cores is fine, since replicas "
@@ -101,8 +105,22 @@ class LocalClusterSpec(_Frozen):
     dashboard_port: int = Field(8265, ge=1, le=65535, description="Port of the Ray dashboard.")
     metrics_export_port: int = Field(8080, ge=1, le=65535, description=(
         "Port of Ray's Prometheus endpoint (/metrics): fabriek's, Ray Serve's and vLLM's metrics."))
+    gcs_port: int = Field(6379, ge=1, le=65535, description=(
+        "Port of the first domain's Ray GCS (its cluster's address); `fabriek power` finds "
+        "each domain's cluster by it."))
+    ray_token_file: str | None = Field(None, description=(
+        "Each domain cluster's own Ray token (created on first start, mode 0600); "
+        "`{domain}` stands for the domain's name. Default: "
+        "$FABRIEK_HOME/domains/{domain}/ray-token."))
     system_cpus: str | None = Field(None, pattern=r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$", description=(
         "Cores for everything but the engines (Ray's processes, HAProxy, the ingress and the "
         "admission controller), e.g. `1` or `2-3`; each engine then moves to its pool's cores. "
         "None: any core. On one machine this keeps the platform's own work (a flood's "
         "refusals included) off a pool's cores; on a cluster, pools have nodes of their own."))
+
+    @field_validator("ray_token_file")
+    @classmethod
+    def _token_per_domain(cls, path: str | None) -> str | None:
+        if path is not None and "{domain}" not in path:
+            raise ValueError(f"{path!r} has no `{{domain}}`: every domain's cluster needs a token of its own")
+        return path

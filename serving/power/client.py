@@ -1,19 +1,26 @@
-"""``fabriek power``: talk to a running platform's power governor from the command line.
+"""``fabriek power``: talk to the power governors of a running platform's domains.
 
-It joins the platform's Ray cluster as a driver (``--address``, default: the local one)
-and calls the governor's deployment handle; nothing is imported from the engines.
+Each isolation domain runs in a Ray cluster of its own, with a governor of its own. A
+process can be the driver of one Ray cluster only, and a driver holds that cluster's token,
+so each call runs in a short-lived process of its own (``python -m serving.power.client``)
+that is given one domain's address and token file and nothing else; it joins that cluster
+as a driver, calls the governor's deployment handle and prints the answer as JSON. Nothing
+is imported from the engines.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 import time
 
+from serving.config.cluster_layout import DomainCluster
 from serving.config.energy_specs import GOVERNOR_DEPLOYMENT, POWER_APP
 from serving.config.home import RAY_TOKEN_PATH
 
@@ -68,6 +75,42 @@ def call(handle, method: str, *args, **kwargs):
     return getattr(handle, method).remote(*args, **kwargs).result(timeout_s=CALL_TIMEOUT_S)
 
 
+def call_domain(cluster: DomainCluster, method: str, *args):
+    """Call the governor of one domain's cluster, from a process given only its token.
+
+    Raises:
+        GovernorUnreachable: the cluster or its governor does not answer.
+        ValueError: the governor refused the call (its message).
+    """
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
+    environment.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_file))
+    done = subprocess.run([sys.executable, "-m", "serving.power.client", cluster.gcs_address(), method,
+                           json.dumps(args)], env=environment, capture_output=True, text=True,
+                          timeout=CALL_TIMEOUT_S + 60)
+    if done.returncode == 0:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    message = (done.stderr.strip().splitlines() or ["no answer"])[-1]
+    if done.returncode == 2:
+        raise ValueError(message)
+    raise GovernorUnreachable(f"{cluster.domain} domain: {message}")
+
+
+def _main(address: str, method: str, args_json: str) -> int:
+    """One call in a process of its own: the answer as JSON on stdout; exit 2 when the
+    governor refused it (ValueError), 1 when nothing answered."""
+    try:
+        handle = governor(address)
+        answer = call(handle, method, *json.loads(args_json))
+    except GovernorUnreachable as err:
+        print(err, file=sys.stderr)
+        return 1
+    except ValueError as err:  # the governor's refusal, raised here by Ray
+        print(str(err).strip().splitlines()[-1], file=sys.stderr)
+        return 2
+    print(json.dumps(answer), flush=True)
+    return 0
+
+
 def describe_status(status: dict) -> str:
     """``fabriek power status`` as a table: caps, then pools."""
     lines = []
@@ -91,3 +134,9 @@ def describe_status(status: dict) -> str:
         lines.append("")
         lines.append("not metered (a cap cannot be kept there): " + ", ".join(status["unmetered"]))
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    code = _main(*sys.argv[1:4])
+    sys.stdout.flush()
+    os._exit(code)  # a Ray driver's teardown adds seconds and nothing else

@@ -154,27 +154,44 @@ def rendered(request, helm):
     return request.param, values, helm.template(values)
 
 
-def rayservice(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    """The one RayService."""
-    [service] = by_kind(objects, "RayService")
-    return service
+def rayservices(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every RayService, one per isolation domain, by domain (in rendering order)."""
+    return {s["metadata"]["labels"]["fabriek.ai/domain"]: s for s in by_kind(objects, "RayService")}
 
 
-def serve_config(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    """The RayService's serveConfigV2, parsed."""
-    return yaml.safe_load(rayservice(objects)["spec"]["serveConfigV2"])
+def rayservice(objects: list[dict[str, Any]], domain: str | None = None) -> dict[str, Any]:
+    """The RayService of ``domain`` (default: the first domain's)."""
+    services = rayservices(objects)
+    return services[domain] if domain is not None else next(iter(services.values()))
 
 
-# The Serve application of the platform's power governor, beside one per domain.
+def serve_config(objects: list[dict[str, Any]], domain: str | None = None) -> dict[str, Any]:
+    """A domain's RayService's serveConfigV2, parsed (default: the first domain's)."""
+    return yaml.safe_load(rayservice(objects, domain)["spec"]["serveConfigV2"])
+
+
+# The Serve application of each domain's power governor, beside the domain's own.
 POWER_APP = "fabriek-power"
 
 
 def domain_apps(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The Serve applications of the isolation domains (all but the power governor's)."""
-    return [a for a in serve_config(objects)["applications"] if a["name"] != POWER_APP]
+    """The Serve applications of the isolation domains (all but the power governors'), over
+    every domain's RayService."""
+    return [a for domain in rayservices(objects) for a in serve_config(objects, domain)["applications"]
+            if a["name"] != POWER_APP]
 
 
 def pod_groups(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The head's and every worker group's spec, by group name ("head" for the head)."""
-    cluster = rayservice(objects)["spec"]["rayClusterConfig"]
-    return {"head": cluster["headGroupSpec"], **{g["groupName"]: g for g in cluster["workerGroupSpecs"]}}
+    """Every head's and worker group's spec over all domains' clusters, by group name: the
+    pool's name for a worker group, ``head:<domain>`` for a domain's head."""
+    groups = {}
+    for domain, service in rayservices(objects).items():
+        cluster = service["spec"]["rayClusterConfig"]
+        groups[f"head:{domain}"] = cluster["headGroupSpec"]
+        groups.update({g["groupName"]: g for g in cluster["workerGroupSpecs"]})
+    return groups
+
+
+def is_head(group: str) -> bool:
+    """Whether a ``pod_groups`` name is a domain's head."""
+    return group.startswith("head:")

@@ -17,9 +17,10 @@ from tests.deploy.conftest import (
     POWER_APP,
     domain_apps,
     by_kind,
+    is_head,
     merged_research_values,
     pod_groups,
-    rayservice,
+    rayservices,
     research_values,
     serve_config,
 )
@@ -36,7 +37,7 @@ def _domains(objects) -> dict[str, list[str]]:
 
 
 def _domain_of_group(objects) -> dict[str, str | None]:
-    """Group name -> its domain label (None for the head)."""
+    """Group name -> its domain label (a head's too: each domain has a cluster of its own)."""
     return {name: g["template"]["metadata"]["labels"].get("fabriek.ai/domain")
             for name, g in pod_groups(objects).items()}
 
@@ -51,10 +52,38 @@ def test_front_door_resources_only_on_the_domains_own_pools(rendered):
         advertising = [g for g, spec in groups.items() if domain_resource(name) in json.loads(
             json.loads(spec["rayStartParams"].get("resources", '"{}"')))]
         assert advertising == pools, name
-    head = groups["head"]["rayStartParams"]
-    assert "resources" not in head or not any(k.startswith("domain_") for k in json.loads(json.loads(head["resources"])))
-    # KubeRay's own serve Service leaves the head out, and the operator does not probe it.
-    assert rayservice(objects)["spec"]["excludeHeadPodFromServeSvc"] is True
+    for group, spec in groups.items():
+        if is_head(group):
+            head = spec["rayStartParams"]
+            assert "resources" not in head or not any(
+                k.startswith("domain_") for k in json.loads(json.loads(head["resources"])))
+    # KubeRay's own serve Service leaves each head out, and the operator does not probe it.
+    assert all(s["spec"]["excludeHeadPodFromServeSvc"] is True for s in rayservices(objects).values())
+
+
+def test_one_ray_cluster_per_domain_with_its_own_pools_and_token(rendered):
+    _, values, objects = rendered
+    domains = _domains(objects)
+    services = rayservices(objects)
+    assert list(services) == list(domains)
+    secrets = {s["metadata"]["name"]: s for s in by_kind(objects, "Secret")}
+    tokens = set()
+    for name, service in services.items():
+        assert service["metadata"]["name"] == f"fab-fabriek-{name}"
+        cluster = service["spec"]["rayClusterConfig"]
+        # Its own pools' worker groups, and nothing of another domain's.
+        assert [g["groupName"] for g in cluster["workerGroupSpecs"]] == domains[name]
+        assert cluster["headGroupSpec"]["template"]["metadata"]["labels"]["fabriek.ai/domain"] == name
+        # Its own Ray token, in a Secret of its own.
+        assert cluster["authOptions"] == {"mode": "token", "secretName": f"fab-fabriek-{name}-ray"}
+        token = secrets[f"fab-fabriek-{name}-ray"]
+        assert token["metadata"]["labels"]["fabriek.ai/domain"] == name
+        tokens.add(token["stringData"]["auth_token"])
+        # Its serve config holds its own application and its own power governor only.
+        assert [(a["name"], a["args"]["domain"]) for a in serve_config(objects, name)["applications"]] == [
+            (name, name), (POWER_APP, name)]
+    assert len(tokens) == len(services)  # no two clusters share a token
+    assert "fab-fabriek-secrets" not in secrets  # no token shared by all
 
 
 def test_one_serve_app_per_domain_with_its_route_prefix_and_args(rendered):
@@ -70,15 +99,16 @@ def test_one_serve_app_per_domain_with_its_route_prefix_and_args(rendered):
         assert auth["cache_salt_secret_file"] == f"{SECRETS_DIR}/{{domain}}/cache-salt.secret"
 
 
-def test_the_power_governor_is_one_app_outside_every_domain_and_off_http(rendered):
+def test_each_domain_has_its_own_power_governor_off_http(rendered):
     _, _, objects = rendered
-    [power] = [a for a in serve_config(objects)["applications"] if a["name"] == POWER_APP]
-    assert power["route_prefix"] is None
-    assert power["import_path"] == "serving.app:build_power_app"
-    assert set(power["args"]) == {"config"}
     from serving.config import load_config
 
-    assert load_config(power["args"]["config"]) == load_config(domain_apps(objects)[0]["args"]["config"])
+    for domain in rayservices(objects):
+        [power] = [a for a in serve_config(objects, domain)["applications"] if a["name"] == POWER_APP]
+        assert power["route_prefix"] is None
+        assert power["import_path"] == "serving.app:build_power_app"
+        assert set(power["args"]) == {"config", "domain"} and power["args"]["domain"] == domain
+        assert load_config(power["args"]["config"]) == load_config(domain_apps(objects)[0]["args"]["config"])
 
 
 # ---- Services ---------------------------------------------------------------------------
@@ -100,7 +130,11 @@ def test_each_domains_services_select_only_its_pods(rendered):
             selector = {k: v for k, v in selector.items() if k != "ray.io/serve"}
             selected = [g for g, spec in groups.items() if _selects(selector, spec["template"]["metadata"]["labels"])]
             assert selected and all(domain_of[g] == name for g in selected), (name, kind, selected)
-            assert set(selected) == {g for g, d in domain_of.items() if d == name}
+            assert set(selected) == {g for g, d in domain_of.items() if d == name and not is_head(g)}
+        # Its dashboard: its own head only.
+        selector = services[f"fab-fabriek-{name}-dashboard"]["selector"]
+        assert [g for g, spec in groups.items() if _selects(selector, spec["template"]["metadata"]["labels"])] == [
+            f"head:{name}"]
 
 
 # ---- Secrets ----------------------------------------------------------------------------
@@ -119,10 +153,10 @@ def test_each_domains_secret_is_mounted_only_into_its_pods(rendered):
         [container] = pod["containers"]
         volumes = _secret_volumes(pod)
         mounts = {m["name"]: m for m in container["volumeMounts"]}
-        # No pod mounts the shared Secret (KubeRay hands Ray's token over itself).
-        assert "fab-fabriek-secrets" not in volumes.values()
+        # No pod mounts a Ray token Secret (KubeRay hands its own cluster's token over itself).
+        assert not [v for v in volumes.values() if v.endswith("-ray")]
         ledger_env = [e for e in container["env"] if e["name"] == "FABRIEK_USAGE_DATABASE_URL"]
-        if domain_of[group] is None:  # the head: no domain's keys, salt or ledger
+        if is_head(group):  # a head: no domain's keys, salt or ledger
             assert not set(volumes.values()) & domain_secrets, group
             assert not [m for m in mounts.values() if m["mountPath"].startswith(SECRETS_DIR)]
             assert not ledger_env
@@ -149,7 +183,7 @@ def test_the_usage_database_url_reaches_only_its_domains_pods(helm):
         refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in spec["template"]["spec"]["containers"][0]["env"]
                 if e["name"] == "FABRIEK_USAGE_DATABASE_URL"}
         assert refs == ({"fab-fabriek-research"} if group == "research" else
-                        set() if group == "head" else {f"fab-fabriek-{group}"})
+                        set() if is_head(group) else {f"fab-fabriek-{group}"})
 
 
 # ---- NetworkPolicies --------------------------------------------------------------------
@@ -220,25 +254,25 @@ def _pods(objects):
 
 
 def test_no_policy_lets_two_domains_pods_talk(rendered):
+    """Not workers, not heads: two domains' clusters have no port in common at all."""
     _, _, objects = rendered
     policies = by_kind(objects, "NetworkPolicy")
     pods = _pods(objects)
     domain_of = _domain_of_group(objects)
-    workers = [g for g in pods if domain_of[g]]
-    for a in workers:
-        for b in workers:
+    for a in pods:
+        for b in pods:
             if domain_of[a] == domain_of[b]:
                 continue
             for port in PROBE_PORTS:
                 assert not _connects(policies, pods[a], pods[b], port), (a, b, port)
     # Nor does any rule of a policy over one domain's pods name another domain's pods as peers.
     for policy in policies:
-        selected = {domain_of[g] for g in workers if _match(policy["spec"]["podSelector"], pods[g])}
+        selected = {domain_of[g] for g in pods if _match(policy["spec"]["podSelector"], pods[g])}
         if len(selected) != 1:
-            continue  # the default deny (all pods, no rules) and the head's policy
+            continue  # the default deny (all pods, no rules)
         for rule in policy["spec"].get("ingress", []) + policy["spec"].get("egress", []):
             for peer in rule.get("from", []) + rule.get("to", []):
-                named = {domain_of[g] for g in workers if _peer_matches(peer, NAMESPACE, pods[g])}
+                named = {domain_of[g] for g in pods if _peer_matches(peer, NAMESPACE, pods[g])}
                 assert named <= selected, (policy["metadata"]["name"], peer)
 
 
@@ -255,24 +289,25 @@ def test_egress_and_ingress_are_denied_by_default(rendered):
         # Nothing out to an arbitrary pod elsewhere, on any port (the DNS rule names kube-dns),
         # but from the head's autoscaler to the Kubernetes API (networkPolicy.apiServerEgress).
         for port in PROBE_PORTS:
-            expected = name == "head" and port == 443
+            expected = is_head(name) and port == 443
             assert _allows(policies, "Egress", labels, "elsewhere", outside, port) == expected, (name, port)
         assert _allows(policies, "Egress", labels, "kube-system", {"k8s-app": "kube-dns"}, 53)
-        # Every egress rule of a domain's pods names its peers.
-        if name != "head":
+        # Every egress rule of a domain's workers names its peers.
+        if not is_head(name):
             for policy in policies:
                 if _match(policy["spec"]["podSelector"], labels):
                     assert all(rule.get("to") for rule in policy["spec"].get("egress", [])), policy["metadata"]["name"]
 
 
-def test_the_head_and_each_domain_reach_each_other_on_rays_control_plane_only(rendered):
+def test_each_domains_head_and_workers_reach_each_other_on_rays_control_plane_only(rendered):
     _, _, objects = rendered
     policies = by_kind(objects, "NetworkPolicy")
     pods = _pods(objects)
-    head = pods["head"]
+    domain_of = _domain_of_group(objects)
     for name, labels in pods.items():
-        if name == "head":
+        if is_head(name):
             continue
+        head = pods[f"head:{domain_of[name]}"]
         for port in (6379, 6380, 6381, 10002, 19999, 8500, 9500):
             assert _connects(policies, labels, head, port), (name, port)
         for port in (6380, 6381, 6382, 52365, 10002, 19999):
@@ -285,20 +320,22 @@ def test_the_head_and_each_domain_reach_each_other_on_rays_control_plane_only(re
             assert not _connects(policies, head, labels, port), (name, port)
 
 
-def test_dashboard_and_gcs_only_from_the_head_and_operators(rendered):
+def test_dashboard_and_gcs_only_from_the_operators(rendered):
     _, _, objects = rendered
     policies = by_kind(objects, "NetworkPolicy")
     pods = _pods(objects)
     operator = {"app.kubernetes.io/name": "kuberay-operator"}
-    assert _connects(policies, operator, pods["head"], 8265, src_ns=OPERATOR_NAMESPACE)
-    assert _connects(policies, operator, pods["head"], 6379, src_ns=OPERATOR_NAMESPACE)
-    for namespace in ("clients", "monitoring", NAMESPACE):
-        assert not _connects(policies, {"app": "client"}, pods["head"], 8265, src_ns=namespace)
-        assert not _connects(policies, {"app": "client"}, pods["head"], 6379, src_ns=namespace)
-    for name, labels in pods.items():
-        if name != "head":  # no domain's pod reaches the dashboard; no pod but the head runs one
-            assert not _connects(policies, labels, pods["head"], 8265)
-            assert not _connects(policies, operator, labels, 8265, src_ns=OPERATOR_NAMESPACE)
+    heads = [name for name in pods if is_head(name)]
+    for head in heads:
+        assert _connects(policies, operator, pods[head], 8265, src_ns=OPERATOR_NAMESPACE)
+        assert _connects(policies, operator, pods[head], 6379, src_ns=OPERATOR_NAMESPACE)
+        for namespace in ("clients", "monitoring", NAMESPACE):
+            assert not _connects(policies, {"app": "client"}, pods[head], 8265, src_ns=namespace)
+            assert not _connects(policies, {"app": "client"}, pods[head], 6379, src_ns=namespace)
+        for name, labels in pods.items():
+            if name != head:  # no other pod reaches a dashboard; no pod but a head runs one
+                assert not _connects(policies, labels, pods[head], 8265), (name, head)
+                assert not _connects(policies, operator, labels, 8265, src_ns=OPERATOR_NAMESPACE) or is_head(name)
 
 
 def test_api_clients_reach_each_domain_on_the_api_ports_only(rendered):
@@ -307,7 +344,7 @@ def test_api_clients_reach_each_domain_on_the_api_ports_only(rendered):
     client = {"app": "client"}
     for name, labels in _pods(objects).items():
         for port in (8000, 9000):
-            assert _connects(policies, client, labels, port, src_ns="clients") == (name != "head"), (name, port)
+            assert _connects(policies, client, labels, port, src_ns="clients") == (not is_head(name)), (name, port)
         for port in (6379, 6380, 6381, 6382, 8265, 8500, 10002, 30000, 52365):
             assert not _connects(policies, client, labels, port, src_ns="clients"), (name, port)
 
@@ -331,7 +368,8 @@ def test_a_class_sharing_a_pool_merges_domains(helm):
     assert json.loads(json.loads(groups["government"]["rayStartParams"]["resources"])) == {
         "pool_government": 1, "domain_government-research": 1}
     secrets = {s["metadata"]["name"]: s["stringData"] for s in by_kind(objects, "Secret")}
-    assert sorted(secrets) == ["fab-fabriek-commercial", "fab-fabriek-government-research", "fab-fabriek-secrets"]
+    assert sorted(secrets) == ["fab-fabriek-commercial", "fab-fabriek-commercial-ray", "fab-fabriek-government-research",
+                               "fab-fabriek-government-research-ray"]
     assert secrets["fab-fabriek-government-research"]["cache-salt.secret"] == "cd" * 32
     mounts = [m["mountPath"] for m in groups["government"]["template"]["spec"]["containers"][0]["volumeMounts"]]
     assert f"{SECRETS_DIR}/government-research" in mounts
@@ -384,4 +422,28 @@ def test_the_chart_derives_the_domains_as_the_router_does(helm, case, pool_order
     for domain in expected:
         assert [g for g in pool_order if domain_of[g] == domain.name] == list(domain.pools)
     assert sorted(s["metadata"]["name"] for s in by_kind(objects, "Secret")) == sorted(
-        [f"fab-fabriek-{d.name}" for d in expected] + ["fab-fabriek-secrets"])
+        [f"fab-fabriek-{d.name}" for d in expected] + [f"fab-fabriek-{d.name}-ray" for d in expected])
+
+
+def test_domain_namespaces_put_each_domains_cluster_in_its_own_namespace(helm):
+    namespaces = {"government": "fab-gov", "commercial": "fab-pilots"}
+    objects = helm.template({"domainNamespaces": namespaces})
+    labelled = [o for o in objects if (o["metadata"].get("labels") or {}).get("fabriek.ai/domain")]
+    assert {o["kind"] for o in labelled} >= {"RayService", "Secret", "Service", "NetworkPolicy"}
+    for obj in labelled:
+        assert obj["metadata"]["namespace"] == namespaces[obj["metadata"]["labels"]["fabriek.ai/domain"]], obj
+    # Each namespace denies by default and has the pods' ServiceAccount.
+    denies = [p for p in by_kind(objects, "NetworkPolicy") if p["metadata"]["name"] == "fab-fabriek-default-deny"]
+    assert sorted(p["metadata"]["namespace"] for p in denies) == sorted(namespaces.values())
+    assert sorted(a["metadata"]["namespace"] for a in by_kind(objects, "ServiceAccount")) == sorted(namespaces.values())
+    # A pool's disruption budget sits beside its pods.
+    assert {b["metadata"]["name"]: b["metadata"]["namespace"] for b in by_kind(objects, "PodDisruptionBudget")} == {
+        "fab-fabriek-government": "fab-gov", "fab-fabriek-commercial": "fab-pilots"}
+    # No policy lets in or out a peer of another domain's namespace: pod peers are the
+    # policy's own namespace's, and no namespace peer names a domain's namespace.
+    for policy in by_kind(objects, "NetworkPolicy"):
+        spec = policy["spec"]
+        for rule in spec.get("ingress", []) + spec.get("egress", []):
+            for peer in rule.get("from", []) + rule.get("to", []):
+                named = (peer.get("namespaceSelector") or {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                assert named not in namespaces.values(), (policy["metadata"], peer)

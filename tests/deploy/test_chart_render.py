@@ -20,8 +20,9 @@ from tests.deploy.conftest import (
     REPO,
     VALUE_SETS,
     by_kind,
+    is_head,
     pod_groups,
-    rayservice,
+    rayservices,
     serve_config,
 )
 
@@ -59,10 +60,11 @@ def test_renders_the_expected_objects(rendered):
     config = platform(objects)
     domains, pools = len(config.domains()), len(config.pools)
     kinds = sorted(o["kind"] for o in objects)
-    # Per domain a Secret, two Services and a NetworkPolicy; the shared Ray token Secret, the
-    # dashboard Service, the default-deny and head policies; per pool a disruption budget.
-    assert kinds == sorted(["RayService", "ServiceAccount", "Service"] + ["Secret"] * (domains + 1)
-                           + ["Service"] * 2 * domains + ["NetworkPolicy"] * (domains + 2)
+    # Per domain a RayService (its own Ray cluster), its Secret and its Ray token's Secret, three
+    # Services (HTTP, gRPC, dashboard) and two NetworkPolicies (head, workers); the
+    # default-deny policy and the ServiceAccount; per pool a disruption budget.
+    assert kinds == sorted(["ServiceAccount", "NetworkPolicy"] + ["RayService"] * domains + ["Secret"] * 2 * domains
+                           + ["Service"] * 3 * domains + ["NetworkPolicy"] * 2 * domains
                            + ["PodDisruptionBudget"] * pools)
 
 
@@ -73,9 +75,8 @@ def test_every_core_object_is_valid_kubernetes(helm, name):
         if obj["kind"] in NOT_CORE:
             continue
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-    # The pod templates inside the RayService are core objects too.
-    cluster = rayservice(objects)["spec"]["rayClusterConfig"]
-    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+    # The pod templates inside the RayServices are core objects too.
+    for group in pod_groups(objects).values():
         pod_template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"},
                         "template": group["template"]}
         kubernetes_validate.validate(pod_template, KUBERNETES_VERSION, strict=True)
@@ -93,30 +94,33 @@ def test_rayservice_is_valid_for_kuberay_1_7(rendered):
         pytest.skip(f"KubeRay CRDs not at {KUBERAY_CRDS} (the shared/ folder beside the repo)")
     schema = _crd_schema("ray.io_rayservices.yaml")
     validator = jsonschema.Draft7Validator(schema)
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(
-        rayservice(rendered[2]))]
-    assert not errors, "\n".join(errors)
+    for service in rayservices(rendered[2]).values():
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(service)]
+        assert not errors, "\n".join(errors)
 
 
 def test_serve_config_passes_ray_serves_schema_and_builds_every_domains_app(rendered):
     from serving.app import route_prefix
 
     name, _, objects = rendered
-    schema = ServeDeploySchema.model_validate(serve_config(objects))
-    assert schema.http_options.port == 8000 and schema.grpc_options.port == 9000
-    # One application per isolation domain, as serving/app.py's builder takes them, and the
-    # power governor's.
     domains = [d.name for d in platform(objects).domains()]
-    assert [(a.name, a.route_prefix, a.import_path, a.args.get("domain")) for a in schema.applications] == [
-        *((d, route_prefix(d), "serving.app:build_app", d) for d in domains),
-        ("fabriek-power", None, "serving.app:build_power_app", None)]
+    assert list(rayservices(objects)) == domains
+    applications = []
+    for domain in domains:
+        schema = ServeDeploySchema.model_validate(serve_config(objects, domain))
+        assert schema.http_options.port == 8000 and schema.grpc_options.port == 9000
+        # The domain's application, as serving/app.py's builder takes it, and its own power governor's.
+        assert [(a.name, a.route_prefix, a.import_path, a.args.get("domain")) for a in schema.applications] == [
+            (domain, route_prefix(domain), "serving.app:build_app", domain),
+            ("fabriek-power", None, "serving.app:build_power_app", domain)]
+        applications += schema.applications
     if name == "local-cpu":
         from serving.engine.default_model import builtin_models, prepare_builtin_model
 
         for builtin in builtin_models():
             prepare_builtin_model(builtin, show_progress=False)
     try:
-        for app in schema.applications:
+        for app in applications:
             module, attr = app.import_path.split(":")
             builder = getattr(__import__(module, fromlist=[attr]), attr)
             # Built as the Serve controller builds it, without starting engines.
@@ -160,11 +164,10 @@ def _helm_merge(defaults: dict, override: dict) -> dict:
 
 def test_one_worker_group_per_pool_with_its_pool_and_domain_resources_and_gpus(rendered):
     name, _, objects = rendered
-    cluster = rayservice(objects)["spec"]["rayClusterConfig"]
     config = platform(objects)
     domain_of = {p: d.name for d in config.domains() for p in d.pools}
-    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
-    assert list(groups) == [p.name for p in config.pools]
+    groups = {g: spec for g, spec in pod_groups(objects).items() if not is_head(g)}
+    assert sorted(groups) == sorted(p.name for p in config.pools)
     for pool in config.pools:
         group = groups[pool.name]
         params = group["rayStartParams"]
@@ -178,9 +181,10 @@ def test_one_worker_group_per_pool_with_its_pool_and_domain_resources_and_gpus(r
         assert container["resources"].get("limits", {}).get("nvidia.com/gpu", 0) == gpus
         assert group["template"]["metadata"]["labels"]["fabriek.ai/pool"] == pool.name
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
-    head = cluster["headGroupSpec"]
-    assert head["rayStartParams"]["num-gpus"] == "0" and "resources" not in head["rayStartParams"]
-    assert "nvidia.com/gpu" not in json.dumps(head["template"]["spec"]["containers"][0]["resources"])
+    for service in rayservices(objects).values():
+        head = service["spec"]["rayClusterConfig"]["headGroupSpec"]
+        assert head["rayStartParams"]["num-gpus"] == "0" and "resources" not in head["rayStartParams"]
+        assert "nvidia.com/gpu" not in json.dumps(head["template"]["spec"]["containers"][0]["resources"])
     if name == "facility-default":
         gov = groups["government"]["template"]["spec"]
         assert gov["nodeSelector"]["fabriek.ai/pool"] == "government"
@@ -211,7 +215,7 @@ def test_each_domains_generated_secret_holds_an_empty_key_file_and_its_own_salt(
     _, _, objects = rendered
     domains = [d.name for d in platform(objects).domains()]
     secrets = {s["metadata"]["name"]: s["stringData"] for s in by_kind(objects, "Secret")}
-    assert set(secrets) == {f"fab-fabriek-{d}" for d in domains} | {"fab-fabriek-secrets"}
+    assert set(secrets) == {f"fab-fabriek-{d}" for d in domains} | {f"fab-fabriek-{d}-ray" for d in domains}
     salts = set()
     for domain in domains:
         data = secrets[f"fab-fabriek-{domain}"]
@@ -220,8 +224,9 @@ def test_each_domains_generated_secret_holds_an_empty_key_file_and_its_own_salt(
         assert "usage-database-url" not in data and "auth_token" not in data
         salts.add(data["cache-salt.secret"])
     assert len(salts) == len(domains)  # no two domains share a salt
-    # The shared Secret holds Ray's token only.
-    assert set(secrets["fab-fabriek-secrets"]) == {"auth_token"}
+    # Each domain's Ray token Secret holds its cluster's token only, and no two are alike.
+    assert all(set(secrets[f"fab-fabriek-{d}-ray"]) == {"auth_token"} for d in domains)
+    assert len({secrets[f"fab-fabriek-{d}-ray"]["auth_token"] for d in domains}) == len(domains)
 
 
 def test_services_expose_each_domains_http_and_grpc_and_an_internal_dashboard(rendered):
@@ -230,10 +235,12 @@ def test_services_expose_each_domains_http_and_grpc_and_an_internal_dashboard(re
     for domain in platform(objects).domains():
         assert services[f"fab-fabriek-{domain.name}-http"]["ports"][0]["port"] == 8000
         assert services[f"fab-fabriek-{domain.name}-grpc"]["ports"][0]["port"] == 9000
+        dashboard = services[f"fab-fabriek-{domain.name}-dashboard"]
+        assert dashboard["ports"][0]["port"] == 8265 and dashboard["type"] == "ClusterIP"
+        assert dashboard["selector"]["app.kubernetes.io/component"] == "head"
+        assert dashboard["selector"]["fabriek.ai/domain"] == domain.name
     assert "fab-fabriek-http" not in services and "fab-fabriek-grpc" not in services
-    assert services["fab-fabriek-dashboard"]["ports"][0]["port"] == 8265
-    assert services["fab-fabriek-dashboard"]["type"] == "ClusterIP"
-    assert services["fab-fabriek-dashboard"]["selector"]["app.kubernetes.io/component"] == "head"
+    assert "fab-fabriek-dashboard" not in services
 
 
 def test_network_policies_open_only_the_api_ports_to_any_client(rendered):
@@ -251,5 +258,6 @@ def test_notes_give_each_domains_base_url_and_grpc_application(helm):
     for domain in ("government", "commercial"):
         assert f"http://fab-fabriek-{domain}-http.fabriek.svc:8000/{domain}/v1" in notes
         assert f"fab-fabriek-{domain}-grpc.fabriek.svc:9000 with metadata `application: {domain}`" in notes
-    assert "port-forward svc/fab-fabriek-dashboard 8265" in notes
+        assert f"port-forward svc/fab-fabriek-{domain}-dashboard 8265" in notes
+        assert f"get secret fab-fabriek-{domain}-ray" in notes
     assert "port 8080 (/metrics)" in notes

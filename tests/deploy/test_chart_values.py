@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from tests.deploy.conftest import CHART, REPO, by_kind, pod_groups
+from tests.deploy.conftest import CHART, REPO, by_kind, pod_groups, rayservices
 
 
 def _names(objects, kind):
@@ -58,15 +58,18 @@ def test_network_policy_api_clients_restrict_the_api_ports(helm):
 
 def test_network_policy_dashboard_clients_reach_the_dashboard_and_gcs(helm):
     peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "platform-ops"}}}
-    head = _policy(helm.template({"networkPolicy": {"dashboardClients": [peer]}}), "fab-fabriek-head")
-    [rule] = [r for r in head["ingress"] if {"port": 8265, "protocol": "TCP"} in r["ports"]]
-    assert peer in rule["from"] and {"port": 6379, "protocol": "TCP"} in rule["ports"]
+    objects = helm.template({"networkPolicy": {"dashboardClients": [peer]}})
+    for domain in ("government", "commercial"):
+        head = _policy(objects, f"fab-fabriek-{domain}-head")
+        [rule] = [r for r in head["ingress"] if {"port": 8265, "protocol": "TCP"} in r["ports"]]
+        assert peer in rule["from"] and {"port": 6379, "protocol": "TCP"} in rule["ports"]
 
 
 def test_network_policy_metrics_clients(helm):
     peer = {"podSelector": {"matchLabels": {"app": "prometheus"}}}
     objects = helm.template({"networkPolicy": {"metricsClients": [peer]}})
-    for name in ("fab-fabriek-head", "fab-fabriek-government", "fab-fabriek-commercial"):
+    for name in ("fab-fabriek-government-head", "fab-fabriek-commercial-head", "fab-fabriek-government",
+                 "fab-fabriek-commercial"):
         [rule] = [r for r in _policy(objects, name)["ingress"] if r.get("ports") == [{"port": 8080, "protocol": "TCP"}]]
         assert rule["from"] == [peer]
 
@@ -77,7 +80,7 @@ def test_network_policy_ledger_and_model_store_egress_from_the_domains_pods(helm
     objects = helm.template({"networkPolicy": {value: [peer]}})
     for domain in ("government", "commercial"):
         assert {"to": [peer]} in _policy(objects, f"fab-fabriek-{domain}")["egress"]
-    assert {"to": [peer]} not in _policy(objects, "fab-fabriek-head")["egress"]
+    assert {"to": [peer]} not in _policy(objects, "fab-fabriek-government-head")["egress"]
     # Not set: no such rule, the egress stays closed.
     for domain in ("government", "commercial"):
         assert all(r.get("to") != [peer] for r in _policy(helm.template({}), f"fab-fabriek-{domain}")["egress"])
@@ -86,25 +89,27 @@ def test_network_policy_ledger_and_model_store_egress_from_the_domains_pods(helm
 def test_network_policy_dns_egress(helm):
     peer = {"ipBlock": {"cidr": "169.254.20.10/32"}}
     objects = helm.template({"networkPolicy": {"dnsEgress": [peer]}})
-    for name in ("fab-fabriek-head", "fab-fabriek-government", "fab-fabriek-commercial"):
+    for name in ("fab-fabriek-government-head", "fab-fabriek-commercial-head", "fab-fabriek-government",
+                 "fab-fabriek-commercial"):
         [rule] = [r for r in _policy(objects, name)["egress"] if {"port": 53, "protocol": "UDP"} in r.get("ports", [])]
         assert rule["to"] == [peer]
 
 
 def test_network_policy_api_server_egress_of_the_autoscaler(helm):
     peer = {"ipBlock": {"cidr": "10.0.0.1/32"}}
-    head = _policy(helm.template({"networkPolicy": {"apiServerEgress": [peer]}}), "fab-fabriek-head")
+    head = _policy(helm.template({"networkPolicy": {"apiServerEgress": [peer]}}), "fab-fabriek-commercial-head")
     [rule] = [r for r in head["egress"] if {"port": 6443, "protocol": "TCP"} in r.get("ports", [])]
     assert rule["to"] == [peer]
     # Without the autoscaler the head needs no Kubernetes API.
-    head = _policy(helm.template({"autoscaling": {"enabled": False}}), "fab-fabriek-head")
+    head = _policy(helm.template({"autoscaling": {"enabled": False}}), "fab-fabriek-commercial-head")
     assert not [r for r in head["egress"] if {"port": 6443, "protocol": "TCP"} in r.get("ports", [])]
 
 
 def test_network_policy_extra_egress_on_every_ray_pod(helm):
     rule = {"to": [{"ipBlock": {"cidr": "10.40.0.9/32"}}], "ports": [{"port": 4317, "protocol": "TCP"}]}
     objects = helm.template({"networkPolicy": {"extraEgress": [rule]}})
-    for name in ("fab-fabriek-head", "fab-fabriek-government", "fab-fabriek-commercial"):
+    for name in ("fab-fabriek-government-head", "fab-fabriek-commercial-head", "fab-fabriek-government",
+                 "fab-fabriek-commercial"):
         assert rule in _policy(objects, name)["egress"]
 
 
@@ -173,8 +178,9 @@ def test_tracing_sets_the_otel_environment_and_serves_tracing_config(helm):
 
     objects = helm.template({"tracing": {"otlpEndpoint": "http://otel-collector.monitoring:4317",
                                          "samplingRatio": 0.25}})
-    [service] = by_kind(objects, "RayService")
-    serve = yaml.safe_load(service["spec"]["serveConfigV2"])
+    serves = [yaml.safe_load(s["spec"]["serveConfigV2"]) for s in by_kind(objects, "RayService")]
+    assert len(serves) == 2 and serves[0]["tracing_config"] == serves[1]["tracing_config"]
+    serve = serves[0]
     for spec in _pod_specs(objects).values():
         env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.monitoring:4317"
@@ -197,15 +203,16 @@ def test_vllm_spans_can_be_left_out(helm):
 
 def test_tracing_off_by_default(helm):
     objects = helm.template({})
-    [service] = by_kind(objects, "RayService")
-    assert "tracing_config" not in yaml.safe_load(service["spec"]["serveConfigV2"])
+    for service in by_kind(objects, "RayService"):
+        assert "tracing_config" not in yaml.safe_load(service["spec"]["serveConfigV2"])
     for spec in _pod_specs(objects).values():
         assert not [e for e in spec["containers"][0]["env"] if e["name"].startswith("OTEL_")]
 
 
 def test_a_domains_existing_secret_is_mounted_instead_of_a_generated_one(helm):
     objects = helm.template({"secret": {"domains": {"government": {"existingSecret": "fabriek-keys-gov"}}}})
-    assert _names(objects, "Secret") == ["fab-fabriek-commercial", "fab-fabriek-secrets"]
+    assert _names(objects, "Secret") == ["fab-fabriek-commercial", "fab-fabriek-commercial-ray",
+                                         "fab-fabriek-government-ray"]
     pods = _pod_specs(objects)
     [volume] = [v for v in pods["government"]["volumes"] if v.get("secret")]
     assert volume["secret"]["secretName"] == "fabriek-keys-gov"
@@ -254,18 +261,23 @@ def test_fabriek_keys_create_writes_the_tenants_domain_key_file_at_the_mounted_p
     assert not (tmp_path / "government" / "api-keys.json").exists()
 
 
-def test_ray_token_auth_uses_the_shared_secret(helm):
+def test_ray_token_auth_gives_each_domains_cluster_its_own_token(helm):
     objects = helm.template()
-    [service] = by_kind(objects, "RayService")
-    assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token", "secretName": "fab-fabriek-secrets"}
-    [secret] = [s for s in by_kind(objects, "Secret") if s["metadata"]["name"] == "fab-fabriek-secrets"]
-    assert len(secret["stringData"]["auth_token"]) >= 32
+    secrets = {s["metadata"]["name"]: s for s in by_kind(objects, "Secret")}
+    tokens = set()
+    for domain, service in rayservices(objects).items():
+        assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token",
+                                                                      "secretName": f"fab-fabriek-{domain}-ray"}
+        token = secrets[f"fab-fabriek-{domain}-ray"]["stringData"]["auth_token"]
+        assert len(token) >= 32
+        tokens.add(token)
+    assert len(tokens) == 2
 
 
 def test_ray_token_auth_disabled(helm):
     objects = helm.template({"rayAuth": {"mode": "disabled"}})
-    [service] = by_kind(objects, "RayService")
-    assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "disabled"}
+    for service in by_kind(objects, "RayService"):
+        assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "disabled"}
     assert _names(objects, "Secret") == ["fab-fabriek-commercial", "fab-fabriek-government"]
 
 
@@ -278,11 +290,12 @@ def test_ledger_url_env_names_the_variable_the_domain_secret_fills(helm):
 def test_dashboard_service_type(helm):
     services = {s["metadata"]["name"]: s for s in helm.template({"services": {"dashboard": {"type": "LoadBalancer"}}})
                 if s["kind"] == "Service"}
-    assert services["fab-fabriek-dashboard"]["spec"]["type"] == "LoadBalancer"
+    assert services["fab-fabriek-government-dashboard"]["spec"]["type"] == "LoadBalancer"
+    assert services["fab-fabriek-commercial-dashboard"]["spec"]["type"] == "LoadBalancer"
 
 
 def test_autoscaling_disabled(helm):
-    [service] = by_kind(helm.template({"autoscaling": {"enabled": False}}), "RayService")
+    [service, _] = by_kind(helm.template({"autoscaling": {"enabled": False}}), "RayService")
     cluster = service["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is False and "autoscalerOptions" not in cluster
     # Without KubeRay's autoscaler account the head takes the chart's ServiceAccount.
@@ -296,10 +309,10 @@ def test_service_account_not_created(helm):
 
 
 def test_grpc_servicer_functions_reach_the_serve_config(helm):
-    [service] = by_kind(helm.template({"grpc": {"servicerFunctions": ["fabriek_pb2_grpc.add_X_to_server"]}}),
-                        "RayService")
-    grpc = yaml.safe_load(service["spec"]["serveConfigV2"])["grpc_options"]
-    assert grpc == {"port": 9000, "grpc_servicer_functions": ["fabriek_pb2_grpc.add_X_to_server"]}
+    for service in by_kind(helm.template({"grpc": {"servicerFunctions": ["fabriek_pb2_grpc.add_X_to_server"]}}),
+                           "RayService"):
+        grpc = yaml.safe_load(service["spec"]["serveConfigV2"])["grpc_options"]
+        assert grpc == {"port": 9000, "grpc_servicer_functions": ["fabriek_pb2_grpc.add_X_to_server"]}
 
 
 def test_worker_group_pod_fields_pass_through(helm):
@@ -310,9 +323,9 @@ def test_worker_group_pod_fields_pass_through(helm):
 
 
 def test_scaling_a_pool_changes_only_its_group(helm):
-    [service] = by_kind(helm.template({"workerGroups": {"commercial": {"replicas": 3, "maxReplicas": 6}}}),
-                        "RayService")
-    groups = {g["groupName"]: g for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    groups = {g["groupName"]: g for service in by_kind(helm.template(
+        {"workerGroups": {"commercial": {"replicas": 3, "maxReplicas": 6}}}), "RayService")
+        for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
     assert (groups["commercial"]["replicas"], groups["commercial"]["maxReplicas"]) == (3, 6)
     assert (groups["government"]["replicas"], groups["government"]["maxReplicas"]) == (1, 2)
 

@@ -10,7 +10,7 @@ import yaml
 from ray.serve.deployment import Application
 from ray.serve.schema import ServeDeploySchema
 
-from serving.app import build_app
+from serving.app import build_app, build_power_app
 from serving.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from serving.engine.engines import engine_deployments
 from serving.frontdoor.front_door import FrontDoorSettings
@@ -30,13 +30,13 @@ def default_model_prepared():
     ray.shutdown()
 
 
-def test_serve_config_file_has_one_app_per_domain_and_builds_them(monkeypatch):
+def test_serve_config_file_is_one_domains_cluster_and_builds_it(monkeypatch):
     monkeypatch.chdir(REPO)  # config_path in the file is relative to the repo
     schema = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "deploy/serve-config.yaml").read_text()))
     domains = [d.name for d in load_config(DEFAULT_CONFIG_PATH).domains()]
-    # One per domain, and the power governor's, off HTTP.
+    # The domain's application, and its own power governor's, off HTTP: nothing of another domain.
     assert [(a.name, a.route_prefix, a.args.get("domain")) for a in schema.applications] == \
-        [*((d, f"/{d}", d) for d in domains), ("fabriek-power", None, None)]
+        [(domains[0], f"/{domains[0]}", domains[0]), ("fabriek-power", None, domains[0])]
     for app_schema in schema.applications:
         module, attr = app_schema.import_path.split(":")
         builder = getattr(__import__(module, fromlist=[attr]), attr)
@@ -168,3 +168,20 @@ def test_one_model_on_two_pools_gives_two_deployments_pinned_to_their_pool():
         assert not any(k.startswith("pool_") and k != f"pool_{engine.pool}" for b in bundles for k in b)
         env = deployment._replica_config.ray_actor_options["runtime_env"]["env_vars"]
         assert env["VLLM_CPU_OMP_THREADS_BIND"] == core
+
+
+@pytest.mark.parametrize(("domain", "pools"), [("government", {"government", "government-embeddings"}),
+                                               ("commercial", {"commercial"})])
+def test_each_domains_power_governor_governs_its_own_pools_only(domain, pools):
+    inline = load_config(DEFAULT_CONFIG_PATH).model_dump()
+    inline["power_caps"] = [{"name": "grid", "watts": "1kW", "scope": "platform"},
+                            {"name": "pilots", "watts": "300W", "scope": "domain:commercial"}]
+    args, kwargs = _bound(build_power_app({"config": inline, "domain": domain}))
+    specs, domains, scopes, caps = args
+    assert {s.pool for s in specs} == pools and set(domains) == {domain}
+    assert all(scope_pools <= pools for scope_pools in scopes.values())
+    # Its share of the platform cap (half each, nothing measured yet), and its own caps only.
+    assert {(c.name, c.watts) for c in caps} == ({("grid", 500.0)} if domain == "government"
+                                                 else {("grid", 500.0), ("pilots", 300.0)})
+    with pytest.raises(ValueError, match="pass `domain`"):
+        build_power_app({"config": inline})

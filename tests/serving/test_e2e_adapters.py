@@ -21,7 +21,7 @@ import pytest
 from serving.engine.default_model import builtin_model_dir
 from serving.protos.fabriek.v1 import inference_pb2 as pb
 from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub
-from tests.conftest import ADAPTER_ID, ADAPTER_TENANT, MODEL_ID, UNLOADABLE_ADAPTER_ID
+from tests.conftest import DomainStubs, ADAPTER_ID, ADAPTER_TENANT, MODEL_ID, UNLOADABLE_ADAPTER_ID
 from tests.serving.test_e2e_apps import client
 from tests.serving.test_e2e_hostile import finished_record
 
@@ -147,10 +147,10 @@ def test_a_multiplexing_header_changes_nothing(fabriek_server, reference):
 # --- gRPC ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def stub(fabriek_server) -> InferenceServiceStub:
-    with grpc.insecure_channel(fabriek_server.grpc_target) as channel:
-        grpc.channel_ready_future(channel).result(timeout=180)
-        yield InferenceServiceStub(channel)
+def stub(fabriek_server) -> DomainStubs:
+    stubs = DomainStubs(fabriek_server).wait_until_ready(180)
+    yield stubs
+    stubs.close()
 
 
 def test_grpc_completes_with_the_adapter_and_lists_it(stub, fabriek_server, reference):

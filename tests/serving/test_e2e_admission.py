@@ -121,7 +121,7 @@ def test_usage_command_sums_the_ledger(fabriek_server):
 def test_metrics_count_requests_by_pool_class_and_status(fabriek_server):
     assert chat(fabriek_server, "pilot-demo").status_code == 200
     assert chat(fabriek_server, "quota-caps", max_tokens=17).status_code == 400  # over its cap
-    metrics_url = f"http://127.0.0.1:{fabriek_server.metrics_port}/metrics"
+    metrics_url = fabriek_server.metrics_url("pilot-demo")
 
     def scraped():
         text = httpx.get(metrics_url, timeout=10).text
@@ -215,7 +215,7 @@ def threading_event():
 def _grpc_answers(server) -> bool:
     # Ray Serve's HAProxy front end takes the replacements' gRPC ports some time after
     # HTTP works again (seen: more than 30 s on a busy CI machine).
-    with grpc.insecure_channel(server.grpc_target) as channel:
+    with grpc.insecure_channel(server.grpc_target("gov-demo")) as channel:
         try:
             InferenceServiceStub(channel).ListModels(
                 pb.ListModelsRequest(), metadata=server.grpc_metadata("gov-demo"),

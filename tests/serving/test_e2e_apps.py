@@ -21,7 +21,7 @@ from google.protobuf import struct_pb2
 
 from serving.protos.fabriek.v1 import inference_pb2 as pb
 from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub
-from tests.conftest import MODEL_ID
+from tests.conftest import MODEL_ID, DomainStubs
 from tests.serving.test_e2e_hostile import finished_record
 
 pytestmark = pytest.mark.e2e
@@ -44,10 +44,10 @@ def gov(fabriek_server) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def stub(fabriek_server) -> InferenceServiceStub:
-    with grpc.insecure_channel(fabriek_server.grpc_target) as channel:
-        grpc.channel_ready_future(channel).result(timeout=180)
-        yield InferenceServiceStub(channel)
+def stub(fabriek_server) -> DomainStubs:
+    stubs = DomainStubs(fabriek_server).wait_until_ready(180)
+    yield stubs
+    stubs.close()
 
 
 # --- tool calling ----------------------------------------------------------------------

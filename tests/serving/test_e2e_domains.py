@@ -44,7 +44,7 @@ def test_a_key_at_another_domains_door_is_refused_like_an_unknown_key(fabriek_se
 
 
 def test_no_door_without_a_domain_prefix(fabriek_server):
-    response = httpx.post(f"{fabriek_server.root_url}/v1/chat/completions", json=BODY, timeout=10,
+    response = httpx.post(f"{fabriek_server.root_url()}/v1/chat/completions", json=BODY, timeout=10,
                           headers={"Authorization": f"Bearer {fabriek_server.keys['gov-demo']}"})
     assert response.status_code == 404
 
@@ -94,7 +94,8 @@ def test_each_domain_keeps_its_own_key_file_salt_and_ledger(fabriek_server):
 
 
 def _grpc_call(fabriek_server, metadata):
-    with grpc.insecure_channel(fabriek_server.grpc_target) as channel:
+    """ListModels at the door of the domain the ``application`` metadata names."""
+    with grpc.insecure_channel(fabriek_server.grpc_target(dict(metadata)["application"])) as channel:
         return InferenceServiceStub(channel).ListModels(pb.ListModelsRequest(), metadata=metadata, timeout=20)
 
 

@@ -64,7 +64,7 @@ def test_a_stream_ends_with_its_joules_in_a_comment_the_sdk_skips(fabriek_server
 
 
 def test_grpc_answers_carry_their_joules_as_trailing_metadata(fabriek_server):
-    with grpc.insecure_channel(fabriek_server.grpc_target) as channel:
+    with grpc.insecure_channel(fabriek_server.grpc_target("pilot-demo")) as channel:
         grpc.channel_ready_future(channel).result(timeout=180)
         stub = InferenceServiceStub(channel)
         request = pb.ChatRequest(model=MODEL_ID, messages=[pb.ChatMessage(role=pb.ROLE_USER, content="Hallo!")],
@@ -86,8 +86,8 @@ def test_usage_reports_watt_hours_per_tenant(fabriek_server):
 
 
 def power(server, *args: str) -> str:
-    """`fabriek power ...` against the server's Ray cluster, as an operator runs it."""
-    done = subprocess.run([sys.executable, "-m", "serving.cli", "power", *args, "--address", server.ray_address],
+    """`fabriek power ...` against the server's domains' Ray clusters, as an operator runs it."""
+    done = subprocess.run([sys.executable, "-m", "serving.cli", "power", *args, "--config", str(server.config_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout

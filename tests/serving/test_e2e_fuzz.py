@@ -36,7 +36,7 @@ def test_the_openapi_document_fuzzed_gets_no_5xx_but_503(fabriek_server):
 def test_random_grpc_messages_never_end_internal_unknown_or_data_loss(fabriek_server):
     domain = fabriek_server.domain_of[TENANT]
     others = tuple({d for d in fabriek_server.domain_of.values() if d != domain})
-    result = run_grpc_fuzz(fabriek_server.grpc_target, domain, fabriek_server.keys[TENANT], examples=GRPC_CALLS,
+    result = run_grpc_fuzz(fabriek_server.grpc_target(domain), domain, fabriek_server.keys[TENANT], examples=GRPC_CALLS,
                            model=MODEL_ID, other_domains=others, payloads=("message",), derandomize=True)
     assert result["requests"] == GRPC_CALLS
     assert not result["failures"], result["failures"]
@@ -46,6 +46,6 @@ def test_random_grpc_messages_never_end_internal_unknown_or_data_loss(fabriek_se
 def test_undecodable_grpc_requests_never_end_internal_unknown_or_data_loss(fabriek_server):
     """fabriek decodes requests itself (serving/protos/servicer.py): bad bytes are INVALID_ARGUMENT."""
     domain = fabriek_server.domain_of[TENANT]
-    result = run_grpc_fuzz(fabriek_server.grpc_target, domain, fabriek_server.keys[TENANT], examples=30,
+    result = run_grpc_fuzz(fabriek_server.grpc_target(domain), domain, fabriek_server.keys[TENANT], examples=30,
                            model=MODEL_ID, payloads=("appended", "bytes"), derandomize=True)
     assert not result["failures"], result["failures"]

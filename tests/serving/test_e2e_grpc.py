@@ -9,6 +9,7 @@ unfinished requests (``FabriekLLMServer.num_unfinished_requests``).
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import grpc
@@ -16,6 +17,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from serving.protos.fabriek.v1 import inference_pb2 as pb
+from tests.conftest import DomainStubs
 from serving.protos.fabriek.v1.inference_pb2_grpc import InferenceServiceStub
 
 pytestmark = pytest.mark.e2e
@@ -26,12 +28,12 @@ POOL_OF = {"gov-demo": "government", "pilot-demo": "commercial"}
 
 
 @pytest.fixture(scope="module")
-def stub(fabriek_server) -> InferenceServiceStub:
-    with grpc.insecure_channel(fabriek_server.grpc_target) as channel:
-        # Generous: an earlier test may have killed the ingress replicas, and their
-        # replacements take a while on a busy 2-core machine.
-        grpc.channel_ready_future(channel).result(timeout=180)
-        yield InferenceServiceStub(channel)
+def stub(fabriek_server) -> DomainStubs:
+    # Generous: an earlier test may have killed the ingress replicas, and their
+    # replacements take a while on a busy 2-core machine.
+    stubs = DomainStubs(fabriek_server).wait_until_ready(180)
+    yield stubs
+    stubs.close()
 
 
 def key(fabriek_server, tenant: str = "gov-demo", **extra: str) -> list[tuple[str, str]]:
@@ -152,20 +154,29 @@ def long_answer() -> pb.ChatRequest:
 
 @pytest.fixture(scope="module")
 def commercial_engine(fabriek_server):
-    """The commercial pool's engine deployment, reached as a Ray driver of the server's cluster."""
+    """The commercial pool's engine deployment, reached as a Ray driver of the commercial
+    domain's cluster, with that cluster's token."""
     import ray
     from ray import serve
+    from ray._raylet import AuthenticationTokenLoader
     # Ray turns token mode on by itself only for clusters it finds, not for an explicit
     # address; this is its own switch (RAY_AUTH_MODE=token plus a refresh of its config).
     from ray._private.authentication.authentication_token_setup import _enable_token_auth
 
     ray.shutdown()  # a no-op unless an earlier test left a Ray instance in this process
-    _enable_token_auth()  # the server's cluster wants the token it made, ~/.ray/auth_token
-    ray.init(address=fabriek_server.ray_address, namespace="fabriek", log_to_driver=False)
+    before = {name: os.environ.get(name) for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")}
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(fabriek_server.cluster("commercial").token_file)
+    _enable_token_auth()
+    AuthenticationTokenLoader.instance().reset_cache()  # this process may have held another cluster's token
+    ray.init(address=fabriek_server.ray_address("commercial"), namespace="fabriek", log_to_driver=False)
     try:
         yield serve.get_deployment_handle(f"commercial--{MODEL}", app_name="commercial")  # the commercial domain's application
     finally:
         ray.shutdown()
+        for name, value in before.items():
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def unfinished(engine) -> int:
@@ -244,7 +255,7 @@ def test_example_client_generated_from_the_proto_streams_a_chat(fabriek_server, 
     assert protoc.main(["protoc", f"-I{root / 'serving/protos'}", f"-I{well_known}", f"--python_out={tmp_path}",
                         f"--grpc_python_out={tmp_path}", str(root / "serving/protos/fabriek/v1/inference.proto")]) == 0
     run = functools.partial(
-        subprocess.run, [sys.executable, str(root / "examples/grpc_chat.py"), "--target", fabriek_server.grpc_target,
+        subprocess.run, [sys.executable, str(root / "examples/grpc_chat.py"), "--target", fabriek_server.grpc_target("commercial"),
                          "--domain", "commercial",
                          # Greedy: a sampled answer may name another city (CI once saw one).
                          "--max-tokens", "24", "--temperature", "0", "What is the capital of the Netherlands?"],

@@ -89,7 +89,7 @@ def test_a_client_that_asks_for_continuous_usage_gets_it(fabriek_server):
 
 def test_a_cancelled_grpc_stream_is_charged_the_tokens_it_produced(fabriek_server):
     since = time.time()
-    with grpc.insecure_channel(fabriek_server.grpc_target) as channel:
+    with grpc.insecure_channel(fabriek_server.grpc_target("pilot-demo")) as channel:
         call = channel.unary_stream("/fabriek.v1.InferenceService/ChatStream",
                                     request_serializer=pb.ChatRequest.SerializeToString,
                                     response_deserializer=pb.ChatStreamResponse.FromString)(
@@ -163,7 +163,7 @@ def test_a_named_tool_choice_for_a_tool_not_defined_is_400(fabriek_server):
 
 def test_a_grpc_field_outside_the_proto_is_invalid_argument(fabriek_server):
     raw = pb.ChatRequest(model=MODEL_ID, messages=[pb.ChatMessage(role=pb.ROLE_USER, content="hoi")]).SerializeToString()
-    with grpc.insecure_channel(fabriek_server.grpc_target) as channel:
+    with grpc.insecure_channel(fabriek_server.grpc_target("pilot-demo")) as channel:
         chat = channel.unary_unary("/fabriek.v1.InferenceService/Chat", request_serializer=lambda b: b,
                                    response_deserializer=pb.ChatResponse.FromString)
         with pytest.raises(grpc.RpcError) as raised:
@@ -176,7 +176,7 @@ def test_a_grpc_field_outside_the_proto_is_invalid_argument(fabriek_server):
 
 def test_a_grpc_message_over_the_http_body_limit_is_refused(fabriek_server):
     huge = pb.ChatRequest(model=MODEL_ID, messages=[pb.ChatMessage(role=pb.ROLE_USER, content="x" * (2 << 20))])
-    with grpc.insecure_channel(fabriek_server.grpc_target) as channel:
+    with grpc.insecure_channel(fabriek_server.grpc_target("pilot-demo")) as channel:
         chat = channel.unary_unary("/fabriek.v1.InferenceService/Chat",
                                    request_serializer=pb.ChatRequest.SerializeToString,
                                    response_deserializer=pb.ChatResponse.FromString)
@@ -212,7 +212,7 @@ def test_client_chosen_model_names_reach_neither_ledger_nor_metric_labels(fabrie
     assert all(m is None or len(m) <= 256 for m in models)  # the 200 kB name never got there
     deadline = time.monotonic() + 30
     while True:  # Ray exports metrics every few seconds
-        text = httpx.get(f"http://127.0.0.1:{fabriek_server.metrics_port}/metrics", timeout=60).text
+        text = httpx.get(fabriek_server.metrics_url("pilot-demo"), timeout=60).text
         if 'model="other"' in text or time.monotonic() > deadline:
             break
         time.sleep(2)
@@ -221,7 +221,7 @@ def test_client_chosen_model_names_reach_neither_ledger_nor_metric_labels(fabrie
 
 
 def test_an_unauthenticated_chunked_upload_is_refused_before_its_body_is_read(fabriek_server):
-    host, port = "127.0.0.1", int(fabriek_server.root_url.rsplit(":", 1)[1].split("/")[0])
+    host, port = "127.0.0.1", fabriek_server.cluster().http_port
     path = f"/{fabriek_server.domain_of['pilot-demo']}/v1/chat/completions"
     with socket.create_connection((host, port), timeout=30) as sock:
         sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
@@ -276,7 +276,7 @@ def test_error_paths_write_no_prompt_text_to_any_log(fabriek_server):
         post(fabriek_server, "pilot-demo", body)
         post(fabriek_server, "pilot-demo", {**body, "stream": True})
     time.sleep(3)  # replica logs are buffered (Ray Serve's throughput mode)
-    leaks = [str(path) for path in fabriek_server.ray_logs_dir.rglob("*")
+    leaks = [str(path) for domain in fabriek_server.clusters for path in fabriek_server.ray_logs_dir(domain).rglob("*")
              if path.is_file() and CANARY.encode() in path.read_bytes()]
     assert leaks == []
     assert CANARY not in "".join(fabriek_server.lines)

@@ -22,12 +22,14 @@ COMMERCIAL = {"pool": "commercial", "tenant_class": "commercial", "model": "smol
 
 
 def scrape(fabriek_server) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Sample name -> (labels, value) of every series on the server's metrics endpoint."""
-    text = httpx.get(f"http://127.0.0.1:{fabriek_server.metrics_port}/metrics", timeout=60).text
+    """Sample name -> (labels, value) of every series on every domain cluster's metrics
+    endpoint (as Prometheus scrapes each)."""
     samples = defaultdict(list)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[sample.name].append((sample.labels, sample.value))
+    for domain in fabriek_server.clusters:
+        text = httpx.get(fabriek_server.metrics_url(domain), timeout=60).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[sample.name].append((sample.labels, sample.value))
     return samples
 
 

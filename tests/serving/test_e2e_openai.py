@@ -48,18 +48,26 @@ def http(fabriek_server) -> httpx.Client:
 
 def test_serve_prints_urls_then_ready(fabriek_server):
     output = fabriek_server.output(last=10_000)
+    ports = set()
     for domain in ("government", "commercial"):
-        assert f"API base URL:  http://127.0.0.1:{fabriek_server.http_port}/{domain}/v1  ({domain} domain" in output
-    assert f"Ray dashboard: http://127.0.0.1:{fabriek_server.dashboard_port}" in output
+        cluster = fabriek_server.cluster(domain)
+        assert f"API base URL:  http://127.0.0.1:{cluster.http_port}/{domain}/v1  ({domain} domain" in output
+        assert f"Ray dashboard: http://127.0.0.1:{cluster.dashboard_port} ({domain} domain)" in output
+        assert f"Ray token:     {cluster.token_file} ({domain} domain's cluster only" in output
+        ports.add((cluster.http_port, cluster.grpc_port, cluster.dashboard_port, cluster.gcs_port))
+    assert len({port for row in ports for port in row}) == 8  # a port per domain: no shared socket
     assert output.index("API base URL") < output.index("fabriek ready")
 
 
-def test_dashboard_needs_and_accepts_the_ray_token(fabriek_server):
-    from serving.launcher import RAY_TOKEN_PATH
-
-    url = f"http://127.0.0.1:{fabriek_server.dashboard_port}/api/version"
+@pytest.mark.parametrize("domain", ["government", "commercial"])
+def test_each_domains_dashboard_needs_and_accepts_its_own_ray_token_only(fabriek_server, domain):
+    other = "commercial" if domain == "government" else "government"
+    url = f"http://127.0.0.1:{fabriek_server.cluster(domain).dashboard_port}/api/version"
     assert httpx.get(url, timeout=10).status_code == 401
-    token = RAY_TOKEN_PATH.read_text().strip()
+    wrong = fabriek_server.cluster(other).token_file.read_text().strip()
+    assert httpx.get(url, headers={"Authorization": f"Bearer {wrong}"}, timeout=10).status_code == 401
+    token = fabriek_server.cluster(domain).token_file.read_text().strip()
+    assert token != wrong and fabriek_server.cluster(domain).token_file.stat().st_mode & 0o077 == 0
     response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert response.status_code == 200
     assert response.json()["ray_version"] == "2.60.0"
@@ -164,9 +172,9 @@ def test_no_prompt_or_completion_reaches_any_log(fabriek_server, client, pilot):
     needles = [canary] + [t.strip() for t in texts if len(t.strip()) >= 12]
     assert len(needles) >= 3, texts
     time.sleep(3)  # Ray's throughput mode buffers replica logs; let them reach the files
-    logs_dir = fabriek_server.ray_logs_dir
-    files = [p for p in logs_dir.rglob("*") if p.is_file()]
-    assert any(p.name.startswith("replica_") for p in files), f"no Serve replica logs in {logs_dir}"
+    logs_dirs = [fabriek_server.ray_logs_dir(domain) for domain in fabriek_server.clusters]
+    files = [p for logs_dir in logs_dirs for p in logs_dir.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("replica_") for p in files), f"no Serve replica logs in {logs_dirs}"
     sources = {"fabriek serve output": fabriek_server.output(last=1_000_000)}
     sources.update({str(p): p.read_text(errors="replace") for p in files})
     # The scan does see the engines' own log lines (vLLM's, from inside each EngineCore).

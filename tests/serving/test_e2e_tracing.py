@@ -100,7 +100,7 @@ def test_http_request_is_one_trace_from_ingress_to_vllm(fabriek_server, otlp_col
 def test_grpc_request_joins_the_trace_of_its_metadata(fabriek_server, otlp_collector):
     trace_id, parent_id, traceparent = new_traceparent()
     marker = f"Rijksmuseum-{secrets.token_hex(4)}"
-    with grpc.insecure_channel(fabriek_server.grpc_target) as channel:
+    with grpc.insecure_channel(fabriek_server.grpc_target("pilot-demo")) as channel:
         answer = InferenceServiceStub(channel).Chat(
             pb.ChatRequest(model=MODEL, messages=[pb.ChatMessage(role=pb.ROLE_USER, content=f"Where is {marker}?")],
                            sampling=pb.SamplingParams(max_tokens=8, temperature=0)),

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from serving.config import DEFAULT_CONFIG_PATH, load_config
-from serving.launcher import PortInUseError, claim_ports, config_ports, is_port_free, port_holders
-from tests.conftest import free_port
+from serving.local.ports import PortInUseError, claim_ports, config_ports, is_port_free, port_holders
+from tests.conftest import free_port, free_ports
 
 # A fake Ray node id, as Ray writes them (56 hex digits).
 NODE_ID = "f" * 24 + "0123456789abcdef0123456789abcdef"
@@ -34,10 +34,10 @@ sys.stdin.read()
 def _config(**ports):
     """The shipped config on free ports, with ``ports`` (field -> port) set instead."""
     data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    data["http"]["port"] = ports.get("http.port", free_port())
-    data["grpc"]["port"] = free_port()
-    data["local"].update(dashboard_port=free_port(), metrics_export_port=free_port())
-    data["serve"].update(haproxy_stats_port=free_port(), haproxy_metrics_port=free_port())
+    data["http"]["port"] = ports.get("http.port", free_ports(2))
+    data["grpc"]["port"] = free_ports(2)
+    data["local"].update(dashboard_port=free_ports(2), metrics_export_port=free_ports(2), gcs_port=free_ports(2))
+    data["serve"].update(haproxy_stats_port=free_ports(2), haproxy_metrics_port=free_ports(2))
     return load_config(data, check_library_settings=False)
 
 
@@ -67,9 +67,13 @@ def test_a_free_port_has_no_holders():
 def test_every_port_of_the_config_is_checked():
     config = _config()
     ports = config_ports(config)
-    assert set(ports) == {"http.port", "grpc.port", "local.dashboard_port", "local.metrics_export_port",
-                          "serve.haproxy_stats_port", "serve.haproxy_metrics_port"}
-    assert ports["http.port"] == ("127.0.0.1", config.http.port)
+    fields = {"http.port", "grpc.port", "local.dashboard_port", "local.metrics_export_port", "local.gcs_port",
+              "serve.haproxy_stats_port", "serve.haproxy_metrics_port"}
+    assert set(ports) == {f"{field}, {domain} domain" for field in fields for domain in ("government", "commercial")}
+    # The second domain's cluster takes each port + 1: no socket is shared between domains.
+    assert ports["http.port, government domain"] == ("127.0.0.1", config.http.port)
+    assert ports["http.port, commercial domain"] == ("127.0.0.1", config.http.port + 1)
+    assert len({port for _, port in ports.values()}) == len(ports)
     claim_ports(config)  # all free: nothing to say
 
 
@@ -78,7 +82,7 @@ def test_a_held_port_fails_at_once_naming_the_port_and_its_holder(listener):
     with pytest.raises(PortInUseError) as raised:
         claim_ports(_config(**{"http.port": port}))
     message = str(raised.value)
-    assert f"port {port} (http.port) on 127.0.0.1 is in use by pid {process.pid}: " in message
+    assert f"port {port} (http.port, government domain) on 127.0.0.1 is in use by pid {process.pid}: " in message
     assert "--marker-for-the-test" in message and "--http-port" in message
     assert process.poll() is None  # not ours to stop
 
@@ -136,7 +140,7 @@ def test_the_haproxy_of_a_running_ray_node_is_left_alone(leftover_haproxy):
     raylet = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", f"--node_id={NODE_ID}"],
                               stdin=subprocess.PIPE)
     try:
-        with pytest.raises(PortInUseError, match=f"port {port} \\(http.port\\) on 127.0.0.1 is in use by "
+        with pytest.raises(PortInUseError, match=f"port {port} \\(http.port, government domain\\) on 127.0.0.1 is in use by "
                                                  f"pid {process.pid}: .*haproxy -db -f"):
             claim_ports(_config(**{"http.port": port}))
         assert process.poll() is None

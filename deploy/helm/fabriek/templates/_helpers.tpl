@@ -31,9 +31,27 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: fabriek
 {{- end -}}
 
-{{/* The Secret shared by every pod: Ray's token only (KubeRay's authOptions; one control plane). */}}
-{{- define "fabriek.secretName" -}}
-{{- printf "%s-secrets" (include "fabriek.fullname" .) -}}
+{{/*
+A domain's Ray token Secret, RELEASE-fabriek-<domain>-ray (KubeRay's authOptions): each
+domain's Ray cluster has its own token, and no other domain's pods mount it.
+Call with (dict "root" $ "domain" NAME).
+*/}}
+{{- define "fabriek.raySecretName" -}}
+{{- printf "%s-ray" (include "fabriek.domainFullname" .) -}}
+{{- end -}}
+
+{{/* A domain's namespace: domainNamespaces.<domain>, else the release's. Call with (dict "root" $ "domain" NAME). */}}
+{{- define "fabriek.domainNamespace" -}}
+{{- index (.root.Values.domainNamespaces | default dict) .domain | default .root.Release.Namespace -}}
+{{- end -}}
+
+{{/* Every namespace that holds a domain's objects, once each, in domain order (JSON list). */}}
+{{- define "fabriek.namespaces" -}}
+{{- $namespaces := list -}}
+{{- range $domain := include "fabriek.domainList" . | fromJsonArray -}}
+{{- $namespaces = append $namespaces (include "fabriek.domainNamespace" (dict "root" $ "domain" $domain.name)) -}}
+{{- end -}}
+{{- toJson ($namespaces | uniq) -}}
 {{- end -}}
 
 {{/*
@@ -111,15 +129,21 @@ Returns JSON: {"domains": [{"name", "classes", "pools"}], "byPool": {pool: domai
 {{- printf "%s-%s" (include "fabriek.fullname" .root) .domain | trunc 55 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Labels that select one domain's worker pods (never the head, never another domain's). */}}
+{{/* Labels that select every pod of one domain's Ray cluster, its head included (never another domain's). */}}
 {{- define "fabriek.domainSelectorLabels" -}}
 {{ include "fabriek.selectorLabels" .root }}
 fabriek.ai/domain: {{ .domain }}
 {{- end -}}
 
-{{/* Labels that select the head pod. */}}
-{{- define "fabriek.headSelectorLabels" -}}
-{{ include "fabriek.selectorLabels" . }}
+{{/* Labels that select one domain's worker pods (never its head, never another domain's). */}}
+{{- define "fabriek.domainWorkerSelectorLabels" -}}
+{{ include "fabriek.domainSelectorLabels" . }}
+app.kubernetes.io/component: worker
+{{- end -}}
+
+{{/* Labels that select one domain's head pod. */}}
+{{- define "fabriek.domainHeadSelectorLabels" -}}
+{{ include "fabriek.domainSelectorLabels" . }}
 app.kubernetes.io/component: head
 {{- end -}}
 
@@ -166,22 +190,21 @@ serving/config/auth_specs.py). Each app cuts its own domain out of it
 {{- end -}}
 
 {{/*
-Ray Serve's config for the RayService: one application per isolation domain, as in
-deploy/serve-config.yaml (name = domain, route prefix /<domain>), with the platform config
-inline and the domain it builds; and the platform's power governor.
+Ray Serve's config for one domain's RayService, as in deploy/serve-config.yaml: the domain's
+application (name = domain, route prefix /<domain>) with the platform config inline and the
+domain it builds, and the domain's own power governor (its pools only). Nothing of another
+domain. Call with (dict "root" $ "domain" NAME).
 */}}
 {{- define "fabriek.serveConfig" -}}
-{{- $platform := include "fabriek.platformConfig" . | fromYaml -}}
-{{- $apps := list -}}
-{{- range $domain := include "fabriek.domainList" . | fromJsonArray -}}
-{{- $apps = append $apps (dict "name" $domain.name "route_prefix" (printf "/%s" $domain.name) "import_path" "serving.app:build_app" "args" (dict "config" $platform "domain" $domain.name)) -}}
-{{- end -}}
-{{- /* The power governor (serving.power.governor): outside every domain, no route prefix. */ -}}
-{{- $apps = append $apps (dict "name" "fabriek-power" "route_prefix" nil "import_path" "serving.app:build_power_app" "args" (dict "config" $platform)) -}}
-{{- $http := dict "host" "0.0.0.0" "port" (include "fabriek.httpPort" . | int) -}}
-{{- $grpc := dict "port" (include "fabriek.grpcPort" . | int) "grpc_servicer_functions" .Values.grpc.servicerFunctions -}}
+{{- $root := .root -}}
+{{- $platform := include "fabriek.platformConfig" $root | fromYaml -}}
+{{- $apps := list (dict "name" .domain "route_prefix" (printf "/%s" .domain) "import_path" "serving.app:build_app" "args" (dict "config" $platform "domain" .domain)) -}}
+{{- /* The domain's power governor (serving.power.governor): no route prefix. */ -}}
+{{- $apps = append $apps (dict "name" "fabriek-power" "route_prefix" nil "import_path" "serving.app:build_power_app" "args" (dict "config" $platform "domain" .domain)) -}}
+{{- $http := dict "host" "0.0.0.0" "port" (include "fabriek.httpPort" $root | int) -}}
+{{- $grpc := dict "port" (include "fabriek.grpcPort" $root | int) "grpc_servicer_functions" $root.Values.grpc.servicerFunctions -}}
 {{- $config := dict "proxy_location" "EveryNode" "http_options" $http "grpc_options" $grpc "applications" $apps -}}
-{{- with .Values.tracing }}{{ if .otlpEndpoint -}}
+{{- with $root.Values.tracing }}{{ if .otlpEndpoint -}}
 {{- /* What serving.records.tracing.serve_tracing_config derives from the OTEL_* variables below. */ -}}
 {{- $_ := set $config "tracing_config" (dict "enabled" true "exporter_import_path" "serving.records.tracing:span_processors" "sampling_ratio" .samplingRatio) -}}
 {{- end }}{{ end -}}

@@ -1,0 +1,56 @@
+"""Where each isolation domain's own Ray cluster listens on one machine (serving/config/cluster_layout.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.config import ConfigError, load_config
+from serving.config.cluster_layout import DomainCluster, local_cluster, local_clusters
+
+
+def _three_domains() -> dict:
+    pool = {"accelerator": "gpu", "models": ["m"]}
+    return {"models": [{"id": "m", "source": "/models/m"}],
+            "pools": [{"name": n, **pool} for n in ("gov", "lab", "com")],
+            "classes": {"government": {"pools": ["gov"]}, "research": {"pools": ["lab"]},
+                        "commercial": {"pools": ["com"]}}}
+
+
+def test_the_nth_domain_takes_each_port_plus_n_and_no_socket_is_shared():
+    config = load_config(_three_domains(), check_library_settings=False)
+    clusters = local_clusters(config)
+    assert [c.domain for c in clusters] == [d.name for d in config.domains()]
+    for n, cluster in enumerate(clusters):
+        assert cluster.http_port == config.http.port + n and cluster.grpc_port == config.grpc.port + n
+        assert cluster.gcs_port == config.local.gcs_port + n
+        assert cluster.dashboard_port == config.local.dashboard_port + n
+        assert cluster.metrics_export_port == config.local.metrics_export_port + n
+    ports = [p for c in clusters for p in c.ports().values()]
+    assert len(ports) == len(set(ports))
+    # Worker port ranges: disjoint slices of Ray's default range.
+    ranges = sorted(c.worker_ports for c in clusters)
+    assert ranges[0][0] == 10002 and ranges[-1][1] <= 19999
+    assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))
+
+
+def test_each_domain_has_its_own_token_file_and_temp_dir(tmp_path):
+    config = _three_domains()
+    config["local"] = {"ray_token_file": str(tmp_path / "{domain}" / "ray-token")}
+    clusters = local_clusters(load_config(config, check_library_settings=False))
+    assert [c.token_file for c in clusters] == [tmp_path / c.domain / "ray-token" for c in clusters]
+    assert len({c.temp_dir for c in clusters}) == len(clusters)
+
+
+@pytest.mark.parametrize("path", ["/srv/ray-token", "/srv/{domains}/token"])
+def test_a_token_file_shared_by_all_domains_is_refused(path):
+    config = _three_domains()
+    config["local"] = {"ray_token_file": path}
+    with pytest.raises(ConfigError, match=r"local\.ray_token_file: .*every domain's cluster needs a token of its own"):
+        load_config(config, check_library_settings=False)
+
+
+def test_a_cluster_travels_as_json_to_its_domains_process():
+    cluster = local_cluster(load_config(_three_domains(), check_library_settings=False), "commercial")
+    assert DomainCluster.from_json(cluster.to_json()) == cluster
+    with pytest.raises(KeyError):
+        local_cluster(load_config(_three_domains(), check_library_settings=False), "lab")
