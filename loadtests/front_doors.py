@@ -55,13 +55,14 @@ def own_files_and_ports(config: dict, logs: Path, name: str) -> None:
     config["auth"] = {"key_file": str(logs / f"{name}-{{domain}}-keys.json"),
                       "cache_salt_secret_file": str(logs / f"{name}-{{domain}}-salt.secret")}
     config["ledger"] = {"url": f"sqlite:///{logs / f'{name}-{{domain}}-usage.db'}"}
-    # The n-th domain's cluster takes each port + n.
+    # The n-th domain's cluster takes each port + n: one free block, `domains` ports a field.
     domains = len(load_config(config, check_library_settings=False).domains())
-    config["grpc"]["port"] = free_ports(domains)
-    config["local"].update(metrics_export_port=free_ports(domains), gcs_port=free_ports(domains),
-                           dashboard_port=free_ports(domains),
+    first = free_ports(6 * domains)
+    config["grpc"]["port"] = first
+    config["local"].update(metrics_export_port=first + domains, gcs_port=first + 2 * domains,
+                           dashboard_port=first + 3 * domains, serve_port_base=34000,
                            ray_token_file=str(logs / f"{name}-{{domain}}-ray-token"))
-    config["serve"].update(haproxy_stats_port=free_ports(domains), haproxy_metrics_port=free_ports(domains))
+    config["serve"].update(haproxy_stats_port=first + 4 * domains, haproxy_metrics_port=first + 5 * domains)
 
 
 def create_key(config: dict, tenant: str) -> str:

@@ -61,7 +61,7 @@ def run(config_path: Path) -> int:
         # Every process of the domain's cluster inherits this; its engines move to their pools' cores.
         os.sched_setaffinity(0, cluster.cores)
     if tracing.traces_exporter(os.environ) is not None:
-        os.environ.setdefault("OTEL_SERVICE_NAME", f"{tracing.DEFAULT_SERVICE_NAME}-{domain.name}")
+        os.environ.setdefault("OTEL_SERVICE_NAME", tracing.DEFAULT_SERVICE_NAME)
     head = None
     node_id = None
     exit_code = 0

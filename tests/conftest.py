@@ -260,10 +260,13 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
     for name in builtin_models():
         prepare_builtin_model(name, show_progress=False)
     config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    # Each domain's cluster takes each port + its index: two free ports in a row each.
-    config["serve"].update(haproxy_stats_port=free_ports(2), haproxy_metrics_port=free_ports(2))
-    config["local"].update(gcs_port=free_ports(2), dashboard_port=free_ports(2))
-    config["http"]["port"], config["grpc"]["port"] = free_ports(2), free_ports(2)
+    # Each domain's cluster takes each port + its index: one free block, two ports a field.
+    first = free_ports(14)
+    config["http"]["port"], config["grpc"]["port"] = first, first + 2
+    config["local"].update(gcs_port=first + 4, dashboard_port=first + 6, metrics_export_port=first + 8)
+    config["serve"].update(haproxy_stats_port=first + 10, haproxy_metrics_port=first + 12)
+    # Ray Serve's replica and fallback proxy ports, apart from a `make serve`'s (30000-31999).
+    config["local"]["serve_port_base"] = 32000
     home = tmp_path_factory.mktemp("config")
     # One key file, salt and ledger per isolation domain, as the config requires.
     config["auth"].update(key_file=str(home / "{domain}" / "api-keys.json"),
@@ -271,7 +274,6 @@ def fabriek_server(tmp_path_factory, otlp_collector) -> FabriekServer:
     for domain in ("government", "commercial"):
         (home / domain).mkdir()
     config["ledger"] = {"url": (ledger_url := f"sqlite:///{home / '{domain}' / 'usage.db'}")}
-    config["local"]["metrics_export_port"] = free_ports(2)
     # Each domain cluster's own Ray token, the session's (not those of a `make serve` here).
     config["local"]["ray_token_file"] = str(home / "{domain}" / "ray-token")
     package = PowercapPackage(home / "powercap", PACKAGE_WATTS)

@@ -24,6 +24,12 @@ from serving.config.schema import PlatformConfig
 
 # Ray's default worker port range; each domain's raylet hands out ports from its own slice.
 WORKER_PORTS = (10002, 19999)
+# Ray Serve's ports per domain from `local.serve_port_base`: its replicas' own HTTP servers
+# (direct ingress) in the first 499 of a 500-port slice, its fallback proxy on the last; gRPC
+# the same, 10000 higher. Ray Serve binds these with SO_REUSEPORT: two clusters on one
+# machine that shared one would split each other's connections between their replicas.
+SERVE_PORTS_PER_DOMAIN = 500
+SERVE_GRPC_OFFSET = 10000
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,9 @@ class DomainCluster:
         dashboard_port, metrics_export_port, gcs_port: its Ray head's.
         haproxy_stats_port, haproxy_metrics_port: its HAProxy's (with `serve.proxy: haproxy`).
         worker_ports: the (first, last) port its raylet gives workers.
+        serve_http_ports, serve_grpc_ports: the (first, last) ports of its replicas' own
+            servers (Ray Serve's direct ingress).
+        fallback_http_port, fallback_grpc_port: its Serve fallback proxy's ports.
         token_file: its Ray token, which no other domain's processes are given.
         temp_dir: its Ray temp directory (sessions, logs, sockets).
         cores: the cores its Ray processes start on (``local.system_cpus``), None: any. Its
@@ -53,6 +62,10 @@ class DomainCluster:
     haproxy_stats_port: int
     haproxy_metrics_port: int
     worker_ports: tuple[int, int]
+    serve_http_ports: tuple[int, int]
+    serve_grpc_ports: tuple[int, int]
+    fallback_http_port: int
+    fallback_grpc_port: int
     token_file: Path
     temp_dir: Path
     cores: frozenset[int] | None
@@ -70,7 +83,9 @@ class DomainCluster:
 
     @classmethod
     def from_json(cls, data: dict) -> "DomainCluster":
-        return cls(**{**data, "worker_ports": tuple(data["worker_ports"]), "token_file": Path(data["token_file"]),
+        return cls(**{**data, "worker_ports": tuple(data["worker_ports"]),
+                      "serve_http_ports": tuple(data["serve_http_ports"]),
+                      "serve_grpc_ports": tuple(data["serve_grpc_ports"]), "token_file": Path(data["token_file"]),
                       "temp_dir": Path(data["temp_dir"]),
                       "cores": None if data["cores"] is None else frozenset(data["cores"])})
 
@@ -80,7 +95,9 @@ class DomainCluster:
                 "local.dashboard_port": self.dashboard_port,
                 "local.metrics_export_port": self.metrics_export_port, "local.gcs_port": self.gcs_port,
                 "serve.haproxy_stats_port": self.haproxy_stats_port,
-                "serve.haproxy_metrics_port": self.haproxy_metrics_port}
+                "serve.haproxy_metrics_port": self.haproxy_metrics_port,
+                "Serve's fallback HTTP proxy (local.serve_port_base)": self.fallback_http_port,
+                "Serve's fallback gRPC proxy (local.serve_port_base)": self.fallback_grpc_port}
 
 
 def local_clusters(config: PlatformConfig) -> list[DomainCluster]:
@@ -91,6 +108,8 @@ def local_clusters(config: PlatformConfig) -> list[DomainCluster]:
     local, serve = config.local, config.serve
     clusters = []
     for n, domain in enumerate(domains):
+        serve_first = local.serve_port_base + n * SERVE_PORTS_PER_DOMAIN
+        serve_last = serve_first + SERVE_PORTS_PER_DOMAIN - 1
         cores = cores_of(local.system_cpus) if local.system_cpus is not None else None
         clusters.append(DomainCluster(
             domain=domain.name, http_port=config.http.port + n, grpc_port=config.grpc.port + n,
@@ -98,6 +117,9 @@ def local_clusters(config: PlatformConfig) -> list[DomainCluster]:
             gcs_port=local.gcs_port + n, haproxy_stats_port=serve.haproxy_stats_port + n,
             haproxy_metrics_port=serve.haproxy_metrics_port + n,
             worker_ports=(first + n * slice_size, first + (n + 1) * slice_size - 1),
+            serve_http_ports=(serve_first, serve_last - 1),
+            serve_grpc_ports=(serve_first + SERVE_GRPC_OFFSET, serve_last - 1 + SERVE_GRPC_OFFSET),
+            fallback_http_port=serve_last, fallback_grpc_port=serve_last + SERVE_GRPC_OFFSET,
             token_file=token_file(config, domain.name),
             temp_dir=Path(tempfile.gettempdir()) / f"fabriek-ray-{domain.name}-{local.gcs_port + n}",
             cores=cores))

@@ -108,6 +108,12 @@ class LocalClusterSpec(_Frozen):
     gcs_port: int = Field(6379, ge=1, le=65535, description=(
         "Port of the first domain's Ray GCS (its cluster's address); `fabriek power` finds "
         "each domain's cluster by it."))
+    serve_port_base: int = Field(30000, ge=1024, le=54000, description=(
+        "Start of the ports Ray Serve gives its replicas' own servers (direct ingress, HTTP "
+        "from here, gRPC from here + 10000) and its fallback proxies: each domain's cluster "
+        "takes 500 of each, from here + 500 n. Ray Serve binds them with SO_REUSEPORT, so two "
+        "clusters on one machine must never share one: another `fabriek serve` on the same "
+        "machine needs another base."))
     ray_token_file: str | None = Field(None, description=(
         "Each domain cluster's own Ray token (created on first start, mode 0600); "
         "`{domain}` stands for the domain's name. Default: "

@@ -63,7 +63,7 @@ def config_ports(config: PlatformConfig) -> dict[str, tuple[str, int]]:
         hosts = {"http.port": config.http.host, "grpc.port": config.http.host,
                  "local.dashboard_port": config.local.dashboard_host}
         for field, port in cluster.ports().items():
-            if field.startswith("serve.haproxy") and config.serve.proxy != "haproxy":
+            if (field.startswith("serve.haproxy") or "fallback proxy" in field) and config.serve.proxy != "haproxy":
                 continue
             ports[f"{field}, {cluster.domain} domain"] = (hosts.get(field, "0.0.0.0"), port)
     return ports
@@ -76,10 +76,20 @@ def claim_ports(config: PlatformConfig) -> None:
     with SIGKILL) is freed by stopping that HAProxy; any other holder is left alone.
 
     Raises:
-        PortInUseError: a port is held by anything else; the message names the port, the
-            holding process's pid and command line, and the fix.
+        PortInUseError: two fields of two domains come to the same port, or a port is held
+            by anything else; the message names the port, the holding process's pid and
+            command line, and the fix.
     """
     problems = []
+    owners: dict[int, list[str]] = {}
+    for field, (_, port) in config_ports(config).items():
+        owners.setdefault(port, []).append(field)
+    for port, fields in owners.items():
+        if len(fields) > 1:
+            problems.append(f"port {port} is configured twice: {' and '.join(fields)} (the n-th domain takes "
+                            "each configured port + n); give the fields ports further apart")
+    if problems:
+        raise PortInUseError("\n".join(problems))
     for field, (host, port) in config_ports(config).items():
         if is_port_free(host, port):
             continue
@@ -176,6 +186,7 @@ def _orphaned_ray_haproxy(holder: PortHolder) -> str | None:
 
 def _describe_held_port(field: str, host: str, port: int, holders: list[PortHolder]) -> str:
     name = field.split(",")[0]
+    name = name[name.index("(") + 1:name.index(")")] if "(" in name else name
     fix = f"stop it, or give fabriek another port ({_PORT_FLAGS.get(name, '`' + name + '` in the config')})"
     if not holders:
         return (f"port {port} ({field}) on {host} is in use by a process fabriek cannot see "

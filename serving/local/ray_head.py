@@ -59,7 +59,20 @@ def cluster_environment(config: PlatformConfig, cluster: DomainCluster) -> dict[
     removed beside it (``enter_cluster_environment``)."""
     return {**config.ray_env(), "RAY_SERVE_HAPROXY_STATS_PORT": str(cluster.haproxy_stats_port),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(cluster.haproxy_metrics_port),
-            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(cluster.token_file)}
+            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(cluster.token_file),
+            # Ray Serve binds these with SO_REUSEPORT: a port two clusters shared would split
+            # one domain's connections between both domains' replicas (seen: a government
+            # request answered by the commercial replica with "no application government").
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(cluster.serve_http_ports[0]),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(cluster.serve_http_ports[1]),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(cluster.serve_grpc_ports[0]),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(cluster.serve_grpc_ports[1]),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(cluster.fallback_http_port),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(cluster.fallback_grpc_port),
+            # A raylet starts one idle Python worker per logical CPU (8 here) for tasks the
+            # platform never sends: Serve's replicas are actors with workers of their own.
+            # With a cluster per domain that was 16 idle interpreters on two cores at start.
+            "RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0"}
 
 
 def enter_cluster_environment(environment: dict[str, str]) -> None:
@@ -70,8 +83,9 @@ def enter_cluster_environment(environment: dict[str, str]) -> None:
 
 
 def head_command(config: PlatformConfig, cluster: DomainCluster, resources: dict[str, float]) -> list[str]:
-    """``ray start`` for the domain's head; the agent's and client server's ports are free
-    ones chosen now (nothing outside the cluster talks to them)."""
+    """``ray start`` for the domain's head; the dashboard agent's and the Ray client server's
+    ports are free ones chosen now (nothing outside the cluster talks to them; Ray refuses
+    port 0, which would have left the client server out)."""
     local = config.local
     first, last = cluster.worker_ports
     command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",

@@ -29,6 +29,10 @@ from serving.config.domains import domain_config, domain_resource, route_prefix
 from serving.config.energy_specs import POWER_APP
 
 
+# Starts the line of the result: Ray logs to the same stdout.
+MARKER = "PLACEMENT "
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -38,8 +42,10 @@ def _free_port() -> int:
 def main(platform_json: str, domain: str) -> None:
     config = domain_config(load_config(json.loads(platform_json)), domain)
     os.environ.update(config.ray_env())  # every node's processes inherit the Serve runtime's settings
+    # The head runs the dashboard: Ray's state API answers through it.
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "include_dashboard": False, "dashboard_agent_listen_port": _free_port()})
+        "num_cpus": 2, "include_dashboard": True, "dashboard_port": _free_port(),
+        "dashboard_agent_listen_port": _free_port()})
     workers = {}
     for pool in config.pools:
         node = cluster.add_node(num_cpus=4, resources={pool.ray_resource: 1.0, domain_resource(domain): 1.0},
@@ -59,7 +65,7 @@ def main(platform_json: str, domain: str) -> None:
         groups = [{"name": g.name, "bundles": [{"node": b.get("node_id"), "resources": b.get("unit_resources")}
                                                for b in g.bundles], "state": g.state}
                   for g in state.list_placement_groups(detail=True, limit=1000)]
-        print(json.dumps({"head": cluster.head_node.node_id, "workers": workers, "nodes": nodes,
+        print(MARKER + json.dumps({"head": cluster.head_node.node_id, "workers": workers, "nodes": nodes,
                           "actors": actors, "placement_groups": groups}), flush=True)
     finally:
         serve.shutdown()

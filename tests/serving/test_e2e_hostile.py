@@ -221,7 +221,7 @@ def test_client_chosen_model_names_reach_neither_ledger_nor_metric_labels(fabrie
 
 
 def test_an_unauthenticated_chunked_upload_is_refused_before_its_body_is_read(fabriek_server):
-    host, port = "127.0.0.1", fabriek_server.cluster().http_port
+    host, port = "127.0.0.1", fabriek_server.cluster("pilot-demo").http_port
     path = f"/{fabriek_server.domain_of['pilot-demo']}/v1/chat/completions"
     with socket.create_connection((host, port), timeout=30) as sock:
         sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"

@@ -41,7 +41,8 @@ def placement(tmp_path_factory) -> dict:
     done = subprocess.run([sys.executable, str(SCRIPT), json.dumps(config), DOMAIN], env=environment,
                           capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("PLACEMENT ")]
+    return json.loads(line.removeprefix("PLACEMENT "))
 
 
 def _fabriek_resources(resources: dict) -> set[str]:

@@ -65,7 +65,7 @@ def test_each_domains_dashboard_needs_and_accepts_its_own_ray_token_only(fabriek
     url = f"http://127.0.0.1:{fabriek_server.cluster(domain).dashboard_port}/api/version"
     assert httpx.get(url, timeout=10).status_code == 401
     wrong = fabriek_server.cluster(other).token_file.read_text().strip()
-    assert httpx.get(url, headers={"Authorization": f"Bearer {wrong}"}, timeout=10).status_code == 401
+    assert httpx.get(url, headers={"Authorization": f"Bearer {wrong}"}, timeout=10).status_code in (401, 403)
     token = fabriek_server.cluster(domain).token_file.read_text().strip()
     assert token != wrong and fabriek_server.cluster(domain).token_file.stat().st_mode & 0o077 == 0
     response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)

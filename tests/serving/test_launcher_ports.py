@@ -38,6 +38,7 @@ def _config(**ports):
     data["grpc"]["port"] = free_ports(2)
     data["local"].update(dashboard_port=free_ports(2), metrics_export_port=free_ports(2), gcs_port=free_ports(2))
     data["serve"].update(haproxy_stats_port=free_ports(2), haproxy_metrics_port=free_ports(2))
+    data["local"]["serve_port_base"] = 36000
     return load_config(data, check_library_settings=False)
 
 
@@ -68,13 +69,23 @@ def test_every_port_of_the_config_is_checked():
     config = _config()
     ports = config_ports(config)
     fields = {"http.port", "grpc.port", "local.dashboard_port", "local.metrics_export_port", "local.gcs_port",
-              "serve.haproxy_stats_port", "serve.haproxy_metrics_port"}
+              "serve.haproxy_stats_port", "serve.haproxy_metrics_port",
+              "Serve's fallback HTTP proxy (local.serve_port_base)", "Serve's fallback gRPC proxy (local.serve_port_base)"}
     assert set(ports) == {f"{field}, {domain} domain" for field in fields for domain in ("government", "commercial")}
     # The second domain's cluster takes each port + 1: no socket is shared between domains.
     assert ports["http.port, government domain"] == ("127.0.0.1", config.http.port)
     assert ports["http.port, commercial domain"] == ("127.0.0.1", config.http.port + 1)
     assert len({port for _, port in ports.values()}) == len(ports)
     claim_ports(config)  # all free: nothing to say
+
+
+def test_two_domains_fields_on_one_port_are_refused_before_anything_starts():
+    config = _config()
+    data = config.model_dump(by_alias=True)
+    data["local"]["gcs_port"] = config.http.port - 1  # the commercial GCS would take the government HTTP port
+    with pytest.raises(PortInUseError, match=rf"port {config.http.port} is configured twice: "
+                                             r"http.port, government domain and local.gcs_port, commercial domain"):
+        claim_ports(load_config(data, check_library_settings=False))
 
 
 def test_a_held_port_fails_at_once_naming_the_port_and_its_holder(listener):

@@ -54,3 +54,21 @@ def test_a_cluster_travels_as_json_to_its_domains_process():
     assert DomainCluster.from_json(cluster.to_json()) == cluster
     with pytest.raises(KeyError):
         local_cluster(load_config(_three_domains(), check_library_settings=False), "lab")
+
+
+def test_ray_serves_reuseport_ports_are_each_domains_own():
+    """Ray Serve binds its replicas' servers and fallback proxies with SO_REUSEPORT: a port two
+    clusters shared would split one domain's connections between both domains' replicas."""
+    from serving.local.ray_head import cluster_environment
+
+    config = load_config(_three_domains(), check_library_settings=False)
+    clusters = local_clusters(config)
+    ranges = [r for c in clusters for r in (c.serve_http_ports, c.serve_grpc_ports)]
+    singles = [p for c in clusters for p in (c.fallback_http_port, c.fallback_grpc_port)]
+    taken = [p for first, last in ranges for p in range(first, last + 1)] + singles
+    assert len(taken) == len(set(taken))
+    for cluster in clusters:
+        environment = cluster_environment(config, cluster)
+        assert (int(environment["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]),
+                int(environment["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])) == cluster.serve_http_ports
+        assert int(environment["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"]) == cluster.fallback_grpc_port

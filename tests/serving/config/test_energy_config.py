@@ -37,8 +37,12 @@ def test_caps_take_watts_with_units_and_resolve_their_scope():
     assert config.pools_in_scope(grid.scope) == {"government", "government-embeddings", "commercial"}
     assert config.pools_in_scope(evening.scope) == {"commercial"}
     assert evening.until_timestamp() is not None and grid.until_timestamp() is None
-    # A domain's own cut carries no caps: they span domains and the power governor keeps them.
-    assert domain_config(config, "commercial").power_caps == []
+    # A domain's own cut carries its own caps and its share of the platform's (half each of
+    # two domains with nothing measured yet), never a cap over another domain's pools.
+    shares = {name: {c.name: (c.watts, c.scope) for c in domain_config(config, name).power_caps}
+              for name in ("government", "commercial")}
+    assert shares["commercial"] == {"grid": (1250.0, "domain:commercial"), "evening": (800, "domain:commercial")}
+    assert shares["government"] == {"grid": (1250.0, "domain:government"), "one": (1.2e6, "pool:government")}
 
 
 @pytest.mark.parametrize("cap, expected", [

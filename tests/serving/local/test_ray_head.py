@@ -30,6 +30,8 @@ def test_each_cluster_is_given_its_own_token_by_path_and_its_own_haproxy_ports(m
     assert all(e["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN" not in e for e in environments)
     assert environments[0]["RAY_SERVE_HAPROXY_STATS_PORT"] != environments[1]["RAY_SERVE_HAPROXY_STATS_PORT"]
     # A token inherited from anywhere else never reaches a domain's processes.
+    for name in environments[1]:  # monkeypatch puts this process's environment back afterwards
+        monkeypatch.setenv(name, "before")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "another-clusters-token")
     enter_cluster_environment(environments[1])
     assert "RAY_AUTH_TOKEN" not in os.environ and os.environ["RAY_AUTH_TOKEN_PATH"] == str(commercial.token_file)
