@@ -115,7 +115,14 @@ def test_grpc_key_at_another_domains_application_is_unauthenticated(fabriek_serv
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_grpc_without_an_application_reaches_no_domain(fabriek_server):
-    with pytest.raises(grpc.RpcError) as refused:
-        _grpc_call(fabriek_server, [("authorization", f"Bearer {fabriek_server.keys['gov-demo']}")])
-    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+def test_grpc_without_an_application_reaches_only_the_ports_own_domain(fabriek_server):
+    """Each domain has a gRPC port of its own: a call that names no application reaches that
+    port's domain and no other, so a key of another domain is unknown there."""
+    key = [("authorization", f"Bearer {fabriek_server.keys['gov-demo']}")]
+    with grpc.insecure_channel(fabriek_server.grpc_target("government")) as channel:
+        models = InferenceServiceStub(channel).ListModels(pb.ListModelsRequest(), metadata=key, timeout=20).models
+    assert [m.id for m in models] == [EMBEDDING_MODEL_ID, MODEL]
+    with grpc.insecure_channel(fabriek_server.grpc_target("commercial")) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            InferenceServiceStub(channel).ListModels(pb.ListModelsRequest(), metadata=key, timeout=20)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -75,7 +75,7 @@ def test_each_domains_dashboard_needs_and_accepts_its_own_ray_token_only(fabriek
 
 @pytest.mark.parametrize("domain", ["government", "commercial"])
 def test_health_reports_the_domains_own_pools_ready(fabriek_server, domain):
-    response = httpx.get(f"{fabriek_server.base_url(domain)}/health", timeout=10)  # no key: a probe
+    response = httpx.get(f"{fabriek_server.base_url(domain)}/health", timeout=60)  # no key: a probe
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}  # up or down, nothing more without a key
     tenant = {"government": "gov-demo", "commercial": "pilot-demo"}[domain]
