@@ -24,7 +24,8 @@ from routers.power_budget import SHED_ORDER, PoolPowerSpec, PowerCap
 from routers.quota import QuotaLimits
 from serving.admission.admission_controller import AdmissionController
 from serving.config import PlatformConfig, load_config
-from serving.config.domains import FrontDoorPlacement, domain_config, front_door_placement, route_prefix
+from serving.config.domains import FrontDoorPlacement, domain_config, front_door_placement
+from serving.config.domains import route_prefix  # noqa: F401 (where Serve configs and tests import it from)
 from serving.config.energy_specs import GOVERNOR_DEPLOYMENT
 from serving.engine.engines import EngineDeployment, engine_args_for, engine_deployments, is_embedding_model
 from serving.frontdoor.direct_server import FrontDoorLLMServer
@@ -45,18 +46,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         ConfigError: the config is invalid, or names no such domain.
         ModelPrepareError: a built-in model is not prepared.
     """
-    args = dict(args or {})
-    unknown = set(args) - {"config", "config_path", "domain"}
-    if unknown or ("config" in args and "config_path" in args):
-        raise ValueError(f"build_app takes `config` or `config_path`, and `domain`; got {sorted(args)}")
-    config = load_config(args.get("config", args.get("config_path")))
-    domains = [d.name for d in config.domains()]
-    name = args.get("domain")
-    if name is None:
-        if len(domains) != 1:
-            raise ValueError(f"build_app: the config has the isolation domains {domains}; "
-                             "pass `domain` (one Serve application per domain)")
-        name = domains[0]
+    config, name = _config_and_domain(args, "build_app")
     return build_domain_app(config, name)
 
 
@@ -65,19 +55,26 @@ def build_power_app(args: dict[str, Any] | None = None) -> Application:
     ``args`` (``config_path`` or ``config``, and ``domain``, as ``build_app``); Serve
     application ``fabriek-power`` in the domain's own cluster, no route prefix. It governs
     the domain's pools only, under its share of any platform cap."""
+    config, name = _config_and_domain(args, "build_power_app")
+    return bind_power_governor(domain_config(config, name))
+
+
+def _config_and_domain(args: dict[str, Any] | None, builder: str) -> tuple[PlatformConfig, str]:
+    """The config and the domain a builder's ``args`` name (``config`` or ``config_path``,
+    and ``domain``, which may be left out when the config has one domain only)."""
     args = dict(args or {})
     unknown = set(args) - {"config", "config_path", "domain"}
     if unknown or ("config" in args and "config_path" in args):
-        raise ValueError(f"build_power_app takes `config` or `config_path`, and `domain`; got {sorted(args)}")
+        raise ValueError(f"{builder} takes `config` or `config_path`, and `domain`; got {sorted(args)}")
     config = load_config(args.get("config", args.get("config_path")))
     domains = [d.name for d in config.domains()]
     name = args.get("domain")
     if name is None:
         if len(domains) != 1:
-            raise ValueError(f"build_power_app: the config has the isolation domains {domains}; "
-                             "pass `domain` (one power governor per domain's cluster)")
+            raise ValueError(f"{builder}: the config has the isolation domains {domains}; "
+                             "pass `domain` (each domain is a Ray cluster and Serve application of its own)")
         name = domains[0]
-    return bind_power_governor(domain_config(config, name))
+    return config, name
 
 
 def bind_power_governor(config: PlatformConfig) -> Application:

@@ -22,6 +22,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
+
+from serving.local.console import raise_keyboard_interrupt, say
+
 # The line the launcher waits for, after the domain's name.
 READY_MARKER = "domain ready"
 # Start-up on a 2-core CPU machine takes about a minute; a GPU node with a large model
@@ -29,18 +33,10 @@ READY_MARKER = "domain ready"
 READY_TIMEOUT_S = 1800
 
 
-def _say(message: str) -> None:
-    print(f"fabriek: {message}", flush=True)
-
-
-def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 (signal handler signature)
-    raise KeyboardInterrupt
-
-
 def run(config_path: Path) -> int:
     """Run the domain of the config at ``config_path`` (a domain's cut: one domain) until
     SIGTERM or SIGINT; returns the exit code."""
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     given = json.loads(config_path.read_text())
     config_path.unlink()
     from serving.local.ray_head import enter_cluster_environment
@@ -73,7 +69,7 @@ def run(config_path: Path) -> int:
     except KeyboardInterrupt:
         pass
     except Exception as err:  # start-up failed: report it, then clean up below
-        _say(f"{domain.name} domain: start-up failed: {type(err).__name__}: {err}")
+        say(f"{domain.name} domain: start-up failed: {type(err).__name__}: {err}")
         exit_code = 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -100,8 +96,8 @@ def _deploy_and_wait(config, cluster, domain: str) -> int:
 
     context = ray.init(address=cluster.gcs_address(), namespace="fabriek",
                        log_to_driver=True)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # ray.init installs its own
-    _say(f"Ray logs:      {Path(context.address_info['session_dir']) / 'logs'} ({domain} domain)")
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # ray.init installs its own
+    say(f"Ray logs:      {Path(context.address_info['session_dir']) / 'logs'} ({domain} domain)")
     serve.start(http_options={"host": config.http.host, "port": cluster.http_port},
                 grpc_options={**config.grpc.ray_options(), "port": cluster.grpc_port},
                 tracing_config=tracing.serve_tracing_config(os.environ))
@@ -109,9 +105,24 @@ def _deploy_and_wait(config, cluster, domain: str) -> int:
                     RunTarget(bind_power_governor(config), name=POWER_APP, route_prefix=None)])
     wait_until_healthy(f"http://{config.http.host}:{cluster.http_port}{route_prefix(domain)}/health",
                        READY_TIMEOUT_S)
-    _say(f"{domain} {READY_MARKER}")
+    _pin_to_domain_cores(config, domain)
+    say(f"{domain} {READY_MARKER}")
     while True:
         time.sleep(3600)
+
+
+def _pin_to_domain_cores(config, domain: str) -> None:
+    """Once the domain serves, its cluster's own processes leave other domains' cores
+    (``serving.local.process_tree.pin_unpinned``); on a machine whose pools name no cores,
+    nothing moves."""
+    from serving.config.domains import front_door_placement
+    from serving.local.process_tree import descendants, pin_unpinned
+
+    cores = front_door_placement(config, config.domain(domain)).cores
+    if cores is None or not hasattr(os, "sched_setaffinity"):
+        return
+    moved = pin_unpinned([psutil.Process(os.getpid()), *descendants(os.getpid())], cores)
+    say(f"{domain} domain: its Ray processes on cores {','.join(map(str, sorted(cores)))} ({moved} threads moved)")
 
 
 def wait_until_healthy(url: str, timeout_s: float) -> None:

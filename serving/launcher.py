@@ -28,6 +28,7 @@ from serving.config.cluster_layout import DomainCluster, local_clusters
 from serving.config.domains import domain_config
 from serving.config.home import fabriek_home
 from serving.domain_cluster import READY_MARKER, READY_TIMEOUT_S
+from serving.local.console import raise_keyboard_interrupt, say
 from serving.local.ports import PortInUseError, claim_ports
 from serving.local.process_tree import descendants, stop_processes
 from serving.local.ray_head import cluster_environment, die_with_parent, ensure_token
@@ -35,14 +36,6 @@ from serving.records import tracing
 
 # How long a domain's process may take to stop its applications and its Ray head.
 STOP_TIMEOUT_S = 60
-
-
-def _say(message: str) -> None:
-    print(f"fabriek: {message}", flush=True)
-
-
-def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 (signal handler signature)
-    raise KeyboardInterrupt
 
 
 def serve_locally(config: PlatformConfig) -> int:
@@ -53,14 +46,14 @@ def serve_locally(config: PlatformConfig) -> int:
         domain's cluster ended by itself.
     """
     # SIGTERM (systemd, Kubernetes, a test harness) takes the same clean path as Ctrl-C.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     if not config.domains():
-        _say("start-up failed: no tenant class uses any pool (`classes` in the config): nothing to serve")
+        say("start-up failed: no tenant class uses any pool (`classes` in the config): nothing to serve")
         return 1
     try:
         claim_ports(config)
     except (PortInUseError, OSError) as err:
-        _say(f"start-up failed: {err}")
+        say(f"start-up failed: {err}")
         return 1
     builtins = sorted({m.source.removeprefix(BUILTIN_SCHEME) for m in config.models
                        if m.source.startswith(BUILTIN_SCHEME)})
@@ -76,7 +69,7 @@ def serve_locally(config: PlatformConfig) -> int:
     known: dict = {}
     exit_code = 0
     try:
-        _say("starting one Ray cluster per domain and deploying the engines "
+        say("starting one Ray cluster per domain and deploying the engines "
              "(about a minute for the default model on a CPU)")
         ready = {c.domain: threading.Event() for c in clusters}
         for cluster in clusters:
@@ -94,9 +87,9 @@ def serve_locally(config: PlatformConfig) -> int:
         print("fabriek ready", flush=True)
         exit_code = _watch(children, known)
     except KeyboardInterrupt:
-        _say("shutting down")
+        say("shutting down")
     except Exception as err:  # start-up failed: report it, then clean up below
-        _say(f"start-up failed: {type(err).__name__}: {err}")
+        say(f"start-up failed: {type(err).__name__}: {err}")
         exit_code = 1
     finally:
         # Ignore further signals while tearing down, so a second Ctrl-C cannot leave
@@ -104,7 +97,7 @@ def serve_locally(config: PlatformConfig) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _stop_all(children, known)
-    _say("stopped")
+    say("stopped")
     return exit_code
 
 
@@ -114,30 +107,30 @@ def _describe(config: PlatformConfig, clusters: list[DomainCluster]) -> None:
     host = config.http.host
     for cluster in clusters:
         name = cluster.domain
-        _say(f"API base URL:  http://{host}:{cluster.http_port}/{name}/v1  ({name} domain: {classes[name]})")
+        say(f"API base URL:  http://{host}:{cluster.http_port}/{name}/v1  ({name} domain: {classes[name]})")
     for cluster in clusters:
         name = cluster.domain
-        _say(f"gRPC API:      {host}:{cluster.grpc_port} ({name} domain; fabriek.v1.InferenceService, "
+        say(f"gRPC API:      {host}:{cluster.grpc_port} ({name} domain; fabriek.v1.InferenceService, "
              f"serving/protos/fabriek/v1/inference.proto; metadata `application: {name}`)")
     for cluster in clusters:
-        _say(f"Ray dashboard: http://{config.local.dashboard_host}:{cluster.dashboard_port} ({cluster.domain} domain)")
+        say(f"Ray dashboard: http://{config.local.dashboard_host}:{cluster.dashboard_port} ({cluster.domain} domain)")
     for cluster in clusters:
-        _say(f"Ray address:   {cluster.gcs_address()} ({cluster.domain} domain; "
+        say(f"Ray address:   {cluster.gcs_address()} ({cluster.domain} domain; "
              f"`RAY_AUTH_TOKEN_PATH={cluster.token_file} ray status --address ...`)")
     for cluster in clusters:
-        _say(f"Ray token:     {cluster.token_file} ({cluster.domain} domain's cluster only; "
+        say(f"Ray token:     {cluster.token_file} ({cluster.domain} domain's cluster only; "
              "paste it at its dashboard's login)")
     for cluster in clusters:
-        _say(f"Metrics:       http://127.0.0.1:{cluster.metrics_export_port}/metrics "
+        say(f"Metrics:       http://127.0.0.1:{cluster.metrics_export_port}/metrics "
              f"({cluster.domain} domain; Prometheus)")
-    _say(f"Traces:        {tracing.describe(os.environ)}")
+    say(f"Traces:        {tracing.describe(os.environ)}")
     for cluster in clusters:
-        _say(f"API keys:      {config.auth.resolved_key_file(cluster.domain)} "
+        say(f"API keys:      {config.auth.resolved_key_file(cluster.domain)} "
              "(`fabriek keys create --tenant TENANT` makes one)")
     legacy = fabriek_home() / "api-keys.json"
     if config.auth.key_file is None and legacy.is_file():
         # Before isolation domains all keys lived in one file; nothing reads it any more.
-        _say(f"note: {legacy} is no longer read (keys are kept per domain now); "
+        say(f"note: {legacy} is no longer read (keys are kept per domain now); "
              "make new keys with `fabriek keys create --tenant TENANT`")
 
 
@@ -180,7 +173,7 @@ def _watch(children: dict[str, subprocess.Popen], known: dict) -> int:
             if child.poll() is not None:
                 del running[domain]
                 others = ", ".join(running) or "none"
-                _say(f"the {domain} domain's cluster stopped (exit code {child.returncode}); "
+                say(f"the {domain} domain's cluster stopped (exit code {child.returncode}); "
                      f"still serving: {others}")
         time.sleep(0.5)
     return 1

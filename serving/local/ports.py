@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from serving.config import PlatformConfig
 from serving.config.cluster_layout import local_clusters
+from serving.local.console import say
 from serving.local.process_tree import stop_processes
 
 # Ray Serve starts HAProxy as `haproxy -db -f /tmp/haproxy-serve/<node id>/haproxy.cfg`
@@ -24,10 +25,6 @@ from serving.local.process_tree import stop_processes
 _RAY_HAPROXY_CONFIG = re.compile(r"/haproxy-serve/(?P<node_id>[0-9a-f]{16,})/haproxy\.cfg$")
 # Where a port has a command-line flag, the message names it rather than the config field.
 _PORT_FLAGS = {"http.port": "--http-port", "grpc.port": "--grpc-port", "local.dashboard_port": "--dashboard-port"}
-
-
-def _say(message: str) -> None:
-    print(f"fabriek: {message}", flush=True)
 
 
 class PortInUseError(RuntimeError):
@@ -96,7 +93,7 @@ def claim_ports(config: PlatformConfig) -> None:
         holders = port_holders(port)
         leftovers = [h for h in holders if _orphaned_ray_haproxy(h) is not None]
         if leftovers and len(leftovers) == len(holders):
-            _say(f"stopping a leftover HAProxy of a Ray node that is gone, on port {port} ({field}): "
+            say(f"stopping a leftover HAProxy of a Ray node that is gone, on port {port} ({field}): "
                  + ", ".join(f"pid {h.pid}" for h in leftovers))
             stop_processes(_processes(h.pid for h in leftovers))
             if is_port_free(host, port):
