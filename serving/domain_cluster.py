@@ -22,8 +22,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import psutil
-
 from serving.local.console import raise_keyboard_interrupt, say
 
 # The line the launcher waits for, after the domain's name.
@@ -105,24 +103,9 @@ def _deploy_and_wait(config, cluster, domain: str) -> int:
                     RunTarget(bind_power_governor(config), name=POWER_APP, route_prefix=None)])
     wait_until_healthy(f"http://{config.http.host}:{cluster.http_port}{route_prefix(domain)}/health",
                        READY_TIMEOUT_S)
-    _pin_to_domain_cores(config, domain)
     say(f"{domain} {READY_MARKER}")
     while True:
         time.sleep(3600)
-
-
-def _pin_to_domain_cores(config, domain: str) -> None:
-    """Once the domain serves, its cluster's own processes leave other domains' cores
-    (``serving.local.process_tree.pin_unpinned``); on a machine whose pools name no cores,
-    nothing moves."""
-    from serving.config.domains import front_door_placement
-    from serving.local.process_tree import descendants, pin_unpinned
-
-    cores = front_door_placement(config, config.domain(domain)).cores
-    if cores is None or not hasattr(os, "sched_setaffinity"):
-        return
-    moved = pin_unpinned([psutil.Process(os.getpid()), *descendants(os.getpid())], cores)
-    say(f"{domain} domain: its Ray processes on cores {','.join(map(str, sorted(cores)))} ({moved} threads moved)")
 
 
 def wait_until_healthy(url: str, timeout_s: float) -> None:

@@ -11,7 +11,6 @@ process while it ran is stopped when it stops.
 from __future__ import annotations
 
 import contextlib
-import os
 
 import psutil
 
@@ -37,26 +36,3 @@ def stop_processes(processes: list[psutil.Process], timeout_s: float = 5) -> Non
             process.kill()
     psutil.wait_procs(alive, timeout=timeout_s)
 
-
-def pin_unpinned(processes: list[psutil.Process], cores: frozenset[int]) -> int:
-    """Move every thread of ``processes`` that may run on any core onto ``cores``; threads
-    already pinned elsewhere (an engine on its pool's cores) stay. Returns how many moved.
-
-    A domain's Ray processes (GCS, raylet, dashboard, agents, Serve controller, proxies,
-    HAProxy) float over the machine's cores while they start, which keeps start-up fast;
-    once the domain serves, its own cores are where they belong, so that a flood on one
-    domain does not spend another domain's cores on its control plane. Processes they start
-    later (a replaced replica) inherit the raylet's affinity."""
-    everywhere = set(range(os.cpu_count() or 1))
-    moved = 0
-    for process in processes:
-        try:
-            threads = [thread.id for thread in process.threads()]
-        except psutil.Error:
-            continue
-        for thread in threads:
-            with contextlib.suppress(OSError):  # a thread that has just ended
-                if set(os.sched_getaffinity(thread)) >= everywhere:
-                    os.sched_setaffinity(thread, cores)
-                    moved += 1
-    return moved
