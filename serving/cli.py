@@ -187,6 +187,7 @@ def _power_cap(args: argparse.Namespace) -> int:
     import datetime
 
     from routers.power_budget import parse_until, parse_watts
+    from serving.config.domains import platform_share
     from serving.power.client import call_domain, describe_status
 
     try:
@@ -198,7 +199,7 @@ def _power_cap(args: argparse.Namespace) -> int:
             # split by what each draws now, and keeps it if this command is never run again.
             statuses = {c.domain: call_domain(c, "status") for c in clusters}
             drawn = {d: _drawn_watts(status) for d, status in statuses.items()}
-            shares = _shares(config, watts, drawn)
+            shares = platform_share(config, watts, drawn)
             targets = [(c, shares[c.domain], f"domain:{c.domain}") for c in clusters]
         else:
             owner = _scope_domain(config, args.scope)
@@ -214,15 +215,6 @@ def _power_cap(args: argparse.Namespace) -> int:
         print(f"fabriek power cap: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-def _shares(config, watts: float, drawn: dict) -> dict[str, float]:
-    """Each domain's share of a platform cap of ``watts``, given what each draws now."""
-    from routers.power_shares import split_cap
-    from serving.config.domains import domain_power_demand
-
-    demands = [domain_power_demand(config, d.name, drawn.get(d.name)) for d in config.domains()]
-    return split_cap(watts, demands, headroom=config.energy.headroom)
 
 
 def _drawn_watts(status: dict) -> float | None:

@@ -72,9 +72,16 @@ def platform_cap_shares(config: PlatformConfig,
                         drawn_watts: dict[str, float | None] | None = None) -> dict[str, dict[str, float]]:
     """Platform cap name -> domain -> its share of the cap's watts, given what each domain
     draws now (None or absent: not measured, as at start-up)."""
-    demands = [domain_power_demand(config, d.name, (drawn_watts or {}).get(d.name)) for d in config.domains()]
-    return {cap.name: split_cap(cap.watts, demands, headroom=config.energy.headroom)
+    return {cap.name: platform_share(config, cap.watts, drawn_watts)
             for cap in config.power_caps if cap.scope == "platform"}
+
+
+def platform_share(config: PlatformConfig, watts: float,
+                   drawn_watts: dict[str, float | None] | None = None) -> dict[str, float]:
+    """Domain -> its share of a platform cap of ``watts`` (routers.power_shares), given what
+    each domain draws now (None or absent: not measured)."""
+    demands = [domain_power_demand(config, d.name, (drawn_watts or {}).get(d.name)) for d in config.domains()]
+    return split_cap(watts, demands, headroom=config.energy.headroom)
 
 
 def domain_power_demand(config: PlatformConfig, name: str, drawn_watts: float | None) -> DomainPowerDemand:
