@@ -38,11 +38,12 @@ ALLOWED_FIELDS: Mapping[str, frozenset[str]] = {
         "include_reasoning"}),
     "completions": _SHARED_OPENAI | _SHARED_VLLM | frozenset({"prompt", "suffix"}),
     # OpenAI's Responses fields that need no stored state, and vLLM's sampling extensions.
+    # `include` and `reasoning` are what the OpenAI Agents SDK sends on every call.
     "responses": frozenset({
         "model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream", "tools",
         "tool_choice", "parallel_tool_calls", "text", "user", "metadata", "store", "truncation", "top_k",
         "min_p", "seed", "stop", "presence_penalty", "frequency_penalty", "repetition_penalty",
-        "structured_outputs"}),
+        "structured_outputs", "include", "top_logprobs", "reasoning", "max_tool_calls"}),
     # OpenAI's embedding fields, and vLLM's truncation (a long document is cut, not refused).
     "embeddings": frozenset({"model", "input", "encoding_format", "dimensions", "user", "truncate_prompt_tokens"}),
 }
@@ -62,6 +63,27 @@ REFUSED_FIELDS: Mapping[str, str] = {
     "background": "the platform runs no request after its client has left",
     "previous_input_messages": "send the conversation in `input`",
     "prompt_cache_key": "the platform keeps each tenant's prefix cache to itself",
+    "prompt_cache_retention": "the platform keeps each tenant's prefix cache to itself",
+    "prompt_cache_options": "the platform keeps each tenant's prefix cache to itself",
+    "safety_identifier": "the platform knows each caller by its key; send an end user's id as `user`",
+    "service_tier": "set by the platform from the tenant's class",
+    "background_options": "the platform runs no request after its client has left",
+    "conversation": "the platform keeps no conversations: send the conversation in `input`",
+    "prompt": "the platform keeps no prompt templates: send `instructions` and `input`",
+    "context_management": "the platform compacts no context: send what the model should see",
+    "moderation": "the platform runs no moderation model",
+    "store": "the platform keeps no chat completions (the Responses API can, per class)",
+    "metadata": "kept only with a stored answer, and the platform keeps no chat completions",
+    "functions": "deprecated by OpenAI: use `tools`",
+    "function_call": "deprecated by OpenAI: use `tool_choice`",
+    "audio": "the platform's models answer in text",
+    "modalities": "the platform's models answer in text",
+    "image": "the platform's models read text only",
+    "prediction": "predicted outputs are not offered by the engine",
+    "verbosity": "not offered by the platform's models: ask for brevity in the prompt",
+    "web_search_options": "the platform searches nothing outside the facility",
+    "access_programs": "the tenant's class decides what it may use",
+    "best_of": "removed from the engine (vLLM): use `n`",
 }
 
 # The forms of vLLM's ``structured_outputs`` the platform offers (docs/api.md): each is
@@ -151,7 +173,7 @@ def check_shape(method: str, data: Mapping[str, Any], max_sequences: int,
     if isinstance(model, str) and len(model) > MAX_MODEL_ID_CHARS:
         return ShapeError("model", f"`model` is longer than {MAX_MODEL_ID_CHARS} characters.")
     for name in ("n", "max_tokens", "max_completion_tokens", "max_output_tokens", "min_tokens", "seed", "top_k",
-                 "logprobs", "top_logprobs", "truncate_prompt_tokens"):
+                 "logprobs", "top_logprobs", "truncate_prompt_tokens", "max_tool_calls"):
         error = _check_int(data, name)
         if error is not None:
             return error

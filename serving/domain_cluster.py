@@ -54,6 +54,10 @@ def run(config_path: Path) -> int:
     if cluster.cores is not None:
         # Every process of the domain's cluster inherits this; its engines move to their pools' cores.
         os.sched_setaffinity(0, cluster.cores)
+    if cluster.nice:
+        # Likewise the niceness (this process has one thread yet): another domain's work wins
+        # any core it shares with this domain's control plane (local.cluster_nice).
+        os.setpriority(os.PRIO_PROCESS, 0, max(cluster.nice, os.getpriority(os.PRIO_PROCESS, 0)))
     if tracing.traces_exporter(os.environ) is not None:
         os.environ.setdefault("OTEL_SERVICE_NAME", tracing.DEFAULT_SERVICE_NAME)
     head = None

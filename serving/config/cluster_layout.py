@@ -51,6 +51,7 @@ class DomainCluster:
             engines and front door move to its pools' cores in any case (``cpu_threads_bind``,
             ``serving.config.domains.front_door_placement``); pinning the whole cluster there
             too made the government domain's start-up 4x slower on a 2-core machine.
+        nice: the niceness its processes start at (``local.cluster_nice``).
     """
 
     domain: str
@@ -69,6 +70,7 @@ class DomainCluster:
     token_file: Path
     temp_dir: Path
     cores: frozenset[int] | None
+    nice: int = 0
 
     def gcs_address(self) -> str:
         """The cluster's address for `ray.init(address=...)` and `ray status --address`."""
@@ -122,7 +124,7 @@ def local_clusters(config: PlatformConfig) -> list[DomainCluster]:
             fallback_http_port=serve_last, fallback_grpc_port=serve_last + SERVE_GRPC_OFFSET,
             token_file=token_file(config, domain.name),
             temp_dir=Path(tempfile.gettempdir()) / f"fabriek-ray-{domain.name}-{local.gcs_port + n}",
-            cores=cores))
+            cores=cores, nice=min(local.cluster_nice.get(c, 0) for c in domain.classes)))
     return clusters
 
 

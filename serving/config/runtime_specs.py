@@ -7,6 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from routers import TenantClass
 from serving.config.library_settings import check_deployment_options
 
 DeploymentOptions = Annotated[dict[str, Any], AfterValidator(check_deployment_options)]
@@ -123,6 +124,14 @@ class LocalClusterSpec(_Frozen):
         "admission controller), e.g. `1` or `2-3`; each engine then moves to its pool's cores. "
         "None: any core. On one machine this keeps the platform's own work (a flood's "
         "refusals included) off a pool's cores; on a cluster, pools have nodes of their own."))
+    cluster_nice: dict[TenantClass, Annotated[int, Field(ge=0, le=19)]] = Field(default_factory=dict, description=(
+        "The CPU niceness of each class's domain cluster on one machine: its GCS, raylet, "
+        "dashboard, Serve controller, HAProxy and proxies, which float over every core (a "
+        "domain of several classes takes the lowest). A higher one lets that domain's control "
+        "plane use another domain's cores only while they are idle: a flood's routing and "
+        "refusals then never delay the other domain's requests, yet nothing is pinned to one "
+        "core. Engines and front doors take their pool's `cpu_nice` all the same. Unset: 0. On "
+        "a cluster, domains have nodes of their own."))
 
     @field_validator("ray_token_file")
     @classmethod
