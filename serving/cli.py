@@ -135,7 +135,7 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from serving.records.ledger import CANCELLED, ERROR, OK, UsageLedger
+    from serving.records.ledger import CANCELLED, ERROR, OK, REJECTED, UsageLedger
 
     def energy_wh(row: dict) -> tuple[str, str]:
         """A row's energy in Wh (``-``: not measured), and ``*`` when it leaves out requests
@@ -152,21 +152,87 @@ def _usage(args: argparse.Namespace) -> int:
         ledger = UsageLedger(config.ledger.resolved_url(domain.name))
         rows += ledger.totals(tenant_id=args.tenant, since=since)
         ledger.close()
-    header = (f"{'TENANT':<20}{'MODEL':<28}{'STATUS':<14}{'REQUESTS':>9}{'PROMPT TOK':>12}{'COMPL TOK':>11}"
-              f"{'ENERGY Wh':>12}")
-    print(header)
+    known = {m.id for m in config.models} | {a.id for t in config.tenants for a in t.adapters}
+    rows = _group_refused_unknown_models(rows, known, REJECTED)
+    cells = []
     marks = set()
     for row in rows:
         energy, mark = energy_wh(row)
         marks.add(mark)
-        # The mark follows the column, so that the numbers stay aligned.
-        print(f"{row['tenant_id']:<20}{row['model'] or '-':<28}{row['status']:<14}{row['requests']:>9}"
-              f"{row['prompt_tokens'] or 0:>12}{row['completion_tokens'] or 0:>11}{energy:>12}{mark}")
+        cells.append([row["tenant_id"], row["model"] or "-", row["status"], str(row["requests"]),
+                      str(row["prompt_tokens"] or 0), str(row["completion_tokens"] or 0), energy + mark])
+    # The energy mark stands after its number, so that the numbers stay aligned.
+    lines = text_table(["TENANT", "MODEL", "STATUS", "REQUESTS", "PROMPT TOK", "COMPL TOK", "ENERGY Wh"],
+                       cells, right=set(range(3, 7)), trailing_marks="*")
+    print("\n".join(lines))
     if not rows:
         print("(no usage recorded" + (f" since {_utc(since)} UTC" if since else "") + ")")
     if "*" in marks:
         print("* some requests of this row ran where no energy counter exists (not measured)")
     return 0
+
+
+# A refused request's model as the usage table shows it when no model or adapter has its name:
+# a client may send any name, and each one would otherwise be a row of its own.
+UNKNOWN_MODELS = "(unknown models)"
+
+
+def _group_refused_unknown_models(rows: list[dict], known: set[str], refused: str) -> list[dict]:
+    """``rows`` with the refused requests for models nobody has summed into one row per tenant."""
+    kept, grouped = [], {}
+    for row in rows:
+        if row["status"] != refused or row["model"] in known:
+            kept.append(row)
+            continue
+        total = grouped.setdefault(row["tenant_id"], {**row, "model": UNKNOWN_MODELS, "requests": 0,
+                                                      "prompt_tokens": 0, "completion_tokens": 0})
+        for name in ("requests", "prompt_tokens", "completion_tokens"):
+            total[name] += row[name] or 0
+    return sorted(kept + list(grouped.values()), key=lambda r: (r["tenant_id"], r["model"] or "", r["status"]))
+
+
+def text_table(header: list[str], rows: list[list[str]], right: set[int], trailing_marks: str = "") -> list[str]:
+    """Lines of a table whose columns are as wide as their widest cell, two spaces apart;
+    the columns numbered in ``right`` are right-aligned (numbers). A last cell may end in one of
+    ``trailing_marks``, which stands after the column so that the numbers stay aligned."""
+    def bare(cell: str, last: bool) -> str:
+        return cell[:-1] if last and cell and cell[-1] in trailing_marks else cell
+
+    widths = [max(len(bare(r[i], i == len(header) - 1)) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = []
+        for i, (cell, width) in enumerate(zip(row, widths)):
+            text = bare(cell, i == len(header) - 1)
+            cells.append(text.rjust(width) if i in right else text.ljust(width))
+        mark = row[-1][len(bare(row[-1], True)):]
+        lines.append("  ".join(cells).rstrip() + mark)
+    return lines
+
+
+def describe_power_status(status: dict) -> str:
+    """``fabriek power status`` as a table: caps, then pools."""
+    import time
+
+    lines = []
+    if status["caps"]:
+        cells = []
+        for cap in status["caps"]:
+            until = "-" if cap["until"] is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(cap["until"]))
+            cells.append([cap["name"], f"{cap['watts']:.0f}", until, "yes" if cap["binding"] else "no",
+                          "config" if cap["from_config"] else "cli", ",".join(cap["pools"])])
+        lines += text_table(["CAP", "WATTS", "UNTIL", "BINDING", "FROM", "POOLS"], cells, right={1})
+    else:
+        lines.append("(no power cap in force)")
+    lines.append("")
+    cells = [[name, pool["tenant_class"], "-" if pool["watts"] is None else f"{pool['watts']:.1f}",
+              "-" if pool["running"] is None else f"{pool['running']:.0f}", str(pool["limit"]),
+              str(pool["max_running"]), str(pool["floor"])] for name, pool in status["pools"].items()]
+    lines += text_table(["POOL", "CLASS", "WATTS", "RUNNING", "LIMIT", "MAX", "FLOOR"], cells, right=set(range(2, 7)))
+    if status["unmetered"]:
+        lines.append("")
+        lines.append("not metered (a cap cannot be kept there): " + ", ".join(status["unmetered"]))
+    return "\n".join(lines)
 
 
 def _power_clusters(args: argparse.Namespace):
@@ -188,7 +254,7 @@ def _power_cap(args: argparse.Namespace) -> int:
 
     from routers.power_budget import parse_until, parse_watts
     from serving.config.domains import platform_share
-    from serving.power.client import call_domain, describe_status
+    from serving.power.client import call_domain
 
     try:
         watts = parse_watts(args.watts)
@@ -210,7 +276,7 @@ def _power_cap(args: argparse.Namespace) -> int:
             ends = "until lifted" if until is None else f"until {until:%Y-%m-%d %H:%M %Z}"
             print(f"{cluster.domain} domain: power cap {cap['name']}: {share:.0f} W over "
                   f"{', '.join(cap['pools'])}, {ends}")
-            print(describe_status(call_domain(cluster, "status")))
+            print(describe_power_status(call_domain(cluster, "status")))
     except ValueError as err:  # a bad value, or a governor's refusal (an unknown scope)
         print(f"fabriek power cap: {err}", file=sys.stderr)
         return 2
@@ -248,12 +314,12 @@ def _power_lift(args: argparse.Namespace) -> int:
 
 
 def _power_status(args: argparse.Namespace) -> int:
-    from serving.power.client import call_domain, describe_status
+    from serving.power.client import call_domain
 
     _, clusters = _power_clusters(args)
     for cluster in clusters:
         print(f"== {cluster.domain} domain (Ray cluster {cluster.gcs_address()}) ==")
-        print(describe_status(call_domain(cluster, "status")))
+        print(describe_power_status(call_domain(cluster, "status")))
     return 0
 
 

@@ -111,31 +111,6 @@ def _main(address: str, method: str, args_json: str) -> int:
     return 0
 
 
-def describe_status(status: dict) -> str:
-    """``fabriek power status`` as a table: caps, then pools."""
-    lines = []
-    caps = status["caps"]
-    if caps:
-        lines.append(f"{'CAP':<20}{'WATTS':>10}  {'UNTIL':<17}{'BINDING':<9}{'FROM':<8}POOLS")
-        for cap in caps:
-            until = "-" if cap["until"] is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(cap["until"]))
-            lines.append(f"{cap['name']:<20}{cap['watts']:>10.0f}  {until:<17}{'yes' if cap['binding'] else 'no':<9}"
-                         f"{'config' if cap['from_config'] else 'cli':<8}{','.join(cap['pools'])}")
-    else:
-        lines.append("(no power cap in force)")
-    lines.append("")
-    lines.append(f"{'POOL':<16}{'CLASS':<12}{'WATTS':>9}{'RUNNING':>9}{'LIMIT':>7}{'MAX':>6}{'FLOOR':>7}")
-    for name, pool in status["pools"].items():
-        watts = "-" if pool["watts"] is None else f"{pool['watts']:.1f}"
-        running = "-" if pool["running"] is None else f"{pool['running']:.0f}"
-        lines.append(f"{name:<16}{pool['tenant_class']:<12}{watts:>9}{running:>9}{pool['limit']:>7}"
-                     f"{pool['max_running']:>6}{pool['floor']:>7}")
-    if status["unmetered"]:
-        lines.append("")
-        lines.append("not metered (a cap cannot be kept there): " + ", ".join(status["unmetered"]))
-    return "\n".join(lines)
-
-
 if __name__ == "__main__":
     code = _main(*sys.argv[1:4])
     sys.stdout.flush()

@@ -147,3 +147,43 @@ def test_config_check_warns_that_the_python_proxy_is_shared_by_domains(tmp_path,
     path.write_text(yaml.safe_dump(config))
     assert main(["config", "check", str(path)]) == 0
     assert "serve.proxy `ray` puts every domain's requests through Ray's one Python proxy" in capsys.readouterr().err
+
+
+def test_usage_columns_stay_aligned_at_any_name_length_and_made_up_models_are_one_row(tmp_path, monkeypatch, capsys):
+    from serving.config import load_config
+    from serving.records.ledger import OK, REJECTED, RequestEnd, RequestStart, UsageLedger
+
+    monkeypatch.setenv("FABRIEK_HOME", str(tmp_path))
+    monkeypatch.delenv("FABRIEK_USAGE_DATABASE_URL", raising=False)
+    ledger = UsageLedger(load_config(None, check_library_settings=False).ledger.resolved_url("government"))
+    tenant = "gov-demo"
+    ledger.record(RequestStart("a", tenant, "government", "government", "smollm2-135m-instruct", "http"),
+                  RequestEnd(OK, 200, prompt_tokens=12, completion_tokens=7))
+    # A hostile client's made-up model names: long, and many of them.
+    for n in range(5):
+        ledger.record(RequestStart(f"r{n}", tenant, "government", "government", f"made-up-{n}-" + "x" * 80, "http"),
+                      RequestEnd(REJECTED, 404, reason="unknown_model"))
+    ledger.close()
+
+    assert main(["usage"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 2, rows
+    assert rows[0].split() == [tenant, "(unknown", "models)", REJECTED, "5", "0", "0", "-"]
+    assert rows[1].split() == [tenant, "smollm2-135m-instruct", OK, "1", "12", "7", "-"]
+    # Every column starts under its header, and the numbers end under theirs.
+    for title in ("MODEL", "STATUS"):
+        assert {row[header.index(title) - 2:header.index(title)] for row in rows} == {"  "}
+    assert all(len(row) == len(header) for row in rows)
+
+
+def test_power_status_keeps_long_pool_names_apart_from_their_class():
+    from serving.cli import describe_power_status
+
+    status = {"caps": [{"name": "platform-government-share", "watts": 1234.0, "until": None, "binding": True,
+                        "from_config": False, "pools": ["government", "government-embeddings"]}],
+              "pools": {"government-embeddings": {"tenant_class": "government", "watts": 12.5, "running": 3,
+                                                  "limit": 8, "max_running": 64, "floor": 1}},
+              "unmetered": []}
+    lines = describe_power_status(status).splitlines()
+    assert lines[1].split() == ["platform-government-share", "1234", "-", "yes", "cli", "government,government-embeddings"]
+    assert lines[-1].split() == ["government-embeddings", "government", "12.5", "3", "8", "64", "1"]

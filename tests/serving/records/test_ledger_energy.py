@@ -36,6 +36,9 @@ INSERT INTO usage_records (request_id, started_at, finished_at, tenant_id, tenan
 """
 
 
+MODEL = "smollm2-135m-instruct"  # the default config's: known to `fabriek usage`
+
+
 def _old_ledger_file(tmp_path) -> str:
     path = tmp_path / "usage.db"
     with sqlite3.connect(path) as connection:
@@ -101,7 +104,7 @@ def test_usage_prints_energy_in_wh(tmp_path, monkeypatch, capsys):
     ledger_config = load_config(None, check_library_settings=False).ledger
 
     def gov(request_id: str) -> RequestStart:
-        return RequestStart(request_id, "gov-demo", "government", "government", "m", "http")
+        return RequestStart(request_id, "gov-demo", "government", "government", MODEL, "http")
 
     government = UsageLedger(ledger_config.resolved_url("government"))
     government.record(gov("a"), RequestEnd(OK, 200, energy_j=43.2))  # 0.012 Wh
@@ -110,7 +113,7 @@ def test_usage_prints_energy_in_wh(tmp_path, monkeypatch, capsys):
     government.record(gov("d"), RequestEnd(REJECTED, 429, reason="quota_exceeded"))
     government.close()
     commercial = UsageLedger(ledger_config.resolved_url("commercial"))
-    commercial.record(RequestStart("e", "pilot-demo", "commercial", "commercial", "m", "http"),
+    commercial.record(RequestStart("e", "pilot-demo", "commercial", "commercial", MODEL, "http"),
                       RequestEnd(OK, 200))
     commercial.close()
 
@@ -118,8 +121,8 @@ def test_usage_prints_energy_in_wh(tmp_path, monkeypatch, capsys):
     header, *rows, footnote = capsys.readouterr().out.splitlines()
     assert header.endswith("ENERGY Wh")
     energy = {tuple(row.split()[:3]): row.split()[-1] for row in rows}
-    assert energy == {("gov-demo", "m", ERROR): "1.000", ("gov-demo", "m", OK): "0.012*",
-                      ("gov-demo", "m", REJECTED): "-", ("pilot-demo", "m", OK): "-"}
+    assert energy == {("gov-demo", MODEL, ERROR): "1.000", ("gov-demo", MODEL, OK): "0.012*",
+                      ("gov-demo", MODEL, REJECTED): "-", ("pilot-demo", MODEL, OK): "-"}
     # The numbers end under the header's end; the mark stands after them.
     assert all(len(row.rstrip("*")) == len(header) for row in rows)
     assert footnote == "* some requests of this row ran where no energy counter exists (not measured)"
