@@ -102,8 +102,10 @@ _EXIT_STATUS = pytest.StashKey[int]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that stop the session's server run after all the others, whatever their file."""
-    items.sort(key=lambda item: item.get_closest_marker("stops_server") is not None)
+    """Tests that stop the session's server run after all the others, whatever their file;
+    tests that need the machine's memory without it run after those."""
+    items.sort(key=lambda item: 2 if item.get_closest_marker("after_server") is not None
+               else 1 if item.get_closest_marker("stops_server") is not None else 0)
 
 
 @dataclass
