@@ -72,3 +72,21 @@ def test_ray_serves_reuseport_ports_are_each_domains_own():
         assert (int(environment["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]),
                 int(environment["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])) == cluster.serve_http_ports
         assert int(environment["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"]) == cluster.fallback_grpc_port
+
+
+def test_a_domains_cluster_niceness_is_the_lowest_of_its_classes():
+    config = _three_domains()
+    config["local"] = {"cluster_nice": {"research": 5, "commercial": 19}}
+    assert [c.nice for c in local_clusters(load_config(config, check_library_settings=False))] == [0, 5, 19]
+    # Research and commercial sharing a pool are one domain: it yields no more than research.
+    config["classes"]["research"]["pools"] = ["lab", "com"]
+    merged = local_clusters(load_config(config, check_library_settings=False))
+    assert [c.nice for c in merged] == [0, 5]
+
+
+@pytest.mark.parametrize("nice", [-1, 20])
+def test_a_cluster_niceness_out_of_range_is_refused(nice):
+    config = _three_domains()
+    config["local"] = {"cluster_nice": {"commercial": nice}}
+    with pytest.raises(ConfigError, match="cluster_nice"):
+        load_config(config, check_library_settings=False)

@@ -3,6 +3,7 @@ environment, without starting Ray."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 
@@ -46,3 +47,29 @@ def test_the_head_command_sets_every_port_a_second_cluster_would_share():
                  "--metrics-export-port", "--temp-dir", "--min-worker-port", "--max-worker-port"):
         assert flags[0][flag] != flags[1][flag], flag
     assert all("--block" in command and "--head" in command for command in commands)
+
+
+def test_each_domains_haproxy_runs_at_its_front_doors_niceness_never_below_its_clusters(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from serving.local.ray_head import HAPROXY_LAUNCHER, haproxy_niceness, write_haproxy_launcher
+
+    config = load_config(None, check_library_settings=False)
+    government, commercial = local_clusters(config)
+    # The shipped config: the government front door at its pool's 0; the commercial one at
+    # Ray's 15, its cluster at 19.
+    assert (haproxy_niceness(config, government), haproxy_niceness(config, commercial)) == (0, 19)
+    assert cluster_environment(config, government)["RAY_SERVE_HAPROXY_BINARY_PATH"] == \
+        str(government.temp_dir / HAPROXY_LAUNCHER)
+    # The launcher becomes the binary Ray would have run (here the operator's own), with
+    # every argument, at the niceness (a raise: allowed without privileges).
+    fake_haproxy = tmp_path / "haproxy"
+    fake_haproxy.write_text(f"#!{sys.executable}\nimport os, sys\nprint(os.getpriority(os.PRIO_PROCESS, 0), sys.argv[1:])\n")
+    fake_haproxy.chmod(0o700)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(fake_haproxy))
+    cluster = dataclasses.replace(commercial, temp_dir=tmp_path)
+    launcher = write_haproxy_launcher(cluster, 17)
+    assert stat.S_IMODE(launcher.stat().st_mode) == 0o700
+    out = subprocess.run([str(launcher), "-db", "-f", "conf"], capture_output=True, text=True, check=True).stdout
+    assert out.split(" ", 1) == ["17", "['-db', '-f', 'conf']\n"]
