@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from loadtests.bench_vs_vllm import start, stop, wait_ready  # noqa: E402
-from loadtests.front_doors import base_url, create_key, free_port, free_ports, health_urls, ledger_url, own_files_and_ports  # noqa: E402
+from loadtests.front_doors import base_url, create_key, free_ports, health_urls, ledger_url, own_files_and_ports  # noqa: E402
 from loadtests.isolation_clients import FLOOD_WORKERS, POOL_CAPACITY  # noqa: E402
 from loadtests.percentiles import percentile  # noqa: E402
 from serving.config import DEFAULT_CONFIG_PATH  # noqa: E402
