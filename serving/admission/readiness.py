@@ -99,10 +99,11 @@ class EngineReadiness:
                     del self._pending[key]
                 continue
             del self._pending[key]
-            if task.result() and key not in self._ready:
+            healthy = task.result()
+            if healthy and key not in self._ready:
                 logger.info("engine %s is ready", key)
                 self._ready.add(key)
-            elif not task.result() and key in self._ready:
+            elif not healthy and key in self._ready:
                 logger.warning("engine %s failed its health probe: not ready", key)
                 self._ready.discard(key)
 

@@ -51,7 +51,7 @@ class DomainCluster:
             engines and front door move to its pools' cores in any case (``cpu_threads_bind``,
             ``serving.config.domains.front_door_placement``); pinning the whole cluster there
             too made the government domain's start-up 4x slower on a 2-core machine.
-        nice: the niceness its processes start at (``local.cluster_nice``).
+        nice: the niceness its whole cluster takes once it serves (``local.cluster_nice``).
     """
 
     domain: str

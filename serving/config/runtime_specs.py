@@ -125,13 +125,12 @@ class LocalClusterSpec(_Frozen):
         "None: any core. On one machine this keeps the platform's own work (a flood's "
         "refusals included) off a pool's cores; on a cluster, pools have nodes of their own."))
     cluster_nice: dict[TenantClass, Annotated[int, Field(ge=0, le=19)]] = Field(default_factory=dict, description=(
-        "The CPU niceness of each class's domain cluster on one machine: its GCS, raylet, "
-        "dashboard, Serve controller, HAProxy and proxies, which float over every core (a "
-        "domain of several classes takes the lowest). A higher one lets that domain's control "
-        "plane use another domain's cores only while they are idle: a flood's routing and "
-        "refusals then never delay the other domain's requests, yet nothing is pinned to one "
-        "core. Engines and front doors take their pool's `cpu_nice` all the same. Unset: 0. On "
-        "a cluster, domains have nodes of their own."))
+        "On one machine, the CPU niceness each class's domain cluster takes as a whole once it "
+        "serves (a domain of several classes takes the lowest): its session's CPU group, which "
+        "holds every process of the cluster, engines included. Linux shares the CPU between "
+        "sessions by that niceness, so a higher one lets the domain use another domain's "
+        "cores only while they are idle; its processes' own niceness (`cpu_nice`) orders them "
+        "within the group. Unset: 0. On a cluster, domains have nodes of their own."))
 
     @field_validator("ray_token_file")
     @classmethod
