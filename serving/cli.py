@@ -16,6 +16,15 @@ def _serve(args: argparse.Namespace) -> int:
     return serve_locally(config)
 
 
+def _version(args: argparse.Namespace) -> int:
+    from serving.local.startup_code import code_pth_files, describe_versions
+
+    print(describe_versions())
+    for pth in code_pth_files():
+        print(f"{'' if pth.expected else 'UNEXPECTED: '}{pth.describe()}")
+    return 0
+
+
 def _models_prepare(args: argparse.Namespace) -> int:
     from serving.engine.default_model import builtin_models, prepare_builtin_model
 
@@ -360,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-port", type=int, default=None, help="gRPC API port (default: from config, 9000)")
     serve.add_argument("--dashboard-port", type=int, default=None, help="Ray dashboard port (default: 8265)")
     serve.set_defaults(run=_serve)
+
+    commands.add_parser("version", help="installed versions of fabriek, vLLM, Ray and torch, and the "
+                                        "`.pth` files that run code at Python start").set_defaults(run=_version)
 
     models = commands.add_parser("models", help="manage model weights").add_subparsers(dest="action", required=True)
     prepare = models.add_parser("prepare", help="fetch and convert the built-in models (idempotent)")

@@ -32,6 +32,7 @@ from serving.local.console import raise_keyboard_interrupt, say
 from serving.local.ports import PortInUseError, claim_ports
 from serving.local.process_tree import descendants, stop_processes
 from serving.local.ray_head import cluster_environment, die_with_parent, ensure_token
+from serving.local.startup_code import describe_versions, unexpected_code_pth_files
 from serving.records import tracing
 
 # How long a domain's process may take to stop its applications and its Ray head.
@@ -47,6 +48,9 @@ def serve_locally(config: PlatformConfig) -> int:
     """
     # SIGTERM (systemd, Kubernetes, a test harness) takes the same clean path as Ctrl-C.
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    say(f"versions:      {describe_versions()}")
+    if not _startup_code_allowed(config):
+        return 1
     if not config.domains():
         say("start-up failed: no tenant class uses any pool (`classes` in the config): nothing to serve")
         return 1
@@ -99,6 +103,20 @@ def serve_locally(config: PlatformConfig) -> int:
         _stop_all(children, known)
     say("stopped")
     return exit_code
+
+
+def _startup_code_allowed(config: PlatformConfig) -> bool:
+    """Report each `.pth` file that runs code unasked (``serving.local.startup_code``);
+    False when the config refuses to start beside one."""
+    unexpected = unexpected_code_pth_files()
+    refuse = config.local.unknown_pth_files == "refuse"
+    for pth in unexpected:
+        say(f"{'start-up refused' if refuse else 'warning'}: {pth.describe()}")
+    if unexpected and refuse:
+        say("remove it (or reinstall from the lock: `make install`), or set "
+            "`local.unknown_pth_files: warn` to start anyway")
+        return False
+    return True
 
 
 def _describe(config: PlatformConfig, clusters: list[DomainCluster]) -> None:

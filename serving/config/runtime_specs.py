@@ -132,6 +132,12 @@ class LocalClusterSpec(_Frozen):
         "cores only while they are idle; its processes' own niceness (`cpu_nice`) orders them "
         "within the group. Unset: 0. On a cluster, domains have nodes of their own."))
 
+    unknown_pth_files: Literal["refuse", "warn"] = Field("refuse", description=(
+        "What `fabriek serve` does when the Python it runs on has a `.pth` file that executes "
+        "code at every start and that no expected package installed (setuptools' shim and "
+        "fabriek's own editable install are expected): refuse to start, or warn and start "
+        "(serving/local/startup_code.py)."))
+
     @field_validator("ray_token_file")
     @classmethod
     def _token_per_domain(cls, path: str | None) -> str | None:
