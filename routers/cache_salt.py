@@ -16,7 +16,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from routers.key_file import make_private_dir
+from routers.key_file import give_to_directory_owner, make_private_dir
 
 SECRET_BYTES = 32
 
@@ -44,6 +44,7 @@ def load_or_create_secret(path: Path) -> bytes:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
+            give_to_directory_owner(f.fileno(), path.parent)
             f.write(secrets.token_hex(SECRET_BYTES) + "\n")
             f.flush()
             os.fsync(f.fileno())

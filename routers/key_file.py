@@ -112,6 +112,7 @@ class KeyFile:
         try:
             with os.fdopen(fd, "w") as f:
                 os.fchmod(f.fileno(), 0o600)
+                give_to_directory_owner(f.fileno(), self.path.parent)
                 json.dump({"version": FORMAT_VERSION, "keys": [_as_json(r) for r in records]},
                           f, indent=2)
                 f.flush()
@@ -129,6 +130,7 @@ class KeyFile:
         make_private_dir(self.path.parent)
         fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            give_to_directory_owner(fd, self.path.parent)
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
@@ -202,6 +204,20 @@ def make_private_dir(path: Path) -> None:
         # A concurrent first start may create it first, equally private.
         with contextlib.suppress(FileExistsError):
             directory.mkdir(mode=0o700)
+
+
+def give_to_directory_owner(fd: int, directory: Path) -> None:
+    """Make the file of ``fd`` its directory owner's when root writes it there.
+
+    With `local.run_as`, each domain's directory belongs to the domain's own user, who alone
+    may read its files (0600); a key file that root's `fabriek keys create` replaced would
+    otherwise be root's, and the domain's front door could no longer read it.
+    """
+    if os.geteuid() != 0:
+        return
+    owner = os.stat(directory)
+    if owner.st_uid != 0:
+        os.fchown(fd, owner.st_uid, owner.st_gid)
 
 
 def _as_json(record: KeyRecord) -> dict:

@@ -56,7 +56,7 @@ def _config_check(args: argparse.Namespace) -> int:
         print(f"  {domain.name}: classes {', '.join(sorted(domain.classes))}; pools {', '.join(domain.pools)}")
         print(f"    cluster: Ray head {cluster.gcs_address()}, dashboard :{cluster.dashboard_port}, "
               f"metrics :{cluster.metrics_export_port} (locally; on Kubernetes the RayService "
-              f"<release>-{domain.name})")
+              f"<release>-{domain.name})" + (f"; runs as the Unix user {cluster.user}" if cluster.user else ""))
         print(f"    front door: HTTP :{cluster.http_port}{route_prefix(domain.name)}/v1, gRPC :{cluster.grpc_port}")
         print(f"    secrets: Ray token {cluster.token_file}; API keys {config.auth.resolved_key_file(domain.name)}; "
               f"cache salt {config.auth.resolved_cache_salt_secret_file(domain.name)}; "

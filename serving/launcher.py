@@ -32,6 +32,8 @@ from serving.local.console import raise_keyboard_interrupt, say
 from serving.local.ports import PortInUseError, claim_ports
 from serving.local.process_tree import descendants, stop_processes
 from serving.local.ray_head import cluster_environment, die_with_parent, ensure_token
+from serving.local.domain_users import (DomainUser, DomainUserError, check_reach, check_separate, domain_user,
+                                        hand_over, home_dir, model_dirs, needed_paths, refuse_object_store_adapters)
 from serving.local.startup_code import describe_versions, unexpected_code_pth_files
 from serving.records import tracing
 
@@ -68,6 +70,11 @@ def serve_locally(config: PlatformConfig) -> int:
             prepare_builtin_model(name)
 
     clusters = local_clusters(config)
+    try:
+        users = _domain_users(config, clusters)
+    except DomainUserError as err:
+        say(f"start-up failed: {err}")
+        return 1
     _describe(config, clusters)
     children: dict[str, subprocess.Popen] = {}
     known: dict = {}
@@ -77,7 +84,7 @@ def serve_locally(config: PlatformConfig) -> int:
              "(about a minute for the default model on a CPU)")
         ready = {c.domain: threading.Event() for c in clusters}
         for cluster in clusters:
-            children[cluster.domain] = _start_domain(config, cluster)
+            children[cluster.domain] = _start_domain(config, cluster, users.get(cluster.domain))
             threading.Thread(target=_relay, args=(children[cluster.domain], ready[cluster.domain]),
                              daemon=True).start()
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -152,21 +159,62 @@ def _describe(config: PlatformConfig, clusters: list[DomainCluster]) -> None:
              "make new keys with `fabriek keys create --tenant TENANT`")
 
 
-def _start_domain(config: PlatformConfig, cluster: DomainCluster) -> subprocess.Popen:
-    """Start the process of one domain's cluster, handing it only the domain's cut of the config."""
+def _domain_users(config: PlatformConfig, clusters: list[DomainCluster]) -> dict[str, DomainUser]:
+    """Each domain's own Unix user (``local.run_as``), its files handed over and what it
+    must read checked; empty when the config sets none.
+
+    Raises:
+        DomainUserError: not root, a directory two domains share, or something the user
+            cannot reach (the message names it).
+    """
+    if config.local.run_as is None:
+        return {}
+    if os.geteuid() != 0:
+        raise DomainUserError("local.run_as needs `fabriek serve` started as root (it starts each domain "
+                              "as its own user); start it as root, or remove local.run_as")
+    check_separate(config, clusters)
+    users = {}
+    for cluster in clusters:
+        cut = domain_config(config, cluster.domain)
+        refuse_object_store_adapters(cut)
+        user = domain_user(cluster.user)
+        # Checked before anything is handed over: a refusal leaves every file as it was.
+        check_reach(user, needed_paths(config, cluster, model_dirs(cut)))
+        ensure_token(cluster.token_file)
+        hand_over(config, cluster, user)
+        home = home_dir(cluster)
+        home.mkdir(mode=0o700, exist_ok=True)
+        os.chown(home, user.uid, user.gid)
+        users[cluster.domain] = user
+    return users
+
+
+def _start_domain(config: PlatformConfig, cluster: DomainCluster, user: DomainUser | None) -> subprocess.Popen:
+    """Start the process of one domain's cluster, handing it only the domain's cut of the
+    config; as the domain's own user where it has one."""
     ensure_token(cluster.token_file)
-    cluster.temp_dir.mkdir(parents=True, exist_ok=True)
+    cluster.temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     given = {"config": domain_config(config, cluster.domain).model_dump(mode="json", by_alias=True, exclude_none=True),
              "cluster": cluster.to_json(), "environment": cluster_environment(config, cluster)}
     fd, path = tempfile.mkstemp(prefix="domain-", suffix=".json", dir=cluster.temp_dir)  # mode 0600
     with os.fdopen(fd, "w") as out:
+        if user is not None:
+            os.fchown(out.fileno(), user.uid, user.gid)
         json.dump(given, out)
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    as_user = {}
+    if user is not None:
+        # Its own HOME (vLLM's, torch's and Triton's caches), the models where the launcher
+        # prepared them, and a working directory it may enter.
+        environment.update(HOME=str(home_dir(cluster)), USER=user.name, LOGNAME=user.name,
+                           FABRIEK_HOME=str(fabriek_home()))
+        as_user = {"user": user.uid, "group": user.gid, "extra_groups": [], "cwd": home_dir(cluster)}
     # A session of its own: a Ctrl-C in the terminal reaches the launcher only, which stops
-    # the domains in order; the kernel stops them if the launcher dies.
+    # the domains in order; the kernel stops them if the launcher dies (PR_SET_PDEATHSIG,
+    # set after the change of user, which would clear it).
     return subprocess.Popen([sys.executable, "-m", "serving.domain_cluster", path], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1,
-                            start_new_session=True, preexec_fn=die_with_parent,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            start_new_session=True, preexec_fn=die_with_parent, env=environment, **as_user)
 
 
 def _relay(child: subprocess.Popen, ready: threading.Event) -> None:

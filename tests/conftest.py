@@ -235,6 +235,22 @@ def _collect_output(server: FabriekServer, ready: threading.Event) -> None:
     ready.set()  # the process ended; the waiter checks why
 
 
+@pytest.fixture(scope="module")
+def python_reachable_by_other_users():
+    """Lets other users pass through the directories above this Python (search only, no
+    listing), as `local.run_as` needs of a host; put back afterwards. Here Python comes from
+    pyenv under /root (0700); on a facility host it lies under /usr or /opt."""
+    closed = [d for d in Path(sys.executable).resolve().parents if not os.stat(d).st_mode & 0o001]
+    modes = {d: os.stat(d).st_mode & 0o7777 for d in closed}
+    for directory, mode in modes.items():
+        os.chmod(directory, mode | 0o001)
+    try:
+        yield
+    finally:
+        for directory, mode in modes.items():
+            os.chmod(directory, mode)
+
+
 @pytest.fixture(scope="session")
 def otlp_collector():
     """Where the session's server sends its traces (tests/serving/test_e2e_tracing.py)."""

@@ -30,6 +30,8 @@ WORKER_PORTS = (10002, 19999)
 # machine that shared one would split each other's connections between their replicas.
 SERVE_PORTS_PER_DOMAIN = 500
 SERVE_GRPC_OFFSET = 10000
+# Ray Serve's HAProxy files live in <haproxy_dir>/<56-hex node id>/ (DomainCluster.haproxy_dir).
+HAPROXY_DIR = "hx"
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,14 @@ class DomainCluster:
             servers (Ray Serve's direct ingress).
         fallback_http_port, fallback_grpc_port: its Serve fallback proxy's ports.
         token_file: its Ray token, which no other domain's processes are given.
-        temp_dir: its Ray temp directory (sessions, logs, sockets).
+        temp_dir: its own directory (0700): Ray's temp directory inside it (``ray_temp_dir``),
+            Ray's start log, the HAProxy launcher.
         cores: the cores its Ray processes start on (``local.system_cpus``), None: any. Its
             engines and front door move to its pools' cores in any case (``cpu_threads_bind``,
             ``serving.config.domains.front_door_placement``); pinning the whole cluster there
             too made the government domain's start-up 4x slower on a 2-core machine.
         nice: the niceness its whole cluster takes once it serves (``local.cluster_nice``).
+        user: the Unix user its whole cluster runs as (``local.run_as``), None: the launcher's.
     """
 
     domain: str
@@ -71,6 +75,21 @@ class DomainCluster:
     temp_dir: Path
     cores: frozenset[int] | None
     nice: int = 0
+    user: str | None = None
+
+    @property
+    def ray_temp_dir(self) -> Path:
+        """Ray's temp directory (sessions, logs, sockets). Ray opens it to every user (0777,
+        so that users can share a cluster), so it lies inside ``temp_dir``, which is closed."""
+        return self.temp_dir / "ray"
+
+    @property
+    def haproxy_dir(self) -> Path:
+        """Where Ray Serve keeps the domain's HAProxy config, sockets and state: by default
+        /tmp/haproxy-serve, which every cluster on the machine would share. Beside the temp
+        directory, not in it: HAProxy refuses a Unix socket path over 97 bytes, and the
+        sockets lie a 56-character node id further down."""
+        return self.temp_dir.parent / f"fabriek-{HAPROXY_DIR}-{self.gcs_port}"
 
     def gcs_address(self) -> str:
         """The cluster's address for `ray.init(address=...)` and `ray status --address`."""
@@ -124,7 +143,8 @@ def local_clusters(config: PlatformConfig) -> list[DomainCluster]:
             fallback_http_port=serve_last, fallback_grpc_port=serve_last + SERVE_GRPC_OFFSET,
             token_file=token_file(config, domain.name),
             temp_dir=Path(tempfile.gettempdir()) / f"fabriek-ray-{domain.name}-{local.gcs_port + n}",
-            cores=cores, nice=min(local.cluster_nice.get(c, 0) for c in domain.classes)))
+            cores=cores, nice=min(local.cluster_nice.get(c, 0) for c in domain.classes),
+            user=None if local.run_as is None else local.run_as.replace(DOMAIN_PLACEHOLDER, domain.name)))
     return clusters
 
 

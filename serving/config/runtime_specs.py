@@ -3,6 +3,7 @@ Serve's data path and the local Ray head of `fabriek serve`."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -132,11 +133,29 @@ class LocalClusterSpec(_Frozen):
         "cores only while they are idle; its processes' own niceness (`cpu_nice`) orders them "
         "within the group. Unset: 0. On a cluster, domains have nodes of their own."))
 
+    run_as: str | None = Field(None, description=(
+        "Run each domain's cluster as a Unix user of its own, e.g. `fabriek-{domain}` "
+        "(`{domain}` stands for the domain's name; created as a system user if missing): "
+        "then no domain's processes can read another's Ray token, keys, salt, ledger or Ray "
+        "sockets, signal its processes or read their memory. Needs `fabriek serve` started as "
+        "root, and FABRIEK_HOME, the venv and the models where those users can reach them "
+        "(docs/operators.md). None: every domain runs as the user who starts fabriek."))
     unknown_pth_files: Literal["refuse", "warn"] = Field("refuse", description=(
         "What `fabriek serve` does when the Python it runs on has a `.pth` file that executes "
         "code at every start and that no expected package installed (setuptools' shim and "
         "fabriek's own editable install are expected): refuse to start, or warn and start "
         "(serving/local/startup_code.py)."))
+
+    @field_validator("run_as")
+    @classmethod
+    def _user_per_domain(cls, template: str | None) -> str | None:
+        if template is None:
+            return None
+        if "{domain}" not in template:
+            raise ValueError(f"{template!r} has no `{{domain}}`: every domain's cluster needs a user of its own")
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]*", template.replace("{domain}", "x")) or len(template) > 40:
+            raise ValueError(f"{template!r}: a user name is lower-case letters, digits, `-` and `_`")
+        return template
 
     @field_validator("ray_token_file")
     @classmethod

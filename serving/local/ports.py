@@ -20,9 +20,10 @@ from serving.config.cluster_layout import local_clusters
 from serving.local.console import say
 from serving.local.process_tree import stop_processes
 
-# Ray Serve starts HAProxy as `haproxy -db -f /tmp/haproxy-serve/<node id>/haproxy.cfg`
-# (ray.serve._private.haproxy); the node id also names that node's raylet and workers.
-_RAY_HAPROXY_CONFIG = re.compile(r"/haproxy-serve/(?P<node_id>[0-9a-f]{16,})/haproxy\.cfg$")
+# Ray Serve starts HAProxy as `haproxy -db -f <dir>/<node id>/haproxy.cfg`
+# (ray.serve._private.haproxy): <dir> is the domain's (DomainCluster.haproxy_dir), or
+# /tmp/haproxy-serve before fabriek moved it; the node id also names that node's raylet.
+_RAY_HAPROXY_CONFIG = re.compile(r"/(?:haproxy-serve|fabriek-hx-[0-9]+)/(?P<node_id>[0-9a-f]{16,})/haproxy\.cfg$")
 # Where a port has a command-line flag, the message names it rather than the config field.
 _PORT_FLAGS = {"http.port": "--http-port", "grpc.port": "--grpc-port", "local.dashboard_port": "--dashboard-port"}
 
@@ -48,7 +49,7 @@ def stop_orphaned_haproxy(node_id: str) -> None:
     """
     import psutil
 
-    marker = f"haproxy-serve/{node_id}/"
+    marker = f"/{node_id}/haproxy.cfg"
     stop_processes([p for p in psutil.process_iter(["cmdline"]) if any(marker in part for part in p.info["cmdline"] or [])])
 
 

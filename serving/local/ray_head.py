@@ -76,7 +76,20 @@ def cluster_environment(config: PlatformConfig, cluster: DomainCluster) -> dict[
             # platform never sends: Serve's replicas are actors with workers of their own.
             # With a cluster per domain that was 16 idle interpreters on two cores at start.
             "RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0",
-            "RAY_SERVE_HAPROXY_BINARY_PATH": str(cluster.temp_dir / HAPROXY_LAUNCHER)}
+            "RAY_SERVE_HAPROXY_BINARY_PATH": str(cluster.temp_dir / HAPROXY_LAUNCHER),
+            **haproxy_paths(cluster)}
+
+
+def haproxy_paths(cluster: DomainCluster) -> dict[str, str]:
+    """Ray Serve's HAProxy files in the domain's own directory, not /tmp/haproxy-serve: there
+    the domains' configs sat side by side, and with a user per domain (``local.run_as``)
+    the first domain's user would own the directory the others must write to."""
+    base = cluster.haproxy_dir
+    return {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock")}
 
 
 def haproxy_niceness(config: PlatformConfig, cluster: DomainCluster) -> int:
@@ -139,7 +152,7 @@ def head_command(config: PlatformConfig, cluster: DomainCluster, resources: dict
                f"--resources={json.dumps(resources)}", "--include-dashboard=true",
                f"--dashboard-host={local.dashboard_host}", f"--dashboard-port={cluster.dashboard_port}",
                f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
-               f"--metrics-export-port={cluster.metrics_export_port}", f"--temp-dir={cluster.temp_dir}",
+               f"--metrics-export-port={cluster.metrics_export_port}", f"--temp-dir={cluster.ray_temp_dir}",
                f"--min-worker-port={first}", f"--max-worker-port={last}"]
     if local.num_cpus is not None:
         command.append(f"--num-cpus={local.num_cpus}")
