@@ -235,6 +235,29 @@ def _collect_output(server: FabriekServer, ready: threading.Event) -> None:
     ready.set()  # the process ended; the waiter checks why
 
 
+def start_fabriek(config_path: Path, environment: dict) -> tuple[subprocess.Popen, list[str], bool]:
+    """`fabriek serve --config config_path` in a session of its own, waited for until it says
+    `fabriek ready`, ends, or SERVER_START_TIMEOUT_S passes: the process, what it printed
+    (still growing) and whether it is ready."""
+    process = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
+                               start_new_session=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def collect():
+        for line in process.stdout:
+            lines.append(line)
+            if line.strip() == "fabriek ready":
+                ready.set()
+
+    threading.Thread(target=collect, daemon=True).start()
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while not ready.wait(1) and process.poll() is None and time.monotonic() < deadline:
+        pass
+    return process, lines, ready.is_set()
+
+
 @pytest.fixture(scope="module")
 def python_reachable_by_other_users():
     """Lets other users pass through the directories above this Python (search only, no

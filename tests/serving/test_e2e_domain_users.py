@@ -14,7 +14,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from serving.config import DEFAULT_CONFIG_PATH, load_config
 from serving.config.cluster_layout import local_clusters
 from serving.config.home import fabriek_home
 from serving.engine.default_model import builtin_models, prepare_builtin_model
-from tests.conftest import MODEL_ID, SERVER_START_TIMEOUT_S, free_ports
+from tests.conftest import MODEL_ID, free_ports, start_fabriek
 
 pytestmark = [pytest.mark.e2e, pytest.mark.after_server,
               pytest.mark.skipif(os.geteuid() != 0, reason="starts each domain as its own user: needs root")]
@@ -64,27 +63,12 @@ def server(python_reachable_by_other_users):
     environment = {**os.environ, "FABRIEK_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     keys = {tenant: _cli(environment, "keys", "create", "--tenant", tenant, "--config", str(config_path))
             for tenant in ("gov-demo", "pilot-demo")}
-    process = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
-                               start_new_session=True)
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def collect():
-        for line in process.stdout:
-            lines.append(line)
-            if line.strip() == "fabriek ready":
-                ready.set()
-
-    threading.Thread(target=collect, daemon=True).start()
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while not ready.wait(1) and process.poll() is None and time.monotonic() < deadline:
-        pass
+    process, lines, ready = start_fabriek(config_path, environment)
     loaded = load_config(config_path)
     state = {"process": process, "lines": lines, "keys": keys, "config": loaded, "config_path": config_path,
              "environment": environment, "clusters": {c.domain: c for c in local_clusters(loaded)}}
     try:
-        assert ready.is_set(), "".join(lines[-80:])
+        assert ready, "".join(lines[-80:])
         yield state
     finally:
         if process.poll() is None:

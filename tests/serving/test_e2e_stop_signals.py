@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import psutil
@@ -22,7 +19,7 @@ import yaml
 
 from serving.config import DEFAULT_CONFIG_PATH
 from serving.engine.default_model import prepare_builtin_model
-from tests.conftest import MODEL_ID, SERVER_START_TIMEOUT_S, free_ports
+from tests.conftest import MODEL_ID, free_ports, start_fabriek
 
 pytestmark = [pytest.mark.e2e, pytest.mark.after_server]
 
@@ -73,24 +70,9 @@ def test_no_process_outlives_a_stop(way, tmp_path):
     sent, to_group = WAYS[way]
     prepare_builtin_model(MODEL_ID, show_progress=False)
     # A process group of its own, as a terminal's job or a supervisor's service has.
-    launcher = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--config", _one_domain_config(tmp_path)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def collect():
-        for line in launcher.stdout:
-            lines.append(line)
-            if line.strip() == "fabriek ready":
-                ready.set()
-
-    threading.Thread(target=collect, daemon=True).start()
+    launcher, lines, ready = start_fabriek(_one_domain_config(tmp_path), {**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while not ready.wait(1) and launcher.poll() is None and time.monotonic() < deadline:
-            pass
-        assert ready.is_set(), "".join(lines[-60:])
+        assert ready, "".join(lines[-60:])
         started = {}
         for process in psutil.Process(launcher.pid).children(recursive=True):
             try:
