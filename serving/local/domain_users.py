@@ -101,13 +101,9 @@ def check_separate(config: PlatformConfig, clusters: list[DomainCluster]) -> Non
 
 def hand_over(config: PlatformConfig, cluster: DomainCluster, user: DomainUser) -> None:
     """Make the domain's private directories (and what is in them) its user's, mode 0700."""
-    directories = private_dirs(config, cluster)
-    for directory in directories:
+    for directory in private_dirs(config, cluster):
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)
-    for directory in directories:
-        if directory.is_relative_to(cluster.temp_dir) and directory != cluster.temp_dir:
-            continue  # handed over with the temp dir
         for root, dirs, files in os.walk(directory):
             os.chown(root, user.uid, user.gid)
             for name in files:
